@@ -1,0 +1,340 @@
+"""Acting inside a container as the calling task would: one design for every handler.
+
+A supervisor thread performs a syscall in the container's stead.  For the
+result to be exactly what the caller would get in a privileged container, the
+thread borrows, for the length of one request, the caller's:
+
+* **root**: ``chroot`` to ``/proc/TID/root``, so absolute paths, absolute
+  symlinks and ``..`` resolve inside the container and cannot climb out;
+* **start directory**: ``/proc/TID/cwd`` or ``/proc/TID/fd/N`` for a dirfd;
+* **filesystem credentials**: fsuid, fsgid and supplementary groups as the
+  host sees them, so permission checks and the new file's owner are the
+  caller's;
+* **capabilities**: only those the handler needs and the caller holds in the
+  container's user namespace (never more: an unprivileged caller gets
+  nothing from us);
+* **umask**: so the kernel applies it (or a default ACL) as for the caller;
+* **mount namespace**: only when a handler must mount (``setns`` is needed
+  for ``move_mount`` into it).
+
+Kernel facts this relies on: ``unshare(CLONE_FS)`` gives the thread its own
+root, cwd and umask, so ``chroot``/``umask`` here touch no other thread;
+credentials are per thread in the kernel (see ``kernel.py`` for glibc's
+broadcasting wrappers we avoid); changing fsuid away from 0 clears the
+filesystem capabilities from the effective set, so they are set again with
+``capset`` afterwards; magic links (``/proc/*/root``, ``/proc/*/fd/*``) are
+refused during resolution (RESOLVE_NO_MAGICLINKS) because in the
+container's ``/proc`` they could point anywhere.
+
+Everything here is opened relative to the ``/proc/TID`` directory fd that LXC
+sent: if the thread died and its id was reused, that fd still names the dead
+task and reads fail with ESRCH instead of reading a stranger.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from . import kernel
+from .errors import RequestGone
+from .protocol import Notification
+
+AT_FDCWD = -100
+_DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+# Capabilities whose effect depends on the inode being mapped into the caller's
+# user namespace (capable_wrt_inode_uidgid in the kernel).
+INODE_CAPS = (1 << kernel.CAP_DAC_OVERRIDE | 1 << kernel.CAP_DAC_READ_SEARCH
+              | 1 << kernel.CAP_FOWNER | 1 << kernel.CAP_FSETID)
+
+
+@dataclass(frozen=True, slots=True)
+class IdMap:
+    """One ``uid_map``/``gid_map``: (inside, outside, count) ranges."""
+
+    ranges: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def parse(cls, text: str) -> IdMap:
+        return cls(tuple((int(a), int(b), int(c)) for a, b, c in
+                         (line.split() for line in text.splitlines() if line.strip())))
+
+    def maps_host_id(self, host_id: int) -> bool:
+        return any(outside <= host_id < outside + count for _, outside, count in self.ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerView:
+    """What stays true about a running container: read once per init pid."""
+
+    name: str
+    init_pid: int
+    user_ns: str  # readlink of its ns/user: "user:[INODE]", unique while it lives
+    uid_map: IdMap
+    gid_map: IdMap
+
+    @classmethod
+    def read(cls, name: str, init_pid: int, proc_root: str = "/proc") -> ContainerView:
+        base = f"{proc_root}/{init_pid}"
+        user_ns = os.readlink(f"{base}/ns/user")
+        with open(f"{base}/uid_map") as uid_map, open(f"{base}/gid_map") as gid_map:
+            return cls(name, init_pid, user_ns,
+                       IdMap.parse(uid_map.read()), IdMap.parse(gid_map.read()))
+
+    def owns_inode(self, st: os.stat_result) -> bool:
+        return self.uid_map.maps_host_id(st.st_uid) and self.gid_map.maps_host_id(st.st_gid)
+
+
+@dataclass(frozen=True, slots=True)
+class CallerCreds:
+    """The caller's filesystem identity, in host ids, and its capabilities in its own userns."""
+
+    fsuid: int
+    fsgid: int
+    groups: tuple[int, ...]
+    cap_effective: int
+    umask: int
+    user_ns: str
+
+    def has_cap(self, cap: int) -> bool:
+        return bool(self.cap_effective >> cap & 1)
+
+
+def status_field(status: bytes, name: bytes) -> bytes:
+    """The value of one ``Name:\tvalue`` line of /proc/PID/status (b"" if absent).
+
+    Plain ``find`` is several times cheaper than a regex or splitting all
+    ~55 lines, and this runs for every emulated request.
+    """
+    start = status.find(b"\n" + name + b":")
+    if start < 0:
+        return b""
+    start += len(name) + 2
+    end = status.find(b"\n", start)
+    return status[start:end if end >= 0 else len(status)].strip()
+
+
+class Request:
+    """One notification and the three fds LXC sent with it (owned by the caller of this)."""
+
+    def __init__(self, notification: Notification, syscall: str, container: ContainerView,
+                 proc_fd: int, mem_fd: int, listener_fd: int) -> None:
+        self.notification = notification
+        self.syscall = syscall
+        self.container = container
+        self.proc_fd = proc_fd
+        self.mem_fd = mem_fd
+        self.listener_fd = listener_fd
+
+    @property
+    def args(self) -> tuple[int, ...]:
+        return self.notification.args
+
+    def read_string(self, address: int) -> bytes:
+        return kernel.read_c_string(self.mem_fd, address)
+
+    def read_creds(self) -> CallerCreds:
+        fd = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.proc_fd)
+        try:
+            status = os.read(fd, 16384)
+        finally:
+            os.close(fd)
+        user_ns = os.readlink("ns/user", dir_fd=self.proc_fd)
+        try:
+            return CallerCreds(
+                fsuid=int(status_field(status, b"Uid").split()[3]),
+                fsgid=int(status_field(status, b"Gid").split()[3]),
+                groups=tuple(map(int, status_field(status, b"Groups").split())),
+                cap_effective=int(status_field(status, b"CapEff"), 16),
+                umask=int(status_field(status, b"Umask"), 8),
+                user_ns=user_ns,
+            )
+        except (ValueError, IndexError) as err:
+            raise OSError(errno.ESRCH, f"unreadable /proc/{self.notification.pid}/status") from err
+
+    def in_container_userns(self, creds: CallerCreds) -> bool:
+        """A task in a nested user namespace holds no capability in the container's."""
+        return creds.user_ns == self.container.user_ns
+
+    def ensure_valid(self) -> None:
+        """Raise RequestGone unless the caller still waits in the syscall.
+
+        Called after every read of its memory or /proc and before acting: the
+        task may have died in between, and its pid been reused.
+        """
+        if not kernel.notif_id_valid(self.listener_fd, self.notification.notif_id):
+            raise RequestGone(self.container.name, self.notification.pid, self.syscall,
+                              self.notification.notif_id)
+
+
+class SupervisorThread:
+    """Per-thread state that lets one supervisor thread borrow a caller's identity.
+
+    Create it *in* the thread that will use it: the constructor unshares the
+    thread's filesystem state from the rest of the daemon.
+    """
+
+    def __init__(self) -> None:
+        kernel.unshare(kernel.CLONE_FS)
+        self.umask = 0
+        os.umask(self.umask)
+        self.host_root_fd = os.open("/", _DIR_FLAGS)
+        self.host_mnt_ns_fd = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        self.host_mnt_ns = _ns_id(os.fstat(self.host_mnt_ns_fd))
+        self.mnt_ns = self.host_mnt_ns
+        self.caps = kernel.capget()
+        self.groups = tuple(os.getgroups())
+
+    def close(self) -> None:
+        for name in ("host_root_fd", "host_mnt_ns_fd"):
+            fd = getattr(self, name)
+            if fd >= 0:
+                os.close(fd)
+                setattr(self, name, -1)
+
+    @contextmanager
+    def as_caller(self, request: Request, creds: CallerCreds, caps: int) -> Iterator[CallerScope]:
+        """Run the body with the caller's root, umask, fs credentials and ``caps``.
+
+        ``caps`` must already be limited to what the caller holds; the body
+        gets a scope that resolves paths the way the caller's kernel would.
+        """
+        root_fd = os.open("root", _DIR_FLAGS, dir_fd=request.proc_fd)
+        try:
+            os.fchdir(root_fd)
+            os.chroot(".")
+            if creds.umask != self.umask:
+                os.umask(creds.umask)
+                self.umask = creds.umask
+            if creds.groups != self.groups:
+                kernel.setgroups_thread(creds.groups)
+                self.groups = creds.groups
+            kernel.setfsgid(creds.fsgid)
+            kernel.setfsuid(creds.fsuid)
+            kernel.capset(kernel.ThreadCaps(caps, self.caps.permitted, self.caps.inheritable))
+            yield CallerScope(self, request, creds, caps)
+        finally:
+            self._restore()
+            os.close(root_fd)
+
+    def _restore(self) -> None:
+        # Capabilities first: chroot and setns need CAP_SYS_CHROOT/CAP_SYS_ADMIN.
+        kernel.capset(self.caps)
+        kernel.setfsuid(0)
+        kernel.setfsgid(0)
+        # Supplementary groups stay as the last caller's: they only widen
+        # permission checks, which the daemon's own capabilities bypass anyway,
+        # and a container's callers mostly share them (one syscall saved).
+        # The umask stays too: the daemon's own files get explicit modes.
+        if self.mnt_ns != self.host_mnt_ns:
+            kernel.setns(self.host_mnt_ns_fd, kernel.CLONE_NEWNS)
+            self.mnt_ns = self.host_mnt_ns
+        os.fchdir(self.host_root_fd)
+        os.chroot(".")
+
+    def enter_mount_ns(self, request: Request) -> None:
+        """Join the caller's mount namespace (needed to mount into it); undone by _restore."""
+        fd = os.open("ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=request.proc_fd)
+        try:
+            ns = _ns_id(os.fstat(fd))
+            if ns != self.mnt_ns:
+                kernel.setns(fd, kernel.CLONE_NEWNS)
+                self.mnt_ns = ns
+        finally:
+            os.close(fd)
+
+
+def _ns_id(st: os.stat_result) -> tuple[int, int]:
+    return (st.st_dev, st.st_ino)
+
+
+class CallerScope:
+    """Path resolution as the caller, valid inside ``SupervisorThread.as_caller``."""
+
+    def __init__(self, thread: SupervisorThread, request: Request, creds: CallerCreds,
+                 caps: int) -> None:
+        self.thread = thread
+        self.request = request
+        self.creds = creds
+        self.caps = caps
+
+    @contextmanager
+    def as_daemon(self) -> Iterator[None]:
+        """The daemon's full identity for a step the caller could never do itself
+        (mknod on the host's behalf, mounting); the caller's comes back after."""
+        kernel.capset(self.thread.caps)
+        kernel.setfsuid(0)
+        kernel.setfsgid(0)
+        try:
+            yield
+        finally:
+            kernel.setfsgid(self.creds.fsgid)
+            kernel.setfsuid(self.creds.fsuid)
+            self.set_caps(self.caps)
+
+    def set_caps(self, caps: int) -> None:
+        kernel.capset(kernel.ThreadCaps(caps, self.thread.caps.permitted,
+                                        self.thread.caps.inheritable))
+        self.caps = caps
+
+    def open_start_dir(self, dir_fd: int, path: bytes) -> int:
+        """An fd for where a relative ``path`` starts: the caller's cwd or its dirfd.
+
+        Returns AT_FDCWD for absolute paths (the dirfd is then ignored, as by the
+        kernel); our cwd is the caller's root after the chroot.
+        """
+        if path.startswith(b"/"):
+            return AT_FDCWD
+        if dir_fd == AT_FDCWD:
+            return os.open("cwd", _DIR_FLAGS, dir_fd=self.request.proc_fd)
+        if dir_fd < 0:
+            raise OSError(errno.EBADF, "bad dirfd")
+        try:
+            fd = os.open(f"fd/{dir_fd}", os.O_PATH | os.O_CLOEXEC, dir_fd=self.request.proc_fd)
+        except FileNotFoundError:
+            raise OSError(errno.EBADF, "bad dirfd") from None
+        if not stat.S_ISDIR(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.ENOTDIR, "dirfd is not a directory")
+        return fd
+
+    def open_parent(self, dir_fd: int, path: bytes) -> tuple[int, bytes]:
+        """Resolve all but the last component of a path to create; returns (fd, leaf).
+
+        Errors are the kernel's own (openat2 runs with the caller's
+        credentials); the special cases mirror filename_create(): an empty
+        path is ENOENT, a last component of "." or ".." (or "/") is EEXIST,
+        and a trailing slash is EEXIST when the name exists, ENOENT otherwise.
+        """
+        if not path:
+            raise OSError(errno.ENOENT, "empty path")
+        stripped = path.rstrip(b"/")
+        if not stripped:
+            raise OSError(errno.EEXIST, "the root exists")
+        head, _, leaf = stripped.rpartition(b"/")
+        if not head and stripped.startswith(b"/"):
+            head = b"/"
+        start = self.open_start_dir(dir_fd, path)
+        try:
+            parent = kernel.openat2(start, head or b".", _DIR_FLAGS, kernel.RESOLVE_NO_MAGICLINKS)
+        finally:
+            if start != AT_FDCWD:
+                os.close(start)
+        try:
+            if leaf in (b".", b".."):
+                raise OSError(errno.EEXIST, "last component is . or ..")
+            if stripped != path:  # trailing slash: only a directory could be meant
+                try:
+                    os.stat(leaf, dir_fd=parent, follow_symlinks=False)
+                except FileNotFoundError:
+                    raise OSError(errno.ENOENT, "trailing slash on a new name") from None
+                raise OSError(errno.EEXIST, "exists")
+        except BaseException:
+            os.close(parent)
+            raise
+        return parent, leaf

@@ -1,0 +1,45 @@
+"""The package's exceptions: one root, data in attributes, printed with context."""
+
+from __future__ import annotations
+
+
+class LxcNotifyError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(LxcNotifyError):
+    """Bad profile, bad key or bad state file: names the file, the key and the reason."""
+
+    def __init__(self, file: str, key: str | None, reason: str) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        where = f"{file}: {key}" if key else file
+        super().__init__(f"{where}: {reason}")
+
+
+class ProtocolError(LxcNotifyError):
+    """A datagram from the LXC monitor that does not follow the seccomp proxy protocol."""
+
+
+class ContainerError(LxcNotifyError):
+    """An operation on a container (enable, start, ...) that cannot be done."""
+
+    def __init__(self, container: str, reason: str) -> None:
+        self.container = container
+        self.reason = reason
+        super().__init__(f"container {container!r}: {reason}")
+
+
+class RequestGone(LxcNotifyError):
+    """The task behind a notification left the syscall (died, was signalled, answered).
+
+    Normal when a container stops mid-request; never worth more than a debug line.
+    """
+
+    def __init__(self, container: str, pid: int, syscall: str, notif_id: int) -> None:
+        self.container = container
+        self.pid = pid
+        self.syscall = syscall
+        self.notif_id = notif_id
+        super().__init__(f"{container}: pid {pid} left {syscall} (notification {notif_id:#x})")

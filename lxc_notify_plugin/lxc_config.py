@@ -1,0 +1,166 @@
+"""The start path: make a container's seccomp filter notify our supervisor.
+
+``enable`` writes three keys into the container's LXC config, between marker
+lines, so a plain ``lxc-start`` is supervised; ``disable`` removes exactly
+those lines.  ``start`` sets the same keys for one start only, through
+python-lxc, and starts the container.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import ContainerError
+from .paths import Paths, atomic_write
+from .policy.lxc_policy import compile_policy
+from .policy.profile import load_profile
+from .state import ContainerRecord, StateStore, check_container_name
+
+log = logging.getLogger(__name__)
+
+BEGIN = "# BEGIN lxc-notify: managed by `lxc-notify enable`, removed by `lxc-notify disable`"
+END = "# END lxc-notify"
+_STOCK_PROFILES = ("/usr/share/lxc/config/common.seccomp",)
+
+
+def _container(name: str, paths: Paths) -> Any:
+    import lxc  # python3-lxc, from Debian; imported here so policy code needs no LXC
+
+    check_container_name(name)
+    container = lxc.Container(name, paths.lxc_path) if paths.lxc_path else lxc.Container(name)
+    if not container.defined:
+        raise ContainerError(name, "no such container")
+    return container
+
+
+def config_items(record: ContainerRecord, policy_path: Path, paths: Paths) -> dict[str, str]:
+    return {
+        "lxc.seccomp.profile": str(policy_path),
+        "lxc.seccomp.notify.proxy": f"unix:{paths.socket}",
+        "lxc.seccomp.notify.cookie": record.cookie,
+    }
+
+
+def prepare(name: str, profile_name: str | None, paths: Paths,
+            lxc_path: str | None = None) -> tuple[ContainerRecord, Path]:
+    """Make (or refresh) the container's record and compiled policy; reuse its cookie."""
+    store = StateStore(paths)
+    existing = store.get(name)
+    profile_name = profile_name or (existing.profile if existing else "default")
+    profile = load_profile(profile_name, paths.profile_search_path)  # errors before any write
+    record = ContainerRecord(name, existing.cookie if existing else store.new_cookie(),
+                             profile_name, lxc_path)
+    policy_path = store.policy_path(name)
+    atomic_write(policy_path, compile_policy(profile), mode=0o600)
+    store.put(record)
+    return record, policy_path
+
+
+def _split_managed(text: str) -> tuple[list[str], bool]:
+    """The config's lines without our block, and whether the block was there."""
+    kept: list[str] = []
+    inside = found = False
+    for line in text.splitlines():
+        if line == BEGIN:
+            inside = found = True
+        elif line == END and inside:
+            inside = False
+        elif not inside:
+            kept.append(line)
+    return kept, found
+
+
+def enable(name: str, profile_name: str | None, paths: Paths) -> ContainerRecord:
+    container = _container(name, paths)
+    config = Path(container.config_file_name)
+    kept, _ = _split_managed(config.read_text())
+    for line in kept:
+        key = line.split("=", 1)[0].strip()
+        value = line.split("=", 1)[1].strip() if "=" in line else ""
+        if key.startswith("lxc.seccomp.notify") or (
+                key == "lxc.seccomp.profile" and value not in _STOCK_PROFILES):
+            raise ContainerError(name, f"{config} already sets {key}; remove it first "
+                                       "(lxc-notify would replace it)")
+    record, policy_path = prepare(name, profile_name, paths, paths.lxc_path)
+    block = [BEGIN] + [f"{k} = {v}" for k, v in config_items(record, policy_path, paths).items()]
+    text = "\n".join(kept + block + [END]) + "\n"
+    # The cookie is a secret: the config must not be readable by others.
+    mode = os.stat(config).st_mode & 0o7777 & ~0o007
+    atomic_write(config, text, mode=mode)
+    if container.running:
+        log.warning("container %s is running: interception starts at its next start", name)
+    return record
+
+
+def disable(name: str, paths: Paths) -> bool:
+    """Remove our block and state; True if there was anything to remove."""
+    container = _container(name, paths)
+    config = Path(container.config_file_name)
+    kept, found = _split_managed(config.read_text())
+    if found:
+        mode = os.stat(config).st_mode & 0o7777
+        atomic_write(config, "\n".join(kept) + "\n", mode=mode)
+    store = StateStore(paths)
+    had_state = store.get(name) is not None
+    store.remove(name)
+    return found or had_state
+
+
+def daemon_running(paths: Paths) -> bool:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(str(paths.socket))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()
+
+
+def ensure_daemon(paths: Paths, log_file: Path, timeout: float = 10.0) -> None:
+    """Start ``lxc-notify daemon`` in the background unless one already answers."""
+    if daemon_running(paths):
+        return
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "ab") as out:
+        subprocess.Popen(
+            [sys.executable, "-m", "lxc_notify_plugin", *global_args(paths), "daemon"],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            close_fds=True)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon_running(paths):
+            return
+        time.sleep(0.05)
+    raise ContainerError("-", f"the supervisor did not start; see {log_file}")
+
+
+def global_args(paths: Paths) -> list[str]:
+    args = ["--socket", str(paths.socket), "--state-dir", str(paths.state_dir),
+            "--profile-dir", str(paths.admin_profiles)]
+    if paths.lxc_path:
+        args += ["--lxc-path", paths.lxc_path]
+    return args
+
+
+def start(name: str, profile_name: str | None, paths: Paths, log_file: Path) -> None:
+    """Start ``name`` supervised for this start only (its config file is not changed)."""
+    container = _container(name, paths)
+    if container.running:
+        raise ContainerError(name, "already running")
+    record, policy_path = prepare(name, profile_name, paths, paths.lxc_path)
+    for key, value in config_items(record, policy_path, paths).items():
+        if not container.set_config_item(key, value):
+            raise ContainerError(name, f"LXC refused {key} = {value}")
+    ensure_daemon(paths, log_file)
+    if not container.start():
+        raise ContainerError(name, "LXC could not start it (see lxc-start --logfile)")
+    if not container.wait("RUNNING", 10):
+        raise ContainerError(name, "did not reach RUNNING within 10 s")

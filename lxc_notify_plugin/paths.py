@@ -1,0 +1,45 @@
+"""Where things live.  Every path can be overridden (tests use their own)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+PACKAGE_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
+@dataclass(frozen=True)
+class Paths:
+    socket: Path = Path("/run/lxc-notify/seccomp.sock")
+    state_dir: Path = Path("/var/lib/lxc-notify")
+    admin_profiles: Path = Path("/etc/lxc-notify/profiles")
+    shipped_profiles: Path = PACKAGE_PROFILES
+    lxc_path: str | None = None  # python-lxc's default (/var/lib/lxc) when None
+
+    @property
+    def profile_search_path(self) -> tuple[Path, ...]:
+        # Admin profiles override shipped ones of the same name.
+        return (self.admin_profiles, self.shipped_profiles)
+
+    @property
+    def containers_dir(self) -> Path:
+        return self.state_dir / "containers"
+
+
+def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
+    """Write, fsync, rename: a crash leaves the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, data.encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.rename(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

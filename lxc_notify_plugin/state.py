@@ -1,0 +1,86 @@
+"""Per-container state: the cookie that identifies it to the daemon, and its profile.
+
+One root-only JSON file per container under ``STATE/containers/``.  The cookie
+is a random secret made when interception is enabled; the daemon never trusts
+a container's name, only this secret, which LXC's monitor sends with every
+notification.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ConfigError
+from .paths import Paths, atomic_write
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def check_container_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise ConfigError("<command line>", "NAME", f"{name!r} is not a valid container name")
+    return name
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    name: str
+    cookie: str
+    profile: str
+    lxc_path: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps({"name": self.name, "cookie": self.cookie, "profile": self.profile,
+                           "lxc_path": self.lxc_path}, indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, file: str) -> ContainerRecord:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(file, None, f"invalid JSON: {err}") from err
+        if not isinstance(data, dict):
+            raise ConfigError(file, None, "not a JSON object")
+        for key in ("name", "cookie", "profile"):
+            if not isinstance(data.get(key), str):
+                raise ConfigError(file, key, "missing or not a string")
+        return cls(data["name"], data["cookie"], data["profile"], data.get("lxc_path"))
+
+
+class StateStore:
+    def __init__(self, paths: Paths) -> None:
+        self.paths = paths
+
+    def record_path(self, name: str) -> Path:
+        return self.paths.containers_dir / f"{check_container_name(name)}.json"
+
+    def policy_path(self, name: str) -> Path:
+        return self.paths.containers_dir / f"{check_container_name(name)}.seccomp"
+
+    def get(self, name: str) -> ContainerRecord | None:
+        path = self.record_path(name)
+        try:
+            return ContainerRecord.from_json(path.read_text(), str(path))
+        except FileNotFoundError:
+            return None
+
+    def put(self, record: ContainerRecord) -> None:
+        atomic_write(self.record_path(record.name), record.to_json())
+
+    def remove(self, name: str) -> None:
+        for path in (self.record_path(name), self.policy_path(name)):
+            path.unlink(missing_ok=True)
+
+    def all(self) -> list[ContainerRecord]:
+        records = []
+        for path in sorted(self.paths.containers_dir.glob("*.json")):
+            records.append(ContainerRecord.from_json(path.read_text(), str(path)))
+        return records
+
+    @staticmethod
+    def new_cookie() -> str:
+        return secrets.token_hex(32)

@@ -1,0 +1,33 @@
+"""Shared test rules.
+
+Under CI (CI=true) a missing prerequisite is a failure, never a skip: a suite
+that skips its real tests proves nothing.  Elsewhere, a developer without
+root or LXC can still run the unit tier.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def require(condition: bool, what: str) -> None:
+    """Fail under CI, skip elsewhere, when a prerequisite is missing."""
+    if condition:
+        return
+    if IN_CI:
+        pytest.fail(f"prerequisite missing under CI: {what}", pytrace=False)
+    pytest.skip(f"prerequisite missing: {what}")
+
+
+def require_root() -> None:
+    require(os.geteuid() == 0, "root")
+
+
+def require_tools(*tools: str) -> None:
+    for tool in tools:
+        require(shutil.which(tool) is not None, f"the {tool} command")

@@ -1,0 +1,149 @@
+"""Real unprivileged LXC containers and a real supervisor daemon.
+
+The daemon runs as a subprocess with paths under a temporary directory, so
+tests never touch /run/lxc-notify or /var/lib/lxc-notify.  Containers get
+unique names and are destroyed even when tests fail.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lxc_notify_plugin.lxc_config import daemon_running
+from lxc_notify_plugin.paths import Paths
+from lxc_notify_plugin.sandbox import Sandbox
+from tests.conftest import require, require_root, require_tools
+
+HELPER_SOURCE = Path(__file__).resolve().parent.parent / "helpers" / "nodeprobe.c"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/lxc/" in str(item.fspath):
+            item.add_marker(pytest.mark.lxc)
+
+
+@pytest.fixture(scope="session")
+def lxc_ready() -> None:
+    require_root()
+    require_tools("lxc-create", "lxc-start", "lxc-attach", "lxc-destroy", "gcc")
+    require(Path("/usr/share/lxc/templates/lxc-busybox").exists(), "LXC's busybox template")
+    require(shutil.which("busybox") is not None, "busybox (busybox-static)")
+
+
+@pytest.fixture(scope="session")
+def nodeprobe(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    binary = tmp_path_factory.mktemp("helpers") / "nodeprobe"
+    subprocess.run(["gcc", "-O2", "-static", "-no-pie", "-Wall", "-Werror", "-o", str(binary),
+                    str(HELPER_SOURCE)], check=True)
+    return binary
+
+
+class Daemon:
+    """``lxc-notify daemon`` in a subprocess, logging every decision."""
+
+    def __init__(self, root: Path) -> None:
+        self.paths = Paths(socket=root / "run" / "seccomp.sock", state_dir=root / "state",
+                           admin_profiles=root / "profiles")
+        self.log_path = root / "daemon.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "lxc_notify_plugin", *self.global_args(),
+                               *args], capture_output=True, text=True, check=check)
+
+    def global_args(self) -> list[str]:
+        return ["--socket", str(self.paths.socket), "--state-dir", str(self.paths.state_dir),
+                "--profile-dir", str(self.paths.admin_profiles)]
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lxc_notify_plugin", *self.global_args(), "-v", "daemon"],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while not daemon_running(self.paths):
+            assert self.process.poll() is None, self.log()
+            assert time.monotonic() < deadline, "daemon did not start:\n" + self.log()
+            time.sleep(0.05)
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def fd_count(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def stop(self) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise AssertionError("daemon ignored SIGTERM:\n" + self.log()) from None
+        return self.process.returncode
+
+
+@pytest.fixture(scope="session")
+def daemon(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    daemon = Daemon(tmp_path_factory.mktemp("daemon"))
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        rc = daemon.stop()
+    log = daemon.log()
+    assert rc == 0, f"daemon exited {rc}:\n{log[-5000:]}"
+    assert "Traceback" not in log, log[-5000:]
+
+
+class Container(Sandbox):
+    """A sandbox with nodeprobe installed; ``probe(...)`` returns its one-line answer."""
+
+    def probe(self, *args: str, uid: int = 0, gid: int = 0, cwd: str | None = None) -> str:
+        return self.attach("/bin/nodeprobe", *args, uid=uid, gid=gid, cwd=cwd).strip()
+
+    def sh(self, script: str, uid: int = 0, gid: int = 0) -> str:
+        return self.attach("/bin/sh", "-c", script, uid=uid, gid=gid)
+
+
+def supervised_container(daemon: Daemon, nodeprobe: Path, profile: str = "default"
+                         ) -> Container:
+    container = Container()
+    try:
+        container.create()
+        container.install(nodeprobe, "/bin/nodeprobe")
+        daemon.cli("enable", container.name, "--profile", profile)
+        container.start()
+    except BaseException:
+        container.destroy()
+        raise
+    return container
+
+
+@pytest.fixture(scope="session")
+def container(daemon: Daemon, nodeprobe: Path) -> Iterator[Container]:
+    container = supervised_container(daemon, nodeprobe)
+    try:
+        yield container
+    finally:
+        container.destroy()

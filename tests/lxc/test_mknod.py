@@ -1,0 +1,150 @@
+"""mknod/mknodat emulation in a real unprivileged container, through LXC and the kernel."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from tests.lxc.conftest import Container, Daemon
+
+
+def unique(prefix: str = "n") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_allowed_node_has_type_numbers_owner_and_mode(container: Container) -> None:
+    path = f"/tmp/{unique()}"
+    assert container.probe("mknod", path, "c", "1", "3", "0666", "022") == "ok"
+    assert container.probe("stat", path) == "mode 20644 uid 0 gid 0 major 1 minor 3"
+    # On the host the owner is the container's root as mapped: 100000.
+    host = container.rootfs / path.lstrip("/")
+    assert (host.stat().st_uid, host.stat().st_gid) == (100000, 100000)
+
+
+def test_umask_077_is_applied(container: Container) -> None:
+    path = f"/tmp/{unique()}"
+    assert container.probe("mknod", path, "c", "1", "5", "0666", "077") == "ok"
+    assert container.probe("stat", path) == "mode 20600 uid 0 gid 0 major 1 minor 5"
+
+
+def test_owner_follows_the_callers_fsgid(container: Container) -> None:
+    path = f"/tmp/{unique()}"
+    assert container.probe("mknod", path, "c", "1", "9", gid=5) == "ok"
+    assert container.probe("stat", path).endswith("uid 0 gid 5 major 1 minor 9")
+
+
+def test_forbidden_device_gets_eperm_and_nothing_is_created(container: Container) -> None:
+    for kind, major, minor in (("c", "4", "1"), ("b", "7", "0"), ("c", "10", "229")):
+        path = f"/tmp/{unique()}"
+        assert container.probe("mknod", path, kind, major, minor) == "EPERM"
+        assert container.probe("stat", path) == "ENOENT"
+
+
+def test_non_root_container_user_gets_eperm(container: Container) -> None:
+    directory = f"/tmp/{unique('u')}"
+    container.sh(f"mkdir {directory} && chown 1000:1000 {directory}")
+    assert container.probe("mknod", f"{directory}/null", "c", "1", "3", uid=1000,
+                           gid=1000) == "EPERM"
+    assert container.probe("stat", f"{directory}/null") == "ENOENT"
+
+
+def test_relative_path_from_a_non_root_cwd(container: Container) -> None:
+    directory = f"/tmp/{unique('d')}"
+    container.sh(f"mkdir -p {directory}/sub")
+    assert container.probe("mknod", "rel", "c", "1", "3", cwd=f"{directory}/sub") == "ok"
+    assert container.probe("mknod", "../up", "c", "1", "3", cwd=f"{directory}/sub") == "ok"
+    assert container.probe("stat", f"{directory}/sub/rel").endswith("major 1 minor 3")
+    assert container.probe("stat", f"{directory}/up").endswith("major 1 minor 3")
+
+
+def test_mknodat_with_a_real_dirfd(container: Container) -> None:
+    directory = f"/tmp/{unique('d')}"
+    container.sh(f"mkdir {directory}")
+    assert container.probe("mknodat", directory, "zero", "c", "1", "5", "0640") == "ok"
+    assert container.probe("stat", f"{directory}/zero") == "mode 20640 uid 0 gid 0 major 1 minor 5"
+
+
+def test_mknodat_dirfd_errors(container: Container) -> None:
+    assert container.probe("mknodat-fd", "0", unique()) == "ENOTDIR"  # stdin is no directory
+    assert container.probe("mknodat-fd", "77", unique()) == "EBADF"
+
+
+def test_kernel_exact_errors(container: Container) -> None:
+    path = f"/tmp/{unique()}"
+    assert container.probe("mknod", path, "c", "1", "3") == "ok"
+    assert container.probe("mknod", path, "c", "1", "3") == "EEXIST"
+    assert container.probe("mknod", f"/tmp/{unique('missing')}/x", "c", "1", "3") == "ENOENT"
+    assert container.probe("mknod", f"{path}/x", "c", "1", "3") == "ENOTDIR"
+    assert container.probe("mknod", "/tmp/" + "a" * 300, "c", "1", "3") == "ENAMETOOLONG"
+    assert container.probe("longpath") == "ENAMETOOLONG"
+    assert container.probe("badptr") == "EFAULT"
+    loop = f"/tmp/{unique('loop')}"
+    container.sh(f"ln -s {loop} {loop}")
+    assert container.probe("mknod", f"{loop}/x", "c", "1", "3") == "ELOOP"
+    assert container.probe("mknod", "", "c", "1", "3") == "ENOENT"
+    assert container.probe("mknod", "/tmp/.", "c", "1", "3") == "EEXIST"
+
+
+def test_write_permission_is_the_callers(container: Container) -> None:
+    # A directory container root may not write to: owned by an unmapped host
+    # id (nobody inside), mode 0755.  Root in a privileged container could;
+    # root of a user namespace cannot, and neither can it through us.
+    directory = container.rootfs / "tmp" / unique("ro")
+    directory.mkdir(mode=0o755)
+    assert container.probe("mknod", f"/tmp/{directory.name}/x", "c", "1", "3") == "EACCES"
+
+
+def test_symlink_and_dotdot_cannot_leave_the_container(container: Container) -> None:
+    name = unique("escape")
+    link = f"/tmp/{unique('l')}"
+    container.sh(f"ln -s / {link}")
+    assert container.probe("mknod", f"{link}/{name}", "c", "1", "3") == "ok"
+    assert container.probe("mknod", f"../../../../../../{name}-dotdot", "c", "1", "3",
+                           cwd="/tmp") == "ok"
+    for made in (name, f"{name}-dotdot"):
+        assert not Path("/", made).exists(), "a node escaped onto the host"
+        assert (container.rootfs / made).exists()
+        (container.rootfs / made).unlink()
+
+
+def test_magic_links_are_refused(container: Container) -> None:
+    name = unique("magic")
+    # /proc/1/root is a magic link: refused with ELOOP (RESOLVE_NO_MAGICLINKS).
+    assert container.probe("mknod", f"/proc/1/root/tmp/{name}", "c", "1", "3") == "ELOOP"
+    # /proc/self names the resolving task, which is ours and has no pid in the
+    # container: refused too, whichever way.
+    assert container.probe("mknod", f"/proc/self/root/tmp/{name}", "c", "1", "3") in (
+        "ELOOP", "ENOENT")
+    assert container.probe("stat", f"/tmp/{name}") == "ENOENT"
+
+
+def test_node_in_dev_is_usable(container: Container) -> None:
+    name = f"/dev/{unique('null')}"
+    assert container.probe("mknod", name, "c", "1", "3") == "ok"
+    assert container.probe("stat", name) == "mode 20644 uid 0 gid 0 major 1 minor 3"
+    assert container.probe("write", name) == "ok"
+    assert container.sh(f"echo hello > {name} && echo written").strip() == "written"
+
+
+def test_i386_entry_point(container: Container) -> None:
+    path = f"/tmp/{unique('i386')}"
+    assert container.probe("mknod32", path, "1", "7") == "ok"
+    assert container.probe("stat", path).endswith("major 1 minor 7")
+    assert container.probe("mknod32", f"/tmp/{unique()}", "4", "1") == "EPERM"
+
+
+def test_fifos_and_files_never_reach_the_supervisor(container: Container, daemon: Daemon) -> None:
+    before = daemon.log().count(f"{container.name}: pid")
+    fifo, regular = f"/tmp/{unique('fifo')}", f"/tmp/{unique('file')}"
+    assert container.probe("mknod", fifo, "p", "0", "0") == "ok"
+    assert container.probe("mknod", regular, "f", "0", "0") == "ok"
+    assert container.probe("stat", fifo).startswith("mode 10644")
+    assert container.probe("stat", regular).startswith("mode 100644")
+    assert daemon.log().count(f"{container.name}: pid") == before
+
+
+def test_root_may_write_where_a_mapped_owner_forbids(container: Container) -> None:
+    # Container root's CAP_DAC_OVERRIDE applies to inodes its namespace maps.
+    directory = f"/tmp/{unique('u')}"
+    container.sh(f"mkdir -m 0755 {directory} && chown 1000:1000 {directory}")
+    assert container.probe("mknod", f"{directory}/null", "c", "1", "3") == "ok"

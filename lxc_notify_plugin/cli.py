@@ -58,6 +58,12 @@ def cmd_profile_compile(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lxc-notify", description=(
         "Supervise unprivileged LXC containers through seccomp user notification."))
@@ -86,6 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--log-file", default="/var/log/lxc-notify.log",
                        help="where a daemon started by this command logs (default %(default)s)")
     start.set_defaults(func=cmd_start)
+    sub.add_parser("demo", help="show interception working in a throw-away container"
+                   ).set_defaults(func=cmd_demo)
     profile = sub.add_parser("profile", help="profiles").add_subparsers(dest="action",
                                                                        required=True)
     compile_ = profile.add_parser("compile", help="print the LXC seccomp policy of a profile")

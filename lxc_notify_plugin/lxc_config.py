@@ -150,6 +150,19 @@ def global_args(paths: Paths) -> list[str]:
     return args
 
 
+def _set_config_item(container: Any, key: str, value: str) -> bool:
+    """Set one key in the container's in-memory config.
+
+    python-lxc's wrapper reads each value back and undoes the change when the
+    read differs; LXC 5.0 reads ``lxc.seccomp.notify.proxy`` back as an empty
+    string, so the wrapper always undoes it.  The C binding underneath sets
+    the value and reports LXC's own verdict.
+    """
+    import lxc
+
+    return bool(lxc._lxc.Container.set_config_item(container, key, value))
+
+
 def start(name: str, profile_name: str | None, paths: Paths, log_file: Path) -> None:
     """Start ``name`` supervised for this start only (its config file is not changed)."""
     container = _container(name, paths)
@@ -157,7 +170,7 @@ def start(name: str, profile_name: str | None, paths: Paths, log_file: Path) -> 
         raise ContainerError(name, "already running")
     record, policy_path = prepare(name, profile_name, paths, paths.lxc_path)
     for key, value in config_items(record, policy_path, paths).items():
-        if not container.set_config_item(key, value):
+        if not _set_config_item(container, key, value):
             raise ContainerError(name, f"LXC refused {key} = {value}")
     ensure_daemon(paths, log_file)
     if not container.start():

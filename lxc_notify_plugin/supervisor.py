@@ -219,7 +219,10 @@ class Supervisor:
             conn.close()
             if session.thread is not None:
                 session.thread.close()
-            log.info("%s: disconnected (%s)", session.label, _format_stats(session))
+            # A connection that never named a container is a liveness probe
+            # (lxc-notify start, tests): not worth an info line.
+            log.log(logging.INFO if session.container else logging.DEBUG,
+                    "%s: disconnected (%s)", session.label, _format_stats(session))
             with self._threads_lock:
                 self._threads.pop(threading.current_thread(), None)
 

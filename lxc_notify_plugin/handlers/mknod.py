@@ -57,9 +57,11 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
     # The kernel's dev argument is the 32-bit new_encode_dev() form.
     major, minor = os.major(dev), os.minor(dev)
     if not needs_emulation(policy.devices, kind, major, minor):
+        log.debug("%s %s:%s not in the profile: the kernel decides", kind, major, minor)
         return KERNEL_DECIDES
     creds = request.read_creds()
     if not (request.in_container_userns(creds) and creds.has_cap(kernel.CAP_MKNOD)):
+        log.debug("caller lacks CAP_MKNOD in the container: the kernel decides")
         return KERNEL_DECIDES
     path = request.read_string(path_address)
     request.ensure_valid()  # read everything, then check, then act
@@ -83,6 +85,8 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
                 raise
         finally:
             os.close(parent_fd)
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("made %s %d:%d at %r for uid %d", kind, major, minor, path, creds.fsuid)
     return DONE
 
 

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Set everything up, then show interception working in a real unprivileged container.
+set -euo pipefail
+cd "$(dirname "$0")"
+./scripts/setup.sh
+exec .venv/bin/lxc-notify demo

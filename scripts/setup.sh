@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Everything lxc-notify-plugin needs on a fresh Debian 12 machine, as root.
+# Idempotent: running it again changes nothing that is already in place.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run as root (it installs packages and runs containers)" >&2
+    exit 1
+fi
+
+packages=(lxc python3-lxc python3-venv busybox-static uidmap udev e2fsprogs fuse2fs
+          gcc libc6-dev procps)
+missing=()
+for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Subordinate ids for unprivileged containers: root inside = 100000 outside.
+for f in /etc/subuid /etc/subgid; do
+    grep -qx 'root:100000:65536' "$f" 2>/dev/null || echo 'root:100000:65536' >> "$f"
+done
+
+# Debian's python3-lxc lives in the system site-packages of /usr/bin/python3.
+if [ ! -x .venv/bin/python ]; then
+    /usr/bin/python3 -m venv --system-site-packages .venv
+fi
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test]"
+.venv/bin/python -c "import lxc, pyseccomp, pyudev" 
+
+# A real udev database (device policy reads it); start udevd unless it runs.
+if ! pgrep -x systemd-udevd >/dev/null; then
+    /lib/systemd/systemd-udevd --daemon
+fi
+udevadm trigger --action=add >/dev/null 2>&1 || true
+udevadm settle --timeout=30 || true
+echo "setup: ready"

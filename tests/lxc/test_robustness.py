@@ -1,0 +1,120 @@
+"""Every notification gets an answer; nothing kills the supervisor or leaks from it."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+from lxc_notify_plugin import kernel, protocol
+from tests.lxc.conftest import Container, Daemon
+
+
+def _exchange(daemon: Daemon, datagram: bytes, fds: list[int]) -> bytes:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(10)
+        sock.connect(str(daemon.paths.socket))
+        socket.send_fds(sock, [datagram], fds)
+        return sock.recv(4096)
+
+
+def _lxc_like_fds() -> list[int]:
+    return [os.open("/proc/self", os.O_RDONLY | os.O_DIRECTORY),
+            os.open("/proc/self/mem", os.O_RDONLY), os.open("/dev/null", os.O_RDONLY)]
+
+
+def test_garbage_and_unknown_cookie_are_refused(container: Container, daemon: Daemon) -> None:
+    sizes = kernel.notif_sizes()
+    fds = _lxc_like_fds()
+    try:
+        assert _exchange(daemon, b"garbage", []) == protocol.UNPARSEABLE_REPLY
+        assert _exchange(daemon, b"\xff" * 200, fds) == protocol.UNPARSEABLE_REPLY
+        unknown = protocol.build(42, os.getpid(), 133, kernel.AUDIT_ARCH_X86_64,
+                                 (0, 0o20666, os.makedev(1, 3)), init_pid=os.getpid(),
+                                 cookie=uuid.uuid4().hex.encode(), sizes=sizes)
+        reply = _exchange(daemon, unknown, fds)
+        assert protocol.unpack_reply(reply) == (42, 0, -errno.ENOSYS, 0)
+        wrong_sizes = bytearray(unknown)
+        wrong_sizes[16] += 8  # seccomp_notif size no longer the kernel's
+        assert _exchange(daemon, bytes(wrong_sizes), fds) == protocol.UNPARSEABLE_REPLY
+        assert _exchange(daemon, unknown, fds[:2]) == protocol.UNPARSEABLE_REPLY  # 2 fds
+    finally:
+        for fd in fds:
+            os.close(fd)
+    # The real container is still served.
+    path = f"/tmp/after-garbage-{uuid.uuid4().hex[:6]}"
+    assert container.probe("mknod", path, "c", "1", "3") == "ok"
+    assert "malformed datagram refused" in daemon.log()
+    assert "unknown cookie refused" in daemon.log()
+
+
+def test_caller_killed_mid_request_leaves_the_daemon_healthy(container: Container,
+                                                             daemon: Daemon) -> None:
+    for round_ in range(5):
+        marker = f"/tmp/forever-{uuid.uuid4().hex[:6]}"
+        with subprocess.Popen(
+                ["lxc-attach", "-n", container.name, "-P", container.lxc_path, "--clear-env",
+                 "--", "/bin/nodeprobe", "forever", marker],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL) as attach:
+            try:
+                assert attach.stdout is not None
+                assert attach.stdout.readline().strip() == b"started"
+                time.sleep(0.2 + 0.05 * round_)  # thousands of requests are in flight by now
+                subprocess.run(["pkill", "-KILL", "-f", f"nodeprobe forever {marker}"],
+                               check=True)
+                attach.wait(20)
+            finally:
+                if attach.poll() is None:
+                    attach.kill()
+    assert daemon.alive()
+    assert container.probe("mknod", f"/tmp/alive-{uuid.uuid4().hex[:6]}", "c", "1", "3") == "ok"
+
+
+def test_request_whose_caller_died_while_queued_is_answered(container: Container,
+                                                           daemon: Daemon) -> None:
+    """Deterministic version: the caller dies while its datagram waits for us."""
+    marker = f"/tmp/queued-{uuid.uuid4().hex[:6]}"
+    os.kill(daemon.pid, signal.SIGSTOP)
+    try:
+        with subprocess.Popen(
+                ["lxc-attach", "-n", container.name, "-P", container.lxc_path, "--clear-env",
+                 "--", "/bin/nodeprobe", "mknod", marker, "c", "1", "3"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL) as attach:
+            deadline = time.monotonic() + 10
+            while subprocess.run(["pgrep", "-f", f"nodeprobe mknod {marker}"],
+                                 capture_output=True).returncode != 0:
+                assert time.monotonic() < deadline, "the caller never started"
+                time.sleep(0.05)
+            time.sleep(0.3)  # now it waits in mknod for an answer
+            subprocess.run(["pkill", "-KILL", "-f", f"nodeprobe mknod {marker}"], check=True)
+            os.kill(daemon.pid, signal.SIGCONT)
+            attach.wait(20)
+    finally:
+        os.kill(daemon.pid, signal.SIGCONT)
+    deadline = time.monotonic() + 10
+    while "left mknod" not in daemon.log() and "-> ESRCH" not in daemon.log():
+        assert time.monotonic() < deadline, "the dead caller's request was never handled"
+        time.sleep(0.05)
+    assert daemon.alive()
+    assert container.probe("stat", marker) == "ENOENT"
+    assert container.probe("mknod", marker, "c", "1", "3") == "ok"
+
+
+def test_no_fd_leak_after_a_thousand_requests(container: Container, daemon: Daemon) -> None:
+    # Warm up: the first request of a thread and of a mount opens what it keeps.
+    container.probe("bench", "50", "/tmp/warm", "c", "1", "3")
+    before = daemon.fd_count()
+    assert container.probe("bench", "500", "/tmp/leak", "c", "1", "3").startswith(
+        "calls 500 ok 500")
+    assert container.probe("bench", "500", "/tmp/leak", "c", "4", "1").startswith(
+        "calls 500 ok 0")
+    # Nodes in /dev are bind mounts (cannot be unlinked): make 20 distinct ones.
+    made = container.sh("for i in $(seq 20); do /bin/nodeprobe mknod /dev/leak-$i c 1 3; done")
+    assert made.split() == ["ok"] * 20
+    assert daemon.fd_count() == before

@@ -86,8 +86,8 @@ class ContainerView:
             return cls(name, init_pid, user_ns,
                        IdMap.parse(uid_map.read()), IdMap.parse(gid_map.read()))
 
-    def owns_inode(self, st: os.stat_result) -> bool:
-        return self.uid_map.maps_host_id(st.st_uid) and self.gid_map.maps_host_id(st.st_gid)
+    def maps_owner(self, uid: int, gid: int) -> bool:
+        return self.uid_map.maps_host_id(uid) and self.gid_map.maps_host_id(gid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,48 +197,17 @@ class SupervisorThread:
                 os.close(fd)
                 setattr(self, name, -1)
 
-    @contextmanager
-    def as_caller(self, request: Request, creds: CallerCreds, caps: int) -> Iterator[CallerScope]:
-        """Run the body with the caller's root, umask, fs credentials and ``caps``.
+    def as_caller(self, request: Request, creds: CallerCreds, caps: int) -> CallerScope:
+        """A context in which this thread resolves paths and creates files as the caller.
 
-        ``caps`` must already be limited to what the caller holds; the body
-        gets a scope that resolves paths the way the caller's kernel would.
+        ``caps`` must already be limited to what the caller holds in its
+        namespace; see CallerScope.
         """
-        root_fd = os.open("root", _DIR_FLAGS, dir_fd=request.proc_fd)
-        try:
-            os.fchdir(root_fd)
-            os.chroot(".")
-            if creds.umask != self.umask:
-                os.umask(creds.umask)
-                self.umask = creds.umask
-            if creds.groups != self.groups:
-                kernel.setgroups_thread(creds.groups)
-                self.groups = creds.groups
-            kernel.setfsgid(creds.fsgid)
-            kernel.setfsuid(creds.fsuid)
-            kernel.capset(kernel.ThreadCaps(caps, self.caps.permitted, self.caps.inheritable))
-            yield CallerScope(self, request, creds, caps)
-        finally:
-            self._restore()
-            os.close(root_fd)
-
-    def _restore(self) -> None:
-        # Capabilities first: chroot and setns need CAP_SYS_CHROOT/CAP_SYS_ADMIN.
-        kernel.capset(self.caps)
-        kernel.setfsuid(0)
-        kernel.setfsgid(0)
-        # Supplementary groups stay as the last caller's: they only widen
-        # permission checks, which the daemon's own capabilities bypass anyway,
-        # and a container's callers mostly share them (one syscall saved).
-        # The umask stays too: the daemon's own files get explicit modes.
-        if self.mnt_ns != self.host_mnt_ns:
-            kernel.setns(self.host_mnt_ns_fd, kernel.CLONE_NEWNS)
-            self.mnt_ns = self.host_mnt_ns
-        os.fchdir(self.host_root_fd)
-        os.chroot(".")
+        return CallerScope(self, request, creds, caps)
 
     def enter_mount_ns(self, request: Request) -> None:
-        """Join the caller's mount namespace (needed to mount into it); undone by _restore."""
+        """Join the caller's mount namespace (needed to mount into it); undone when the
+        request's CallerScope exits."""
         fd = os.open("ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=request.proc_fd)
         try:
             ns = _ns_id(os.fstat(fd))
@@ -254,7 +223,14 @@ def _ns_id(st: os.stat_result) -> tuple[int, int]:
 
 
 class CallerScope:
-    """Path resolution as the caller, valid inside ``SupervisorThread.as_caller``."""
+    """One request's borrowed identity: entered with ``with``, undone on exit.
+
+    Entering switches the thread's umask, groups, fsgid, fsuid and effective
+    capabilities to the caller's (in that order: fsuid last, since leaving
+    fsuid 0 clears the filesystem capabilities that capset then sets
+    exactly).  Leaving restores the daemon's identity, root and mount
+    namespace, whatever happened inside.
+    """
 
     def __init__(self, thread: SupervisorThread, request: Request, creds: CallerCreds,
                  caps: int) -> None:
@@ -262,14 +238,56 @@ class CallerScope:
         self.request = request
         self.creds = creds
         self.caps = caps
+        self.root_fd = -1
+        self._chrooted = False
+
+    def __enter__(self) -> CallerScope:
+        thread, creds = self.thread, self.creds
+        self.root_fd = os.open("root", _DIR_FLAGS, dir_fd=self.request.proc_fd)
+        try:
+            if creds.umask != thread.umask:
+                os.umask(creds.umask)
+                thread.umask = creds.umask
+            if creds.groups != thread.groups:
+                kernel.setgroups_thread(creds.groups)
+                thread.groups = creds.groups
+            kernel.setfsgid(creds.fsgid)
+            kernel.setfsuid(creds.fsuid)
+            self.set_caps(self.caps)
+        except BaseException:
+            self.__exit__(None, None, None)
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        thread = self.thread
+        # Capabilities first: chroot and setns need CAP_SYS_CHROOT/CAP_SYS_ADMIN,
+        # and with CAP_SETUID/CAP_SETGID back these two cannot fail.
+        kernel.capset(thread.caps)
+        kernel.setfsuid(0, verify=False)
+        kernel.setfsgid(0, verify=False)
+        # Supplementary groups and umask stay as the last caller's: they only
+        # matter to permission checks and modes, which the daemon's own
+        # capabilities and explicit chmods decide (two syscalls saved).
+        if thread.mnt_ns != thread.host_mnt_ns:
+            kernel.setns(thread.host_mnt_ns_fd, kernel.CLONE_NEWNS)  # also resets the root
+            thread.mnt_ns = thread.host_mnt_ns
+            self._chrooted = False
+        if self._chrooted:
+            os.fchdir(thread.host_root_fd)
+            os.chroot(".")
+            self._chrooted = False
+        if self.root_fd >= 0:
+            os.close(self.root_fd)
+            self.root_fd = -1
 
     @contextmanager
     def as_daemon(self) -> Iterator[None]:
         """The daemon's full identity for a step the caller could never do itself
         (mknod on the host's behalf, mounting); the caller's comes back after."""
         kernel.capset(self.thread.caps)
-        kernel.setfsuid(0)
-        kernel.setfsgid(0)
+        kernel.setfsuid(0, verify=False)
+        kernel.setfsgid(0, verify=False)
         try:
             yield
         finally:
@@ -282,14 +300,8 @@ class CallerScope:
                                         self.thread.caps.inheritable))
         self.caps = caps
 
-    def open_start_dir(self, dir_fd: int, path: bytes) -> int:
-        """An fd for where a relative ``path`` starts: the caller's cwd or its dirfd.
-
-        Returns AT_FDCWD for absolute paths (the dirfd is then ignored, as by the
-        kernel); our cwd is the caller's root after the chroot.
-        """
-        if path.startswith(b"/"):
-            return AT_FDCWD
+    def open_start_dir(self, dir_fd: int) -> int:
+        """An fd for where a relative path starts: the caller's cwd or its dirfd."""
         if dir_fd == AT_FDCWD:
             return os.open("cwd", _DIR_FLAGS, dir_fd=self.request.proc_fd)
         if dir_fd < 0:
@@ -302,6 +314,35 @@ class CallerScope:
             os.close(fd)
             raise OSError(errno.ENOTDIR, "dirfd is not a directory")
         return fd
+
+    def open_dir(self, dir_fd: int, path: bytes) -> int:
+        """Open directory ``path`` as the caller would reach it from ``dir_fd``.
+
+        Absolute paths resolve with RESOLVE_IN_ROOT from the caller's root,
+        which is chroot semantics ("/" and ".." stop at the root, absolute
+        symlinks stay inside).  A relative path needs the caller's root and a
+        different start (cwd or dirfd, and ".." may climb above it), which
+        only a chroot gives, so the thread chroots for those alone.
+        """
+        if path.startswith(b"/"):
+            return kernel.openat2(self.root_fd, path, _DIR_FLAGS,
+                                  kernel.RESOLVE_IN_ROOT | kernel.RESOLVE_NO_MAGICLINKS)
+        # Opening /proc/TID/cwd or fd/N needs ptrace access, and chroot needs
+        # CAP_SYS_CHROOT: both are the daemon's steps, not the caller's.
+        with self.as_daemon():
+            start = self.open_start_dir(dir_fd)
+            try:
+                if not self._chrooted:
+                    os.fchdir(self.root_fd)
+                    os.chroot(".")
+                    self._chrooted = True
+            except BaseException:
+                os.close(start)
+                raise
+        try:
+            return kernel.openat2(start, path, _DIR_FLAGS, kernel.RESOLVE_NO_MAGICLINKS)
+        finally:
+            os.close(start)
 
     def open_parent(self, dir_fd: int, path: bytes) -> tuple[int, bytes]:
         """Resolve all but the last component of a path to create; returns (fd, leaf).
@@ -319,12 +360,7 @@ class CallerScope:
         head, _, leaf = stripped.rpartition(b"/")
         if not head and stripped.startswith(b"/"):
             head = b"/"
-        start = self.open_start_dir(dir_fd, path)
-        try:
-            parent = kernel.openat2(start, head or b".", _DIR_FLAGS, kernel.RESOLVE_NO_MAGICLINKS)
-        finally:
-            if start != AT_FDCWD:
-                os.close(start)
+        parent = self.open_dir(dir_fd, head or b".")
         try:
             if leaf in (b".", b".."):
                 raise OSError(errno.EEXIST, "last component is . or ..")

@@ -411,12 +411,24 @@ _libc.statx.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_ui
                         ctypes.POINTER(statx_struct))
 
 
-def mount_id(fd: int) -> int:
-    """The mount id of the file ``fd`` is on; unique for the boot where the kernel can."""
+STATX_UID: Final = 0x00000008
+STATX_GID: Final = 0x00000010
+
+
+@dataclass(frozen=True, slots=True)
+class FileIdentity:
+    uid: int
+    gid: int
+    mount_id: int  # unique for the boot where the kernel can (STATX_MNT_ID_UNIQUE)
+
+
+def file_identity(fd: int) -> FileIdentity:
+    """Owner and mount of the file ``fd``, in one statx."""
     buf = statx_struct()
-    _check(_libc.statx(fd, b"", AT_EMPTY_PATH, STATX_MNT_ID_UNIQUE | STATX_MNT_ID,
+    _check(_libc.statx(fd, b"", AT_EMPTY_PATH,
+                       STATX_UID | STATX_GID | STATX_MNT_ID_UNIQUE | STATX_MNT_ID,
                        ctypes.byref(buf)), "statx")
-    return int(buf.stx_mnt_id)
+    return FileIdentity(int(buf.stx_uid), int(buf.stx_gid), int(buf.stx_mnt_id))
 
 
 # --- credentials ------------------------------------------------------------------------
@@ -460,32 +472,46 @@ def capget() -> ThreadCaps:
     )
 
 
+_capset_args: dict[ThreadCaps, tuple[_cap_header, ctypes.Array[_cap_data]]] = {}
+
+
 def capset(caps: ThreadCaps) -> None:
-    """Set this thread's capability sets; only the calling thread changes."""
-    header = _cap_header(_LINUX_CAPABILITY_VERSION_3, 0)
-    data = (_cap_data * 2)()
-    for i, shift in enumerate((0, 32)):
-        data[i].effective = (caps.effective >> shift) & 0xFFFFFFFF
-        data[i].permitted = (caps.permitted >> shift) & 0xFFFFFFFF
-        data[i].inheritable = (caps.inheritable >> shift) & 0xFFFFFFFF
-    _check(_syscall(_NR["capset"], ctypes.byref(header), data), "capset")
+    """Set this thread's capability sets; only the calling thread changes.
+
+    The C arguments are built once per distinct set: a supervisor thread
+    switches between a handful of sets on every request.
+    """
+    args = _capset_args.get(caps)
+    if args is None:
+        data = (_cap_data * 2)()
+        for i, shift in enumerate((0, 32)):
+            data[i].effective = (caps.effective >> shift) & 0xFFFFFFFF
+            data[i].permitted = (caps.permitted >> shift) & 0xFFFFFFFF
+            data[i].inheritable = (caps.inheritable >> shift) & 0xFFFFFFFF
+        args = (_cap_header(_LINUX_CAPABILITY_VERSION_3, 0), data)
+        if len(_capset_args) < 64:
+            _capset_args[caps] = args
+    # The kernel may rewrite the header's version field; it is reset each time.
+    args[0].version = _LINUX_CAPABILITY_VERSION_3
+    _check(_syscall(_NR["capset"], ctypes.byref(args[0]), args[1]), "capset")
 
 
 _libc.setfsuid.argtypes = (ctypes.c_uint32,)
 _libc.setfsgid.argtypes = (ctypes.c_uint32,)
 
 
-def setfsuid(uid: int) -> None:
+def setfsuid(uid: int, verify: bool = True) -> None:
     """Set this thread's fsuid.  The call returns the old value and never fails
-    visibly, so success is checked by reading the value back."""
+    visibly, so success is checked by reading the value back (skip that only
+    where the thread holds CAP_SETUID for certain)."""
     _libc.setfsuid(uid)
-    if _libc.setfsuid(0xFFFFFFFF) != uid:
+    if verify and _libc.setfsuid(0xFFFFFFFF) != uid:
         raise OSError(errno.EPERM, f"setfsuid({uid}) refused")
 
 
-def setfsgid(gid: int) -> None:
+def setfsgid(gid: int, verify: bool = True) -> None:
     _libc.setfsgid(gid)
-    if _libc.setfsgid(0xFFFFFFFF) != gid:
+    if verify and _libc.setfsgid(0xFFFFFFFF) != gid:
         raise OSError(errno.EPERM, f"setfsgid({gid}) refused")
 
 

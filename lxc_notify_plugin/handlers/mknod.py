@@ -70,13 +70,14 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
     with thread.as_caller(request, creds, caps) as scope:
         parent_fd, leaf = scope.open_parent(dir_fd, path)
         try:
-            if caps & INODE_CAPS and not request.container.owns_inode(os.fstat(parent_fd)):
+            parent = kernel.file_identity(parent_fd)
+            if caps & INODE_CAPS and not request.container.maps_owner(parent.uid, parent.gid):
                 # The caller's DAC capabilities do not reach a directory whose
                 # owner is not mapped into its user namespace.
                 scope.set_caps(caps & ~INODE_CAPS)
             os.mknod(leaf, mode, dev, dir_fd=parent_fd)
             try:
-                if not _nodes_usable_on(scope, parent_fd):
+                if not _nodes_usable_on(scope, parent_fd, parent.mount_id):
                     _overmount_usable_node(scope, parent_fd, leaf, dev)
             except OSError:
                 # Do not leave a node that cannot be used: undo and report.
@@ -96,7 +97,7 @@ _usable_by_mount: dict[int, bool] = {}
 _probe_names = itertools.count()
 
 
-def _nodes_usable_on(scope: CallerScope, dir_fd: int) -> bool:
+def _nodes_usable_on(scope: CallerScope, dir_fd: int, mount: int) -> bool:
     """Whether a device node in ``dir_fd`` can be opened; probed once per mount.
 
     No syscall tells whether a superblock belongs to a user namespace (the
@@ -104,7 +105,6 @@ def _nodes_usable_on(scope: CallerScope, dir_fd: int) -> bool:
     the caller, and try to open it.  Mount ids are unique per boot, so the
     answer is cached for the daemon's life.
     """
-    mount = kernel.mount_id(dir_fd)
     usable = _usable_by_mount.get(mount)
     if usable is None:
         name = f".lxc-notify-probe.{os.getpid()}.{next(_probe_names)}"

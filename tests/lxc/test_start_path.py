@@ -90,7 +90,7 @@ def test_start_supervises_one_start_and_starts_the_daemon(stopped_container: Con
         assert stopped_container.config_file.read_bytes() == original
     finally:
         stopped_container.stop()
-        pids = subprocess.run(["pgrep", "-f", f"--socket {paths.socket}"], capture_output=True,
+        pids = subprocess.run(["pgrep", "-f", "--", f"--socket {paths.socket}"], capture_output=True,
                               text=True).stdout.split()
         for pid in pids:
             subprocess.run(["kill", "-TERM", pid])

@@ -95,10 +95,11 @@ def main() -> int:
             processes.append(subprocess.Popen(
                 [sys.executable, str(REPO / "bench" / "minimal_responder.py"),
                  str(responder_socket)], stdout=subprocess.DEVNULL))
-            processes.append(subprocess.Popen(
-                [sys.executable, "-m", "lxc_notify_plugin", "--socket", str(paths.socket),
-                 "--state-dir", str(paths.state_dir), "--profile-dir", str(paths.admin_profiles),
-                 "daemon"], cwd=REPO, stderr=open(tmp / "daemon.log", "wb")))
+            with open(tmp / "daemon.log", "wb") as daemon_log:
+                processes.append(subprocess.Popen(
+                    [sys.executable, "-m", "lxc_notify_plugin", "--socket", str(paths.socket),
+                     "--state-dir", str(paths.state_dir), "--profile-dir",
+                     str(paths.admin_profiles), "daemon"], cwd=REPO, stderr=daemon_log))
             _wait_for(responder_socket.exists, "the minimal responder")
             _wait_for(lambda: daemon_running(paths), "lxc-notify daemon")
             for box in boxes.values():
@@ -124,7 +125,7 @@ def main() -> int:
             samples: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
             ext4_host: list[float] = []
             ext4_dir = boxes["ours"].rootfs / "tmp"
-            for name, (box, path, major, minor) in runs.items():  # warm-up
+            for box, path, major, minor in runs.values():  # warm-up
                 _bench(box, 200, path, major, minor)
             for _ in range(args.rounds):
                 for name, (box, path, major, minor) in runs.items():

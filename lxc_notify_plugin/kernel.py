@@ -49,24 +49,16 @@ def _check(result: int, what: str) -> int:
 
 
 def _native_nr(name: str) -> int:
-    nr = pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name)
+    nr = int(pyseccomp.resolve_syscall(pyseccomp.Arch.NATIVE, name))
     if nr < 0:
         raise RuntimeError(f"libseccomp does not know syscall {name!r} on this architecture")
     return nr
 
 
-class _NativeSyscalls:
-    """Native syscall numbers, resolved once by libseccomp (never guessed)."""
-
-    def __init__(self) -> None:
-        names = (
-            "openat2 open_tree move_mount fsopen fsconfig fsmount setns unshare "
-            "capget capset setgroups seccomp"
-        ).split()
-        self.nr = {name: _native_nr(name) for name in names}
-
-
-_NR = _NativeSyscalls().nr
+# Native syscall numbers, resolved once by libseccomp (never guessed).
+_NR = {name: _native_nr(name) for name in (
+    "openat2", "open_tree", "move_mount", "fsopen", "fsconfig", "fsmount", "setns", "unshare",
+    "capget", "capset", "setgroups", "seccomp")}
 
 
 # --- seccomp user notification ----------------------------------------------------------
@@ -159,7 +151,7 @@ SECCOMP_ADDFD_FLAG_SETFD: Final = 1
 SECCOMP_ADDFD_FLAG_SEND: Final = 2
 
 
-def _IOC(direction: int, nr: int, size: int) -> int:
+def _IOC(direction: int, nr: int, size: int) -> int:  # noqa: N802 - the kernel macro
     # include/uapi/asm-generic/ioctl.h; the seccomp ioctl type is '!'.
     return (direction << 30) | (size << 16) | (ord("!") << 8) | nr
 
@@ -218,7 +210,7 @@ def notif_addfd(listener_fd: int, notif_id: int, srcfd: int, flags: int = 0, new
     """Install ``srcfd`` into the waiting task; returns the fd number it got there."""
     req = seccomp_notif_addfd(notif_id, flags, srcfd, newfd, newfd_flags)
     # With a mutable buffer, fcntl.ioctl returns the ioctl's own result: the new fd.
-    return fcntl.ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_ADDFD, req, True)
+    return int(fcntl.ioctl(listener_fd, SECCOMP_IOCTL_NOTIF_ADDFD, req, True))
 
 
 def notif_set_flags(listener_fd: int, flags: int) -> None:
@@ -242,7 +234,8 @@ HOST_ARCHES: Final = {
 }
 
 
-def syscall_numbers(names: tuple[str, ...], machine: str | None = None) -> dict[tuple[int, int], str]:
+def syscall_numbers(names: tuple[str, ...],
+                    machine: str | None = None) -> dict[tuple[int, int], str]:
     """Map ``(audit arch, nr)`` to a syscall name for every arch this host can run.
 
     A name an arch lacks (``mknod`` on aarch64) is simply absent for that arch.

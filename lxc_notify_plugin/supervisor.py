@@ -17,6 +17,7 @@ on every path.
 from __future__ import annotations
 
 import array
+import contextlib
 import errno
 import logging
 import os
@@ -158,13 +159,11 @@ class Supervisor:
             self.paths.socket.unlink(missing_ok=True)
             with self._threads_lock:
                 threads = list(self._threads.items())
-            for thread, conn in threads:
+            for _, conn in threads:
                 # Wakes the thread's blocking receive with EOF; a request being
                 # handled is finished and answered first.
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RD)
-                except OSError:
-                    pass
             for thread, _ in threads:
                 thread.join()
             os.close(self._stop_r)
@@ -173,10 +172,8 @@ class Supervisor:
 
     def stop(self) -> None:
         """Ask serve() to finish (signal-safe); serve() then ends every connection."""
-        try:
+        with contextlib.suppress(OSError):  # already stopping: the pipe may be closed
             os.write(self._stop_w, b"x")
-        except OSError:
-            pass
 
     def _admit(self, conn: socket.socket) -> None:
         pid, uid, _ = _PEERCRED.unpack(

@@ -25,7 +25,7 @@ import stat
 import threading
 
 from .. import kernel
-from ..caller import INODE_CAPS, AT_FDCWD, CallerScope, Request, SupervisorThread
+from ..caller import AT_FDCWD, INODE_CAPS, CallerScope, Request, SupervisorThread
 from ..policy.devices import needs_emulation
 from ..policy.effective import ContainerPolicy
 from . import DONE, KERNEL_DECIDES, Answer

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import stat
 
-_S_IFMT = 0o170000  # stat.S_IFMT is a function in Python, the mask is this
-
 from .profile import Profile
+
+_S_IFMT = 0o170000  # stat.S_IFMT is a function in Python, the mask is this
 
 # LXC's /usr/share/lxc/config/common.seccomp, which a container that sets its
 # own lxc.seccomp.profile would otherwise lose.

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if sys.version_info >= (3, 11):
+if sys.version_info >= (3, 11):  # noqa: UP036 - tomli where tomllib is missing
     import tomllib
 else:  # pragma: no cover - Debian 12's interpreter has tomllib
     import tomli as tomllib
@@ -69,7 +69,8 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
 def _check_keys(table: dict[str, Any], allowed: set[str], file: str, prefix: str) -> None:
     for key in table:
         if key not in allowed:
-            raise ConfigError(file, prefix + key, f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            allowed_list = ", ".join(sorted(allowed))
+            raise ConfigError(file, prefix + key, f"unknown key (allowed: {allowed_list})")
 
 
 def _device(entry: Any, file: str, key: str) -> DeviceRule:
@@ -86,7 +87,8 @@ def _device(entry: Any, file: str, key: str) -> DeviceRule:
         raise ConfigError(file, f"{key}.major", f"{major} is outside 0..{_MAX_MAJOR}")
     minor = _want(entry["minor"], (int, list), file, f"{key}.minor")
     if isinstance(minor, list):
-        if len(minor) != 2 or not all(isinstance(m, int) and not isinstance(m, bool) for m in minor):
+        if len(minor) != 2 or not all(
+                isinstance(m, int) and not isinstance(m, bool) for m in minor):
             raise ConfigError(file, f"{key}.minor", "a range is written [first, last]")
         low, high = minor
     else:
@@ -113,8 +115,8 @@ def parse_profile(text: str, file: str) -> Profile:
     _check_keys(intercept_table, set(INTERCEPTABLE), file, "intercept.")
     intercept = frozenset(k for k, v in intercept_table.items()
                           if _want(v, bool, file, f"intercept.{k}"))
-    devices = tuple(_device(entry, file, f"devices[{i}]")
-                    for i, entry in enumerate(_want(data.get("devices", []), list, file, "devices")))
+    device_entries = _want(data.get("devices", []), list, file, "devices")
+    devices = tuple(_device(entry, file, f"devices[{i}]") for i, entry in enumerate(device_entries))
     return Profile(name, description, file, intercept, devices)
 
 

@@ -74,7 +74,7 @@ def notifying_child(call: Callable[[], int]) -> Iterator[tuple[int, int, socket.
 
 
 def child_result(channel: socket.socket) -> tuple[int, int]:
-    return _RESULT.unpack(channel.recv(_RESULT.size))  # type: ignore[return-value]
+    return _RESULT.unpack(channel.recv(_RESULT.size))
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

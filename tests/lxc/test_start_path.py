@@ -34,7 +34,7 @@ def test_disable_restores_the_config_byte_for_byte(stopped_container: Container,
     assert BEGIN in enabled
     assert f"lxc.seccomp.notify.proxy = unix:{daemon.paths.socket}" in enabled
     assert stopped_container.config_file.stat().st_mode & 0o007 == 0  # the cookie is secret
-    cookie_line = next(l for l in enabled.splitlines() if "notify.cookie" in l)
+    cookie_line = next(x for x in enabled.splitlines() if "notify.cookie" in x)
     assert stopped_container.name not in cookie_line  # a random secret, not the name
     daemon.cli("enable", stopped_container.name)  # again: idempotent, same cookie
     assert stopped_container.config_file.read_text() == enabled
@@ -90,8 +90,8 @@ def test_start_supervises_one_start_and_starts_the_daemon(stopped_container: Con
         assert stopped_container.config_file.read_bytes() == original
     finally:
         stopped_container.stop()
-        pids = subprocess.run(["pgrep", "-f", "--", f"--socket {paths.socket}"], capture_output=True,
-                              text=True).stdout.split()
+        pids = subprocess.run(["pgrep", "-f", "--", f"--socket {paths.socket}"],
+                              capture_output=True, text=True).stdout.split()
         for pid in pids:
             subprocess.run(["kill", "-TERM", pid])
         deadline = time.monotonic() + 10

@@ -178,6 +178,14 @@ def notif_sizes() -> NotifSizes:
     return NotifSizes(sizes.seccomp_notif, sizes.seccomp_notif_resp, sizes.seccomp_data)
 
 
+def check_struct_sizes(sizes: NotifSizes) -> None:
+    """Refuse to run where our mirrors of the kernel's structs are the wrong size."""
+    ours = NotifSizes(ctypes.sizeof(seccomp_notif), ctypes.sizeof(seccomp_notif_resp),
+                      ctypes.sizeof(seccomp_data))
+    if ours != sizes:
+        raise RuntimeError(f"kernel seccomp struct sizes {sizes} differ from ours {ours}")
+
+
 def notif_id_valid(listener_fd: int, notif_id: int) -> bool:
     """True while the task that raised ``notif_id`` is still waiting for our answer.
 

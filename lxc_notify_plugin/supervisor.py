@@ -107,6 +107,7 @@ class Supervisor:
         self.registry = registry or ContainerRegistry(paths)
         self.proc_root = proc_root
         self.sizes = kernel.notif_sizes()
+        kernel.check_struct_sizes(self.sizes)
         self.syscalls = kernel.syscall_numbers(tuple(SYSCALL_FAMILY))
         self.handlers: dict[str, Handler] = handlers()
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)

@@ -118,3 +118,45 @@ def test_no_fd_leak_after_a_thousand_requests(container: Container, daemon: Daem
     made = container.sh("for i in $(seq 20); do /bin/nodeprobe mknod /dev/leak-$i c 1 3; done")
     assert made.split() == ["ok"] * 20
     assert daemon.fd_count() == before
+
+
+def test_only_root_may_connect(daemon: Daemon) -> None:
+    """SO_PEERCRED: a non-root peer is hung up on, even if it can reach the socket."""
+    socket_dir = daemon.paths.socket.parent
+    os.chmod(socket_dir, 0o755)
+    os.chmod(daemon.paths.socket, 0o666)
+    # The test's tmp directories are 0700: the child reaches the socket through
+    # an fd of its directory instead of walking down from /.
+    dir_fd = os.open(socket_dir, os.O_PATH)
+    try:
+        reader, writer = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child only connects and reports; it always _exits
+            code = 1
+            try:
+                os.close(reader)
+                os.setgid(65534)
+                os.setuid(65534)
+                with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+                    sock.settimeout(10)
+                    sock.connect(f"/proc/self/fd/{dir_fd}/{daemon.paths.socket.name}")
+                    try:
+                        sock.send(b"x" * 136)
+                        reply = sock.recv(4096)
+                    except (BrokenPipeError, ConnectionResetError):
+                        reply = b""  # hung up on before or after the send
+                    os.write(writer, b"eof" if reply == b"" else b"answered")
+                code = 0
+            except BaseException as err:  # report why, for the assertion below
+                os.write(writer, repr(err).encode())
+            finally:
+                os._exit(code)
+        os.close(writer)
+        with os.fdopen(reader, "rb") as result:
+            assert result.read() == b"eof"
+        assert os.waitpid(pid, 0)[1] == 0
+    finally:
+        os.close(dir_fd)
+        os.chmod(socket_dir, 0o700)
+        os.chmod(daemon.paths.socket, 0o600)
+    assert "only root's LXC may connect" in daemon.log()

@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from lxc_notify_plugin.lxc_config import daemon_running  # noqa: E402
 from lxc_notify_plugin.paths import Paths  # noqa: E402
+from lxc_notify_plugin.policy.effective import ContainerPolicy  # noqa: E402
 from lxc_notify_plugin.policy.lxc_policy import compile_policy  # noqa: E402
 from lxc_notify_plugin.policy.profile import load_profile  # noqa: E402
 from lxc_notify_plugin.sandbox import Sandbox  # noqa: E402
@@ -83,7 +84,8 @@ def main() -> int:
         paths = Paths(socket=tmp / "lxc-notify.sock", state_dir=tmp / "state",
                       admin_profiles=tmp / "profiles")
         policy = tmp / "policy"
-        policy.write_text(compile_policy(load_profile("default", paths.profile_search_path)))
+        policy.write_text(compile_policy(ContainerPolicy.from_profile(
+            load_profile("default", paths.profile_search_path))))
         responder_socket = tmp / "responder.sock"
 
         shared = Path(tempfile.mkdtemp(prefix="lxc-notify-bench-", dir="/dev/shm"))

@@ -184,6 +184,7 @@ class SupervisorThread:
         self.umask = 0
         os.umask(self.umask)
         self.host_root_fd = os.open("/", _DIR_FLAGS)
+        self.host_proc_fd = os.open("/proc", _DIR_FLAGS)
         self.host_mnt_ns_fd = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         self.host_mnt_ns = _ns_id(os.fstat(self.host_mnt_ns_fd))
         self.mnt_ns = self.host_mnt_ns
@@ -191,7 +192,7 @@ class SupervisorThread:
         self.groups = tuple(os.getgroups())
 
     def close(self) -> None:
-        for name in ("host_root_fd", "host_mnt_ns_fd"):
+        for name in ("host_root_fd", "host_proc_fd", "host_mnt_ns_fd"):
             fd = getattr(self, name)
             if fd >= 0:
                 os.close(fd)
@@ -299,6 +300,17 @@ class CallerScope:
         kernel.capset(kernel.ThreadCaps(caps, self.thread.caps.permitted,
                                         self.thread.caps.inheritable))
         self.caps = caps
+
+    def container_path(self, dir_fd: int, leaf: bytes) -> str:
+        """Where ``leaf`` in the directory ``dir_fd`` is, as the container names it.
+
+        The kernel prints an fd's path up to the root of the mount namespace
+        it lives in when our root is not on the way, which for a container's
+        files is the container's own "/"; under the caller's chroot it is the
+        caller's root.  Either way symlinks and ".." are already resolved.
+        """
+        directory = os.readlink(f"thread-self/fd/{dir_fd}", dir_fd=self.thread.host_proc_fd)
+        return os.path.join(directory, os.fsdecode(leaf))
 
     def open_start_dir(self, dir_fd: int) -> int:
         """An fd for where a relative path starts: the caller's cwd or its dirfd."""

@@ -27,6 +27,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     supervisor.bind()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: supervisor.stop())
+    signal.signal(signal.SIGHUP, lambda *_: supervisor.request_reload())
     supervisor.serve()
     return 0
 
@@ -51,10 +52,60 @@ def cmd_start(args: argparse.Namespace) -> int:
 
 
 def cmd_profile_compile(args: argparse.Namespace) -> int:
-    from .policy.lxc_policy import compile_policy
+    from .policy.effective import ContainerPolicy
     from .policy.profile import load_profile
 
-    sys.stdout.write(compile_policy(load_profile(args.profile, _paths(args).profile_search_path)))
+    profile = load_profile(args.profile, _paths(args).profile_search_path)
+    sys.stdout.write(lxc_config.compiled(ContainerPolicy.from_profile(profile)))
+    return 0
+
+
+def cmd_profile_check(args: argparse.Namespace) -> int:
+    """Check every file; report each bad one on one line; non-zero if any is bad."""
+    from .policy.effective import ContainerPolicy
+    from .policy.lxc_policy import check_with_libseccomp
+    from .policy.profile import load_profile
+
+    failed = 0
+    for file in args.files:
+        try:
+            path = file if "/" in file or file.endswith(".toml") else f"./{file}"
+            profile = load_profile(path, _paths(args).profile_search_path)
+            check_with_libseccomp(ContainerPolicy.from_profile(profile))
+            print(f"{file}: ok ({profile.name}: {len(profile.devices)} device rules, "
+                  f"intercepts {', '.join(sorted(profile.intercept)) or 'nothing'})")
+        except LxcNotifyError as err:
+            print(f"lxc-notify: {err}", file=sys.stderr)
+            failed += 1
+    return 1 if failed else 0
+
+
+def cmd_config_set(args: argparse.Namespace) -> int:
+    print(lxc_config.config_set(args.name, args.key, args.value, _paths(args)))
+    return 0
+
+
+def cmd_config_unset(args: argparse.Namespace) -> int:
+    print(lxc_config.config_set(args.name, args.key, None, _paths(args)))
+    return 0
+
+
+def cmd_config_get(args: argparse.Namespace) -> int:
+    print(lxc_config.config_get(args.name, args.key, _paths(args)))
+    return 0
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    for line in lxc_config.config_show(args.name, _paths(args), args.effective):
+        print(line)
+    return 0
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    if not lxc_config.signal_reload(_paths(args)):
+        print("lxc-notify: no running supervisor to reload", file=sys.stderr)
+        return 1
+    print("reload requested (the supervisor logs the outcome)")
     return 0
 
 
@@ -99,6 +150,30 @@ def build_parser() -> argparse.ArgumentParser:
     compile_ = profile.add_parser("compile", help="print the LXC seccomp policy of a profile")
     compile_.add_argument("profile")
     compile_.set_defaults(func=cmd_profile_compile)
+    check = profile.add_parser("check", help="validate profile files (and their parents)")
+    check.add_argument("files", nargs="+")
+    check.set_defaults(func=cmd_profile_check)
+
+    config = sub.add_parser("config", help="LXD's security.syscalls.intercept.* keys"
+                            ).add_subparsers(dest="action", required=True)
+    config_set = config.add_parser("set", help="set KEY to VALUE for container NAME")
+    config_set.add_argument("name")
+    config_set.add_argument("key")
+    config_set.add_argument("value")
+    config_set.set_defaults(func=cmd_config_set)
+    for action, func, help_ in (("unset", cmd_config_unset, "remove KEY from NAME"),
+                                ("get", cmd_config_get, "print KEY of NAME")):
+        parser_ = config.add_parser(action, help=help_)
+        parser_.add_argument("name")
+        parser_.add_argument("key")
+        parser_.set_defaults(func=func)
+    show = config.add_parser("show", help="the keys set on NAME")
+    show.add_argument("name")
+    show.add_argument("--effective", action="store_true",
+                      help="the merged policy, and where each value came from")
+    show.set_defaults(func=cmd_config_show)
+    sub.add_parser("reload", help="make the running supervisor re-read policy (SIGHUP)"
+                   ).set_defaults(func=cmd_reload)
     return parser
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -19,8 +20,9 @@ from typing import Any
 
 from .errors import ContainerError
 from .paths import Paths, atomic_write
-from .policy.lxc_policy import compile_policy
-from .policy.profile import load_profile
+from .policy import keys as lxd
+from .policy.effective import ContainerPolicy
+from .policy.lxc_policy import check_with_libseccomp, compile_policy
 from .state import ContainerRecord, StateStore, check_container_name
 
 log = logging.getLogger(__name__)
@@ -50,17 +52,24 @@ def config_items(record: ContainerRecord, policy_path: Path, paths: Paths) -> di
 
 def prepare(name: str, profile_name: str | None, paths: Paths,
             lxc_path: str | None = None) -> tuple[ContainerRecord, Path]:
-    """Make (or refresh) the container's record and compiled policy; reuse its cookie."""
+    """Make (or refresh) the container's record and compiled policy; reuse its cookie
+    and keys.  Every check (profile, keys, libseccomp) runs before anything is written."""
     store = StateStore(paths)
     existing = store.get(name)
-    profile_name = profile_name or (existing.profile if existing else "default")
-    profile = load_profile(profile_name, paths.profile_search_path)  # errors before any write
-    record = ContainerRecord(name, existing.cookie if existing else store.new_cookie(),
-                             profile_name, lxc_path)
+    record = ContainerRecord(
+        name, existing.cookie if existing else store.new_cookie(),
+        profile_name or (existing.profile if existing else "default"), lxc_path,
+        dict(existing.config) if existing else {})
     policy_path = store.policy_path(name)
-    atomic_write(policy_path, compile_policy(profile), mode=0o600)
+    atomic_write(policy_path, compiled(store.policy(record)), mode=0o600)
     store.put(record)
     return record, policy_path
+
+
+def compiled(policy: ContainerPolicy) -> str:
+    """The LXC policy text, after libseccomp accepted every rule of it."""
+    check_with_libseccomp(policy)
+    return compile_policy(policy)
 
 
 def _split_managed(text: str) -> tuple[list[str], bool]:
@@ -177,3 +186,73 @@ def start(name: str, profile_name: str | None, paths: Paths, log_file: Path) -> 
         raise ContainerError(name, "LXC could not start it (see lxc-start --logfile)")
     if not container.wait("RUNNING", 10):
         raise ContainerError(name, "did not reach RUNNING within 10 s")
+
+
+# --- LXD keys ---------------------------------------------------------------------------
+
+
+def signal_reload(paths: Paths) -> bool:
+    """SIGHUP the running daemon, if there is one; True if it was told."""
+    try:
+        pid = int(paths.pid_file.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return False
+    # Only our own daemon: a stale pid file may name a reused pid.
+    if b"lxc_notify_plugin" not in cmdline and b"lxc-notify" not in cmdline:
+        return False
+    if not daemon_running(paths):
+        return False
+    os.kill(pid, signal.SIGHUP)
+    return True
+
+
+def config_set(name: str, key: str, value: str | None, paths: Paths) -> str:
+    """Set (or, with value None, unset) one key; returns what the admin should know.
+
+    Every check runs first; the record is then replaced atomically, the
+    compiled policy refreshed for the next start, and a running daemon told.
+    """
+    _container(name, paths)
+    store = StateStore(paths)
+    file = str(store.record_path(name))
+    existing = store.get(name)
+    record = existing or ContainerRecord(name, store.new_cookie(), "default", paths.lxc_path)
+    config = dict(record.config)
+    spec = lxd.spec(key, file)
+    if value is None:
+        config.pop(key, None)
+    else:
+        value = lxd.normalize(key, value, file)
+        lxd.check_buildable(key, value, file)
+        config[key] = value
+    new = ContainerRecord(record.name, record.cookie, record.profile, record.lxc_path, config)
+    text = compiled(store.policy(new))  # the whole policy must still check out
+    if store.policy_path(name).exists():
+        atomic_write(store.policy_path(name), text, mode=0o600)
+    store.put(new)
+    told = signal_reload(paths)
+    if spec.live:
+        return f"{key}: applied{' to the running supervisor' if told else ''}"
+    return (f"{key}: changes which calls are trapped; takes effect at {name}'s next start"
+            + (" (the supervisor already follows it for calls trapped now)" if told else ""))
+
+
+def config_get(name: str, key: str, paths: Paths) -> str:
+    store = StateStore(paths)
+    lxd.spec(key, str(store.record_path(name)))
+    record = store.get(name)
+    return record.config.get(key, "") if record else ""
+
+
+def config_show(name: str, paths: Paths, effective: bool) -> list[str]:
+    store = StateStore(paths)
+    record = store.get(name)
+    if record is None:
+        return []
+    if not effective:
+        return [f"{key}: {value}" for key, value in sorted(record.config.items())]
+    policy = store.policy(record)
+    lines = [f"profile: {record.profile} ({policy.profile.source})"]
+    lines += [f"{s.name}: {s.value}    [{s.source}]" for s in policy.settings]
+    return lines

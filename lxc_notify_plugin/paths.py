@@ -23,6 +23,10 @@ class Paths:
         return (self.admin_profiles, self.shipped_profiles)
 
     @property
+    def pid_file(self) -> Path:
+        return self.socket.parent / "daemon.pid"
+
+    @property
     def containers_dir(self) -> Path:
         return self.state_dir / "containers"
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
 from .paths import Paths, atomic_write
+from .policy import keys as lxd
+from .policy.effective import ContainerPolicy
+from .policy.profile import load_profile
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
@@ -32,10 +35,12 @@ class ContainerRecord:
     cookie: str
     profile: str
     lxc_path: str | None = None
+    config: dict[str, str] = field(default_factory=dict)  # LXD keys set on this container
 
     def to_json(self) -> str:
         return json.dumps({"name": self.name, "cookie": self.cookie, "profile": self.profile,
-                           "lxc_path": self.lxc_path}, indent=2) + "\n"
+                           "lxc_path": self.lxc_path, "config": self.config},
+                          indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str, file: str) -> ContainerRecord:
@@ -48,7 +53,11 @@ class ContainerRecord:
         for key in ("name", "cookie", "profile"):
             if not isinstance(data.get(key), str):
                 raise ConfigError(file, key, "missing or not a string")
-        return cls(data["name"], data["cookie"], data["profile"], data.get("lxc_path"))
+        config = data.get("config", {})
+        if not isinstance(config, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in config.items()):
+            raise ConfigError(file, "config", "not a table of strings")
+        return cls(data["name"], data["cookie"], data["profile"], data.get("lxc_path"), config)
 
 
 class StateStore:
@@ -80,6 +89,16 @@ class StateStore:
         for path in sorted(self.paths.containers_dir.glob("*.json")):
             records.append(ContainerRecord.from_json(path.read_text(), str(path)))
         return records
+
+    def policy(self, record: ContainerRecord) -> ContainerPolicy:
+        """The record's profile with its keys laid over it, every check made."""
+        file = str(self.record_path(record.name))
+        for key, value in record.config.items():
+            if lxd.normalize(key, value, file) != value:
+                raise ConfigError(file, key, f"{value!r} is not in stored form")
+        lxd.check_together(record.config, file)
+        profile = load_profile(record.profile, self.paths.profile_search_path)
+        return ContainerPolicy.from_profile(profile, record.config, file)
 
     @staticmethod
     def new_cookie() -> str:

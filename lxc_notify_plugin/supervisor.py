@@ -33,9 +33,8 @@ from . import kernel, protocol
 from .caller import ContainerView, Request, SupervisorThread
 from .errors import ConfigError, ProtocolError, RequestGone
 from .handlers import Answer, Handler, handlers
-from .paths import Paths
+from .paths import Paths, atomic_write
 from .policy.effective import ContainerPolicy
-from .policy.profile import load_profile
 from .state import ContainerRecord, StateStore
 
 log = logging.getLogger(__name__)
@@ -92,12 +91,42 @@ class ContainerRegistry:
             if cookie in self._by_cookie:
                 continue
             try:
-                profile = load_profile(record.profile, self._paths.profile_search_path)
+                policy = self._store.policy(record)
             except ConfigError as err:
-                log.error("container %s: profile refused, its calls get ENOSYS: %s",
+                log.error("container %s: policy refused, its calls get ENOSYS: %s",
                           record.name, err)
                 continue
-            self._by_cookie[cookie] = Container(record, ContainerPolicy.from_profile(profile))
+            self._by_cookie[cookie] = Container(record, policy)
+
+    def reload(self) -> None:
+        """Re-read every known container's record and profiles.
+
+        All or nothing per container: a record or profile that fails any
+        check leaves that container on the policy it had, and says why.
+        Swapping ``container.policy`` is one reference assignment, so a
+        request in flight sees the old policy or the new, never a mix.
+        """
+        with self._lock:
+            containers = list(self._by_cookie.values())
+        changed = 0
+        for container in containers:
+            name = container.record.name
+            try:
+                record = self._store.get(name)
+                if record is None or record.cookie != container.record.cookie:
+                    continue  # disabled or re-enabled: it keeps its policy until it stops
+                policy = self._store.policy(record)
+            except (OSError, ConfigError) as err:
+                log.error("container %s: reload refused, old policy kept: %s", name, err)
+                continue
+            if policy.intercept != container.policy.intercept:
+                log.warning("container %s: intercepted calls changed (%s -> %s): the "
+                            "container's filter changes at its next start", name,
+                            ",".join(sorted(container.policy.intercept)) or "none",
+                            ",".join(sorted(policy.intercept)) or "none")
+            container.record, container.policy = record, policy
+            changed += 1
+        log.info("reloaded: %d of %d containers have a new policy", changed, len(containers))
 
 
 class Supervisor:
@@ -134,7 +163,8 @@ class Supervisor:
             sock.close()
             raise
         self._listener = sock
-        log.info("listening on %s", path)
+        atomic_write(self.paths.pid_file, f"{os.getpid()}\n", mode=0o644)
+        log.info("listening on %s (pid %d)", path, os.getpid())
 
     def serve(self) -> None:
         """Accept connections until stop(); then wait for every connection thread."""
@@ -148,7 +178,10 @@ class Supervisor:
             while True:
                 ready = {fd for fd, _ in poller.poll()}
                 if self._stop_r in ready:
-                    break
+                    if b"x" in os.read(self._stop_r, 64):
+                        break
+                    self.registry.reload()
+                    continue
                 try:
                     conn, _ = self._listener.accept()
                 except OSError as err:
@@ -158,6 +191,7 @@ class Supervisor:
         finally:
             self._listener.close()
             self.paths.socket.unlink(missing_ok=True)
+            self.paths.pid_file.unlink(missing_ok=True)
             with self._threads_lock:
                 threads = list(self._threads.items())
             for _, conn in threads:
@@ -170,6 +204,11 @@ class Supervisor:
             os.close(self._stop_r)
             os.close(self._stop_w)
             log.info("stopped")
+
+    def request_reload(self) -> None:
+        """Ask serve() to reload every container's policy (signal-safe: SIGHUP)."""
+        with contextlib.suppress(OSError):
+            os.write(self._stop_w, b"r")
 
     def stop(self) -> None:
         """Ask serve() to finish (signal-safe); serve() then ends every connection."""

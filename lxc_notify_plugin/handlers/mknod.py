@@ -26,8 +26,9 @@ import threading
 
 from .. import kernel
 from ..caller import AT_FDCWD, INODE_CAPS, CallerScope, Request, SupervisorThread
-from ..policy.devices import needs_emulation
+from ..policy.devices import choose, needs_emulation, needs_path
 from ..policy.effective import ContainerPolicy
+from ..policy.profile import KERNEL
 from . import DONE, KERNEL_DECIDES, Answer
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,9 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
     # The kernel's dev argument is the 32-bit new_encode_dev() form.
     major, minor = os.major(dev), os.minor(dev)
     if not needs_emulation(policy.devices, kind, major, minor):
-        log.debug("%s %s:%s not in the profile: the kernel decides", kind, major, minor)
-        return KERNEL_DECIDES
+        log.debug("%s %d:%d is not in the profile", kind, major, minor)
+        return refused(policy)
+    rules = policy.devices.candidates(kind, major, minor)
     creds = request.read_creds()
     if not (request.in_container_userns(creds) and creds.has_cap(kernel.CAP_MKNOD)):
         log.debug("caller lacks CAP_MKNOD in the container: the kernel decides")
@@ -75,6 +77,16 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
                 # The caller's DAC capabilities do not reach a directory whose
                 # owner is not mapped into its user namespace.
                 scope.set_caps(caps & ~INODE_CAPS)
+            if needs_path(rules):
+                where = scope.container_path(parent_fd, leaf)
+                rule = choose(rules, where)
+                if rule is None:
+                    log.debug("%s %d:%d is not allowed at %s", kind, major, minor, where)
+                    return refused(policy)
+            else:
+                rule = rules[0]
+            if rule.mode_cap is not None:
+                mode = stat.S_IFMT(mode) | stat.S_IMODE(mode) & rule.mode_cap
             os.mknod(leaf, mode, dev, dir_fd=parent_fd)
             try:
                 if not _nodes_usable_on(scope, parent_fd, parent.mount_id):
@@ -89,6 +101,14 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
     if log.isEnabledFor(logging.DEBUG):
         log.debug("made %s %d:%d at %r for uid %d", kind, major, minor, path, creds.fsuid)
     return DONE
+
+
+def refused(policy: ContainerPolicy) -> Answer:
+    """The profile's answer for a node it does not allow: the kernel's own by default."""
+    answer = policy.deny_answer("mknod")
+    if answer == KERNEL:
+        return KERNEL_DECIDES
+    return Answer(error=getattr(errno, answer))
 
 
 # --- nodes that must be usable on nodev mounts -------------------------------------------

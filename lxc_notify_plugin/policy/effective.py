@@ -1,21 +1,90 @@
-"""The policy one container runs under, built once from its profile."""
+"""The policy one container runs under: its profile with its LXD keys laid over it.
+
+Built once per container (and again on reload), never per request.  Every
+setting remembers where it came from, for ``config show --effective``.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import keys as lxd
 from .devices import DevicePolicy
-from .profile import Profile
+from .profile import KERNEL, MountPolicy, Profile
+
+DEFAULT_SOURCE = "default"
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    value: str
+    source: str  # a profile file, "key NAME", or "default"
 
 
 @dataclass(frozen=True)
 class ContainerPolicy:
     profile: Profile
     devices: DevicePolicy
+    intercept: frozenset[str]
+    mount: MountPolicy
+    settings: tuple[Setting, ...]
 
     @classmethod
-    def from_profile(cls, profile: Profile) -> ContainerPolicy:
-        return cls(profile, DevicePolicy.from_profile(profile))
+    def from_profile(cls, profile: Profile, config: dict[str, str] | None = None,
+                     config_file: str = "<config>") -> ContainerPolicy:
+        config = config or {}
+        sources = dict(profile.sources)
+        settings: list[Setting] = []
+        intercept = set(profile.intercept)
+        for family in ("mknod", "setxattr", "mount", "sysinfo", "sched_setscheduler", "bpf"):
+            key = lxd.PREFIX + family
+            if key in config:
+                on = config[key] == "true"
+                source = f"key {key}"
+            else:
+                on = family in profile.intercept
+                source = sources.get(f"intercept.{family}", DEFAULT_SOURCE)
+            (intercept.add if on else intercept.discard)(family)
+            settings.append(Setting(f"intercept.{family}", str(on).lower(), source))
 
-    def intercepts(self, syscall: str) -> bool:
-        return syscall in self.profile.intercept
+        mount = profile.mount
+        allowed, fuse, shift = mount.allowed, mount.fuse, mount.shift
+        if lxd.PREFIX + "mount.allowed" in config:
+            allowed = lxd.parse_fs_list(config[lxd.PREFIX + "mount.allowed"], config_file,
+                                        lxd.PREFIX + "mount.allowed")
+        if lxd.PREFIX + "mount.fuse" in config:
+            fuse = lxd.parse_fuse_map(config[lxd.PREFIX + "mount.fuse"], config_file,
+                                      lxd.PREFIX + "mount.fuse")
+        if lxd.PREFIX + "mount.shift" in config:
+            shift = config[lxd.PREFIX + "mount.shift"] == "true"
+        mount = MountPolicy(allowed, shift, fuse, mount.force_flags)
+        for name, value, key in (
+                ("mount.allowed", ",".join(allowed), "mount.allowed"),
+                ("mount.shift", str(bool(shift)).lower(), "mount.shift"),
+                ("mount.fuse", ",".join(f"{f}={p}" for f, p in fuse), "mount.fuse")):
+            source = (f"key {lxd.PREFIX}{key}" if lxd.PREFIX + key in config
+                      else sources.get(name, profile.source if value else DEFAULT_SOURCE))
+            settings.append(Setting(name, value, source))
+        for rule in profile.devices:
+            minor = (str(rule.minor_low) if rule.minor_low == rule.minor_high
+                     else f"{rule.minor_low}-{rule.minor_high}")
+            extra = "".join([f" path {rule.path}" if rule.path else "",
+                             f" mode<={rule.mode_cap:#o}" if rule.mode_cap is not None else "",
+                             f"  # {rule.comment}" if rule.comment else ""])
+            settings.append(Setting("devices", f"{rule.kind} {rule.major}:{minor}{extra}",
+                                    profile.source))
+        for pattern in profile.xattrs:
+            settings.append(Setting("xattr.allowed", pattern, profile.source))
+        for family, answer in profile.deny:
+            settings.append(Setting(f"deny.{family}", answer, sources.get(f"deny.{family}",
+                                                                          profile.source)))
+        return cls(profile, DevicePolicy.from_profile(profile), frozenset(intercept), mount,
+                   tuple(settings))
+
+    def intercepts(self, family: str) -> bool:
+        return family in self.intercept
+
+    def deny_answer(self, family: str) -> str:
+        """KERNEL, or the errno name the profile answers refused calls with."""
+        return self.profile.deny_answer(family) if family in self.intercept else KERNEL

@@ -1,12 +1,22 @@
 """TOML profiles: what a container may ask the supervisor to do for it.
 
-A profile is read once (at ``enable``/``start`` and when the daemon first sees
-the container) into frozen dataclasses; the hot path only consults them.
-Unknown keys and wrong types are errors naming the file and the key.
+A profile file is parsed into a ``ProfileLayer`` (only what that file says),
+its ``extends`` parents are loaded and merged in order, and the result is one
+frozen ``Profile``.  This happens at ``enable``/``start``/``profile check``,
+when the daemon first sees a container and on reload, never per request.
+Unknown keys and wrong types are errors that name the file and the key.
+
+Merging (parents first, in the order listed, then the file itself):
+scalars and tables of switches (``intercept``, ``deny``, ``mount.shift``,
+``mount.fuse``) take the last value given; lists (``devices``,
+``mount.allowed``, ``mount.force_flags``, ``xattr.allowed``) are joined,
+duplicates dropped.  See profiles/README.md.
 """
 
 from __future__ import annotations
 
+import errno
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,21 +29,30 @@ else:  # pragma: no cover - Debian 12's interpreter has tomllib
 
 from ..errors import ConfigError
 
-# Syscalls this build can intercept; a profile naming another is refused.
-INTERCEPTABLE = ("mknod",)
+# Every syscall family a profile may name, and those this build can handle.
+SYSCALL_FAMILIES = ("mknod", "setxattr", "mount", "sysinfo", "sched_setscheduler", "bpf")
+BUILT_HANDLERS = frozenset({"mknod"})
 
 _MAX_MAJOR = (1 << 12) - 1  # the kernel's 32-bit dev_t: 12-bit major, 20-bit minor
 _MAX_MINOR = (1 << 20) - 1
+_FS_NAME = re.compile(r"^[a-z0-9][a-z0-9._+-]{0,31}$")
+_XATTR_PATTERN = re.compile(r"^(trusted|user|security|system)\.[A-Za-z0-9._*-]+$")
+_MOUNT_FLAGS = ("nosuid", "nodev", "noexec", "noatime", "nodiratime", "relatime", "ro")
+KERNEL = "kernel"  # the deny answer that lets the kernel decide
 
 
 @dataclass(frozen=True)
 class DeviceRule:
-    """One allowed device: type ``c`` or ``b``, a major, and an inclusive minor range."""
+    """One allowed device: type ``c`` or ``b``, a major, an inclusive minor range,
+    optionally where it may be made (a glob on the path inside the container)
+    and the most permissive mode it may get."""
 
     kind: str
     major: int
     minor_low: int
     minor_high: int
+    path: str | None = None
+    mode_cap: int | None = None
     comment: str = ""
 
     def matches(self, kind: str, major: int, minor: int) -> bool:
@@ -42,21 +61,47 @@ class DeviceRule:
 
 
 @dataclass(frozen=True)
+class MountPolicy:
+    allowed: tuple[str, ...] = ()
+    shift: bool | None = None
+    fuse: tuple[tuple[str, str], ...] = ()  # (filesystem, FUSE program)
+    force_flags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProfileLayer:
+    """What one profile file says, before its parents are merged in."""
+
+    name: str
+    source: str
+    description: str | None = None
+    extends: tuple[str, ...] = ()
+    intercept: tuple[tuple[str, bool], ...] = ()
+    devices: tuple[DeviceRule, ...] = ()
+    mount: MountPolicy = field(default_factory=MountPolicy)
+    xattrs: tuple[str, ...] = ()
+    deny: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
 class Profile:
+    """A profile with its parents merged: what the supervisor enforces."""
+
     name: str
     description: str
     source: str  # the file it came from, for messages
     intercept: frozenset[str]
-    devices: tuple[DeviceRule, ...] = field(default=())
+    devices: tuple[DeviceRule, ...] = ()
+    mount: MountPolicy = field(default_factory=MountPolicy)
+    xattrs: tuple[str, ...] = ()
+    deny: tuple[tuple[str, str], ...] = ()  # (family, KERNEL or an errno name)
+    sources: tuple[tuple[str, str], ...] = ()  # (setting, file that decided it)
+
+    def deny_answer(self, family: str) -> str:
+        return dict(self.deny).get(family, KERNEL)
 
 
-def _want(value: Any, kind: type | tuple[type, ...], file: str, key: str) -> Any:
-    # bool is an int in Python; a profile saying `major = true` is a mistake.
-    if isinstance(value, bool) and kind is not bool:
-        raise ConfigError(file, key, f"expected {_type_name(kind)}, got a boolean")
-    if not isinstance(value, kind):
-        raise ConfigError(file, key, f"expected {_type_name(kind)}, got {type(value).__name__}")
-    return value
+# --- parsing one file -------------------------------------------------------------------
 
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
@@ -66,6 +111,16 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
+def _want(value: Any, kind: type | tuple[type, ...], file: str, key: str) -> Any:
+    # bool is an int in Python; a profile saying `major = true` is a mistake.
+    if isinstance(value, bool) and kind is not bool and not (
+            isinstance(kind, tuple) and bool in kind):
+        raise ConfigError(file, key, f"expected {_type_name(kind)}, got a boolean")
+    if not isinstance(value, kind):
+        raise ConfigError(file, key, f"expected {_type_name(kind)}, got {type(value).__name__}")
+    return value
+
+
 def _check_keys(table: dict[str, Any], allowed: set[str], file: str, prefix: str) -> None:
     for key in table:
         if key not in allowed:
@@ -73,9 +128,22 @@ def _check_keys(table: dict[str, Any], allowed: set[str], file: str, prefix: str
             raise ConfigError(file, prefix + key, f"unknown key (allowed: {allowed_list})")
 
 
+def _strings(value: Any, file: str, key: str) -> tuple[str, ...]:
+    items = _want(value, list, file, key)
+    for i, item in enumerate(items):
+        _want(item, str, file, f"{key}[{i}]")
+    return tuple(items)
+
+
+def check_fs_name(name: str, file: str, key: str) -> str:
+    if not _FS_NAME.match(name):
+        raise ConfigError(file, key, f"{name!r} is not a filesystem type name")
+    return name
+
+
 def _device(entry: Any, file: str, key: str) -> DeviceRule:
     entry = _want(entry, dict, file, key)
-    _check_keys(entry, {"type", "major", "minor", "comment"}, file, key + ".")
+    _check_keys(entry, {"type", "major", "minor", "path", "mode", "comment"}, file, key + ".")
     for required in ("type", "major", "minor"):
         if required not in entry:
             raise ConfigError(file, f"{key}.{required}", "missing")
@@ -98,37 +166,196 @@ def _device(entry: Any, file: str, key: str) -> DeviceRule:
             raise ConfigError(file, f"{key}.minor", f"{value} is outside 0..{_MAX_MINOR}")
     if low > high:
         raise ConfigError(file, f"{key}.minor", f"range [{low}, {high}] is empty")
+    path = entry.get("path")
+    if path is not None:
+        path = _want(path, str, file, f"{key}.path")
+        if not path.startswith("/"):
+            raise ConfigError(file, f"{key}.path", "must be an absolute path pattern")
+    mode = entry.get("mode")
+    if mode is not None:
+        mode = _want(mode, int, file, f"{key}.mode")
+        if not 0 <= mode <= 0o7777:
+            raise ConfigError(file, f"{key}.mode", f"{mode:#o} is not a permission mode")
     comment = _want(entry.get("comment", ""), str, file, f"{key}.comment")
-    return DeviceRule(kind, major, low, high, comment)
+    return DeviceRule(kind, major, low, high, path, mode, comment)
 
 
-def parse_profile(text: str, file: str) -> Profile:
-    """Parse one profile's text; ``file`` names it in every error."""
+def _mount(table: Any, file: str) -> MountPolicy:
+    table = _want(table, dict, file, "mount")
+    _check_keys(table, {"allowed", "shift", "fuse", "force_flags"}, file, "mount.")
+    allowed = tuple(check_fs_name(fs, file, "mount.allowed")
+                    for fs in _strings(table.get("allowed", []), file, "mount.allowed"))
+    shift = table.get("shift")
+    if shift is not None:
+        shift = _want(shift, bool, file, "mount.shift")
+    fuse_table = _want(table.get("fuse", {}), dict, file, "mount.fuse")
+    fuse = tuple((check_fs_name(fs, file, f"mount.fuse.{fs}"),
+                  _want(program, str, file, f"mount.fuse.{fs}"))
+                 for fs, program in fuse_table.items())
+    for fs, program in fuse:
+        if not program or "/" in program and not program.startswith("/"):
+            raise ConfigError(file, f"mount.fuse.{fs}", f"{program!r} is not a program name")
+    flags = _strings(table.get("force_flags", []), file, "mount.force_flags")
+    for flag in flags:
+        if flag not in _MOUNT_FLAGS:
+            raise ConfigError(file, "mount.force_flags",
+                              f"{flag!r} is not one of {', '.join(_MOUNT_FLAGS)}")
+    return MountPolicy(allowed, shift, fuse, flags)
+
+
+def _deny_answer(value: Any, file: str, key: str) -> str:
+    answer = str(_want(value, str, file, key))
+    if answer != KERNEL and not (answer.startswith("E") and hasattr(errno, answer)):
+        raise ConfigError(file, key, f"{answer!r} is neither \"kernel\" nor an errno name "
+                                     "such as \"EPERM\"")
+    return answer
+
+
+def parse_layer(text: str, file: str) -> ProfileLayer:
+    """Parse one profile file's text; ``file`` names it in every error."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(file, None, f"invalid TOML: {err}") from err
-    _check_keys(data, {"name", "description", "intercept", "devices"}, file, "")
+    _check_keys(data, {"name", "description", "extends", "intercept", "devices", "mount",
+                       "xattr", "deny"}, file, "")
     name = _want(data.get("name", Path(file).stem), str, file, "name")
-    description = _want(data.get("description", ""), str, file, "description")
+    description = data.get("description")
+    if description is not None:
+        description = _want(description, str, file, "description")
+    extends = _strings(data.get("extends", []), file, "extends")
     intercept_table = _want(data.get("intercept", {}), dict, file, "intercept")
-    _check_keys(intercept_table, set(INTERCEPTABLE), file, "intercept.")
-    intercept = frozenset(k for k, v in intercept_table.items()
-                          if _want(v, bool, file, f"intercept.{k}"))
+    _check_keys(intercept_table, set(SYSCALL_FAMILIES), file, "intercept.")
+    intercept = tuple((k, _want(v, bool, file, f"intercept.{k}"))
+                      for k, v in intercept_table.items())
+    for family, on in intercept:
+        if on and family not in BUILT_HANDLERS:
+            raise ConfigError(file, f"intercept.{family}",
+                              f"this build has no {family} handler yet: it cannot be intercepted")
     device_entries = _want(data.get("devices", []), list, file, "devices")
     devices = tuple(_device(entry, file, f"devices[{i}]") for i, entry in enumerate(device_entries))
-    return Profile(name, description, file, intercept, devices)
+    mount = _mount(data.get("mount", {}), file)
+    xattr_table = _want(data.get("xattr", {}), dict, file, "xattr")
+    _check_keys(xattr_table, {"allowed"}, file, "xattr.")
+    xattrs = _strings(xattr_table.get("allowed", []), file, "xattr.allowed")
+    for pattern in xattrs:
+        if not _XATTR_PATTERN.match(pattern):
+            raise ConfigError(file, "xattr.allowed", f"{pattern!r} is not an xattr name or "
+                                                     "pattern (namespace.name, * allowed)")
+    deny_table = _want(data.get("deny", {}), dict, file, "deny")
+    _check_keys(deny_table, set(SYSCALL_FAMILIES), file, "deny.")
+    deny = tuple((k, _deny_answer(v, file, f"deny.{k}")) for k, v in deny_table.items())
+    return ProfileLayer(name, file, description, extends, intercept, devices, mount, xattrs,
+                        deny)
 
 
-def load_profile(name: str, search_path: tuple[Path, ...]) -> Profile:
-    """Find ``NAME.toml`` in the first directory of ``search_path`` that has it."""
-    if "/" in name or name.startswith("."):
+# --- finding files and merging parents ---------------------------------------------------
+
+
+def find_profile(name: str, search_path: tuple[Path, ...]) -> Path:
+    """``NAME.toml`` in the first directory that has it, or a file path as given."""
+    if "/" in name or name.endswith(".toml"):
         path = Path(name)
         if not path.is_file():
             raise ConfigError(name, None, "no such profile file")
-        return parse_profile(path.read_text(), str(path))
+        return path
     for directory in search_path:
         path = directory / f"{name}.toml"
         if path.is_file():
-            return parse_profile(path.read_text(), str(path))
+            return path
     raise ConfigError(name, None, "no such profile in " + ", ".join(map(str, search_path)))
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise ConfigError(str(path), None, f"cannot read: {err.strerror}") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(str(path), None, "not UTF-8 text") from err
+
+
+def _layers(name: str, search_path: tuple[Path, ...], chain: tuple[str, ...],
+            requested_by: tuple[str, str] | None) -> list[ProfileLayer]:
+    """The layers to merge for ``name``, parents first (depth first, in order)."""
+    try:
+        path = find_profile(name, search_path)
+    except ConfigError as err:
+        if requested_by is None:
+            raise
+        file, key = requested_by
+        raise ConfigError(file, key, f"parent profile {name!r} not found") from err
+    key_id = str(path.resolve())
+    if key_id in chain:
+        cycle = " -> ".join([*(Path(c).stem for c in chain), path.stem])
+        assert requested_by is not None
+        raise ConfigError(requested_by[0], requested_by[1], f"extends cycle: {cycle}")
+    layer = parse_layer(_read(path), str(path))
+    layers: list[ProfileLayer] = []
+    for i, parent in enumerate(layer.extends):
+        layers += _layers(parent, search_path, (*chain, key_id), (str(path), f"extends[{i}]"))
+    return [*layers, layer]
+
+
+def _union(*groups: tuple[Any, ...]) -> tuple[Any, ...]:
+    seen: dict[Any, None] = {}
+    for group in groups:
+        for item in group:
+            seen.setdefault(item, None)
+    return tuple(seen)
+
+
+def merge(layers: list[ProfileLayer]) -> Profile:
+    top = layers[-1]
+    sources: dict[str, str] = {}
+    intercept: dict[str, bool] = {}
+    deny: dict[str, str] = {}
+    fuse: dict[str, str] = {}
+    shift: bool | None = None
+    description = ""
+    for layer in layers:
+        if layer.description is not None:
+            description = layer.description
+        for family, on in layer.intercept:
+            intercept[family] = on
+            sources[f"intercept.{family}"] = layer.source
+        for family, answer in layer.deny:
+            deny[family] = answer
+            sources[f"deny.{family}"] = layer.source
+        for fs, program in layer.mount.fuse:
+            fuse[fs] = program
+            sources[f"mount.fuse.{fs}"] = layer.source
+        if layer.mount.shift is not None:
+            shift = layer.mount.shift
+            sources["mount.shift"] = layer.source
+    mount = MountPolicy(
+        allowed=_union(*(layer.mount.allowed for layer in layers)),
+        shift=shift,
+        fuse=tuple(fuse.items()),
+        force_flags=_union(*(layer.mount.force_flags for layer in layers)),
+    )
+    both = set(mount.allowed) & set(fuse)
+    if both:
+        raise ConfigError(top.source, "mount.fuse", f"{', '.join(sorted(both))} cannot be both "
+                                                    "in mount.allowed and mount.fuse")
+    return Profile(
+        name=top.name, description=description, source=top.source,
+        intercept=frozenset(k for k, v in intercept.items() if v),
+        devices=_union(*(layer.devices for layer in layers)),
+        mount=mount, xattrs=_union(*(layer.xattrs for layer in layers)),
+        deny=tuple(deny.items()), sources=tuple(sorted(sources.items())),
+    )
+
+
+def load_profile(name: str, search_path: tuple[Path, ...]) -> Profile:
+    """Load ``name`` (a profile name or a file path) with its parents merged in."""
+    return merge(_layers(name, search_path, (), None))
+
+
+def parse_profile(text: str, file: str, search_path: tuple[Path, ...] = ()) -> Profile:
+    """A profile from text (tests, ``profile check`` of stdin); parents from search_path."""
+    layer = parse_layer(text, file)
+    layers: list[ProfileLayer] = []
+    for i, parent in enumerate(layer.extends):
+        layers += _layers(parent, search_path, (file,), (file, f"extends[{i}]"))
+    return merge([*layers, layer])

@@ -8,8 +8,9 @@ import pytest
 
 from lxc_notify_plugin.errors import ConfigError
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
-from lxc_notify_plugin.policy.devices import DevicePolicy, needs_emulation
-from lxc_notify_plugin.policy.lxc_policy import compile_policy
+from lxc_notify_plugin.policy.devices import DevicePolicy, choose, needs_emulation, needs_path
+from lxc_notify_plugin.policy.effective import ContainerPolicy
+from lxc_notify_plugin.policy.lxc_policy import check_with_libseccomp, compile_policy
 from lxc_notify_plugin.policy.profile import load_profile, parse_profile
 
 DEFAULT = load_profile("default", (PACKAGE_PROFILES,))
@@ -37,7 +38,19 @@ def test_minor_ranges() -> None:
 @pytest.mark.parametrize(("text", "key", "reason"), [
     ("name = ", None, "invalid TOML"),
     ("colour = 1", "colour", "unknown key"),
-    ("[intercept]\nmount = true", "intercept.mount", "unknown key"),
+    ("[intercept]\nmount = true", "intercept.mount", "no mount handler yet"),
+    ("[intercept]\nchmod = true", "intercept.chmod", "unknown key"),
+    ("extends = 'default'", "extends", "expected an array"),
+    ("[[devices]]\ntype = 'c'\nmajor = 1\nminor = 3\npath = 'dev/x'", "devices[0].path",
+     "absolute"),
+    ("[[devices]]\ntype = 'c'\nmajor = 1\nminor = 3\nmode = 0o17777", "devices[0].mode",
+     "not a permission mode"),
+    ("[mount]\nallowed = ['Ext4!']", "mount.allowed", "not a filesystem type name"),
+    ("[mount]\nallowed = ['ext4']\nfuse = { ext4 = 'fuse2fs' }", "mount.fuse",
+     "cannot be both"),
+    ("[mount]\nforce_flags = ['nosuid', 'suid']", "mount.force_flags", "not one of"),
+    ("[xattr]\nallowed = ['overlay.opaque']", "xattr.allowed", "not an xattr name"),
+    ("[deny]\nmknod = 'ENOTANERRNO'", "deny.mknod", "neither"),
     ("[intercept]\nmknod = 1", "intercept.mknod", "expected a boolean"),
     ("[[devices]]\ntype = 'x'\nmajor = 1\nminor = 3", "devices[0].type", "must be"),
     ("[[devices]]\ntype = 'c'\nmajor = 4096\nminor = 3", "devices[0].major", "outside"),
@@ -65,7 +78,7 @@ def test_admin_profiles_override_shipped_ones(tmp_path: Path) -> None:
 
 
 def test_compiled_policy_traps_only_device_nodes() -> None:
-    text = compile_policy(DEFAULT)
+    text = compile_policy(ContainerPolicy.from_profile(DEFAULT))
     lines = text.splitlines()
     assert lines[:2] == ["2", "denylist"]
     notify = [line for line in lines if " notify " in line]
@@ -76,3 +89,81 @@ def test_compiled_policy_traps_only_device_nodes() -> None:
         "mknodat notify [2,24576,SCMP_CMP_MASKED_EQ,61440]",
     ]
     assert "kexec_load errno 1" in lines  # LXC's own default denylist is kept
+    # A nested listener is refused in the filter (EBUSY, what the kernel says).
+    assert "seccomp errno 16 [0,1,SCMP_CMP_MASKED_EQ,4294967295] " \
+           "[1,8,SCMP_CMP_MASKED_EQ,8]" in lines
+
+
+SHIPPED = sorted(p.stem for p in PACKAGE_PROFILES.glob("*.toml"))
+
+
+def test_the_four_profiles_are_shipped() -> None:
+    assert SHIPPED == ["default", "docker", "fuse", "tun"]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_profile_loads_and_compiles(name: str) -> None:
+    profile = load_profile(name, (PACKAGE_PROFILES,))
+    assert profile.name == name and profile.description
+    policy = ContainerPolicy.from_profile(profile)
+    check_with_libseccomp(policy)
+    assert "mknodat notify [2,8192,SCMP_CMP_MASKED_EQ,61440]" in compile_policy(policy)
+    # Everything extends default: LXD's list is always there.
+    assert DevicePolicy.from_profile(profile).allows("c", 1, 3)
+
+
+def write(directory: Path, name: str, text: str) -> None:
+    (directory / f"{name}.toml").write_text(text)
+
+
+def test_extends_merges_parents_in_order(tmp_path: Path) -> None:
+    write(tmp_path, "a", 'description = "a"\n[deny]\nmknod = "EPERM"\n'
+          '[[devices]]\ntype = "c"\nmajor = 1\nminor = 3\n[mount]\nforce_flags = ["nosuid"]\n')
+    write(tmp_path, "b", 'description = "b"\n[deny]\nmknod = "EACCES"\n'
+          '[[devices]]\ntype = "c"\nmajor = 1\nminor = 5\n[mount]\nforce_flags = ["nodev"]\n')
+    write(tmp_path, "child", 'extends = ["a", "b"]\n[[devices]]\ntype = "c"\nmajor = 1\n'
+          'minor = 7\n')
+    profile = load_profile("child", (tmp_path,))
+    assert profile.description == "b"  # the last parent that says it
+    assert profile.deny_answer("mknod") == "EACCES"
+    assert dict(profile.sources)["deny.mknod"].endswith("b.toml")
+    assert [(r.major, r.minor_low) for r in profile.devices] == [(1, 3), (1, 5), (1, 7)]
+    assert profile.mount.force_flags == ("nosuid", "nodev")
+    assert profile.name == "child"
+
+
+def test_extends_cycle_and_missing_parent_are_errors(tmp_path: Path) -> None:
+    write(tmp_path, "x", 'extends = ["y"]\n')
+    write(tmp_path, "y", 'extends = ["z"]\n')
+    write(tmp_path, "z", 'extends = ["x"]\n')
+    with pytest.raises(ConfigError) as raised:
+        load_profile("x", (tmp_path,))
+    assert raised.value.file.endswith("z.toml") and raised.value.key == "extends[0]"
+    assert "cycle: x -> y -> z -> x" in raised.value.reason
+    write(tmp_path, "orphan", 'extends = ["default", "nowhere"]\n')
+    with pytest.raises(ConfigError) as raised:
+        load_profile("orphan", (tmp_path, PACKAGE_PROFILES))
+    assert raised.value.key == "extends[1]" and "'nowhere' not found" in raised.value.reason
+
+
+def test_errors_in_a_parent_name_the_parent(tmp_path: Path) -> None:
+    write(tmp_path, "broken", "[[devices]]\ntype = 'c'\nmajor = -1\nminor = 0\n")
+    write(tmp_path, "kid", 'extends = ["broken"]\n')
+    with pytest.raises(ConfigError) as raised:
+        load_profile("kid", (tmp_path,))
+    assert raised.value.file.endswith("broken.toml") and raised.value.key == "devices[0].major"
+
+
+def test_bad_toml_names_the_line(tmp_path: Path) -> None:
+    write(tmp_path, "bad", 'name = "x"\n\n[[devices]\n')
+    with pytest.raises(ConfigError, match=r"line 3"):
+        load_profile("bad", (tmp_path,))
+
+
+def test_path_patterns_and_mode_caps() -> None:
+    profile = parse_profile('[[devices]]\ntype = "c"\nmajor = 10\nminor = 229\n'
+                            'path = "/dev/fuse"\nmode = 0o666\n', "fuse.toml")
+    rules = DevicePolicy.from_profile(profile).candidates("c", 10, 229)
+    assert needs_path(rules)
+    assert choose(rules, "/dev/fuse") == rules[0] and rules[0].mode_cap == 0o666
+    assert choose(rules, "/tmp/fuse") is None and choose(rules, None) is None

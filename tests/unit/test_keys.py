@@ -1,0 +1,80 @@
+"""LXD's keys: types, defaults, validation and layering over a profile."""
+
+from __future__ import annotations
+
+import pytest
+
+from lxc_notify_plugin.errors import ConfigError
+from lxc_notify_plugin.paths import PACKAGE_PROFILES
+from lxc_notify_plugin.policy import keys as lxd
+from lxc_notify_plugin.policy.effective import ContainerPolicy
+from lxc_notify_plugin.policy.profile import load_profile
+
+P = lxd.PREFIX
+FILE = "/var/lib/lxc-notify/containers/c1.json"
+
+
+@pytest.mark.parametrize(("given", "stored"), [
+    ("true", "true"), ("TRUE", "true"), ("1", "true"), ("yes", "true"), ("on", "true"),
+    ("false", "false"), ("0", "false"), ("No", "false"), ("off", "false"),
+])
+def test_lxd_booleans(given: str, stored: str) -> None:
+    assert lxd.normalize(P + "mknod", given, FILE) == stored
+
+
+@pytest.mark.parametrize(("key", "value", "reason"), [
+    (P + "mknod", "maybe", "not a boolean"),
+    (P + "mknod", "", "not a boolean"),
+    (P + "chmod", "true", "unknown key"),
+    (P + "mount.allowed", "ext4,Bad!", "not a filesystem type name"),
+    (P + "mount.fuse", "ext4", "not fs=fuse-program"),
+    (P + "mount.fuse", "ext4=", "not fs=fuse-program"),
+])
+def test_bad_values(key: str, value: str, reason: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        lxd.normalize(key, value, FILE)
+    assert (raised.value.file, raised.value.key) == (FILE, key)
+    assert reason in raised.value.reason
+
+
+def test_lists_are_normalized() -> None:
+    assert lxd.normalize(P + "mount.allowed", " ext4, xfs ,", FILE) == "ext4,xfs"
+    assert lxd.normalize(P + "mount.fuse", "ext4 = fuse2fs", FILE) == "ext4=fuse2fs"
+
+
+@pytest.mark.parametrize("key", [P + "setxattr", P + "mount", P + "sysinfo",
+                                 P + "sched_setscheduler", P + "bpf", P + "bpf.devices"])
+def test_keys_without_a_handler_are_refused_unless_off(key: str) -> None:
+    with pytest.raises(ConfigError, match="no .* handler yet"):
+        lxd.check_buildable(key, "true", FILE)
+    lxd.check_buildable(key, "false", FILE)
+
+
+def test_mount_lists_are_refused_without_a_mount_handler() -> None:
+    with pytest.raises(ConfigError, match="no mount handler yet"):
+        lxd.check_buildable(P + "mount.allowed", "ext4", FILE)
+    lxd.check_buildable(P + "mknod", "true", FILE)
+
+
+def test_a_filesystem_cannot_be_both_allowed_and_fuse() -> None:
+    with pytest.raises(ConfigError, match="cannot be both"):
+        lxd.check_together({P + "mount.allowed": "ext4,xfs", P + "mount.fuse": "ext4=fuse2fs"},
+                           FILE)
+    lxd.check_together({P + "mount.allowed": "xfs", P + "mount.fuse": "ext4=fuse2fs"}, FILE)
+    with pytest.raises(ConfigError, match="needs security.syscalls.intercept.bpf"):
+        lxd.check_together({P + "bpf.devices": "true"}, FILE)
+
+
+def test_keys_layer_over_the_profile_and_say_where_values_came_from() -> None:
+    profile = load_profile("default", (PACKAGE_PROFILES,))
+    plain = ContainerPolicy.from_profile(profile)
+    assert plain.intercepts("mknod")
+    settings = {s.name: s for s in plain.settings}
+    assert settings["intercept.mknod"].source.endswith("default.toml")
+    assert settings["intercept.mount"].source == "default"
+
+    off = ContainerPolicy.from_profile(profile, {P + "mknod": "false"})
+    assert not off.intercepts("mknod")
+    settings = {s.name: s for s in off.settings}
+    assert settings["intercept.mknod"].value == "false"
+    assert settings["intercept.mknod"].source == f"key {P}mknod"

@@ -102,10 +102,15 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    if not lxc_config.signal_reload(_paths(args)):
-        print("lxc-notify: no running supervisor to reload", file=sys.stderr)
+    refused = lxc_config.signal_reload(_paths(args))
+    if refused is None:
+        print("lxc-notify: no running supervisor confirmed a reload", file=sys.stderr)
         return 1
-    print("reload requested (the supervisor logs the outcome)")
+    if refused:
+        print(f"lxc-notify: reloaded, but {', '.join(refused)} kept the old policy (the new "
+              "one fails its checks; the supervisor's log says why)", file=sys.stderr)
+        return 1
+    print("reloaded")
     return 0
 
 

@@ -191,20 +191,41 @@ def start(name: str, profile_name: str | None, paths: Paths, log_file: Path) -> 
 # --- LXD keys ---------------------------------------------------------------------------
 
 
-def signal_reload(paths: Paths) -> bool:
-    """SIGHUP the running daemon, if there is one; True if it was told."""
+def _reloads_done(paths: Paths) -> tuple[int, list[str]]:
+    """(reloads finished, containers the last one refused) as the daemon wrote them."""
+    try:
+        count, *refused = paths.reload_file.read_text().split()
+        return int(count), refused
+    except (OSError, ValueError):
+        return 0, []
+
+
+def signal_reload(paths: Paths, timeout: float = 10.0) -> list[str] | None:
+    """SIGHUP the running daemon, if there is one, and wait until it has reloaded
+    (so the next request sees the new policy).  None if no daemon confirmed;
+    otherwise the containers whose new policy was refused (they keep the old)."""
     try:
         pid = int(paths.pid_file.read_text().strip())
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
-        return False
+        return None
     # Only our own daemon: a stale pid file may name a reused pid.
     if b"lxc_notify_plugin" not in cmdline and b"lxc-notify" not in cmdline:
-        return False
+        return None
     if not daemon_running(paths):
-        return False
+        return None
+    before, _ = _reloads_done(paths)
     os.kill(pid, signal.SIGHUP)
-    return True
+    deadline = time.monotonic() + timeout
+    while True:
+        count, refused = _reloads_done(paths)
+        if count != before:
+            return refused
+        if time.monotonic() > deadline:
+            log.warning("the supervisor (pid %d) did not confirm the reload in %.0f s",
+                        pid, timeout)
+            return None
+        time.sleep(0.02)
 
 
 def config_set(name: str, key: str, value: str | None, paths: Paths) -> str:
@@ -231,7 +252,7 @@ def config_set(name: str, key: str, value: str | None, paths: Paths) -> str:
     if store.policy_path(name).exists():
         atomic_write(store.policy_path(name), text, mode=0o600)
     store.put(new)
-    told = signal_reload(paths)
+    told = signal_reload(paths) is not None
     if spec.live:
         return f"{key}: applied{' to the running supervisor' if told else ''}"
     return (f"{key}: changes which calls are trapped; takes effect at {name}'s next start"

@@ -27,6 +27,11 @@ class Paths:
         return self.socket.parent / "daemon.pid"
 
     @property
+    def reload_file(self) -> Path:
+        """How many reloads the running daemon has finished (written after each)."""
+        return self.socket.parent / "reloads"
+
+    @property
     def containers_dir(self) -> Path:
         return self.state_dir / "containers"
 

@@ -98,7 +98,7 @@ class ContainerRegistry:
                 continue
             self._by_cookie[cookie] = Container(record, policy)
 
-    def reload(self) -> None:
+    def reload(self) -> list[str]:
         """Re-read every known container's record and profiles.
 
         All or nothing per container: a record or profile that fails any
@@ -109,6 +109,7 @@ class ContainerRegistry:
         with self._lock:
             containers = list(self._by_cookie.values())
         changed = 0
+        refused: list[str] = []
         for container in containers:
             name = container.record.name
             try:
@@ -118,6 +119,7 @@ class ContainerRegistry:
                 policy = self._store.policy(record)
             except (OSError, ConfigError) as err:
                 log.error("container %s: reload refused, old policy kept: %s", name, err)
+                refused.append(name)
                 continue
             if policy.intercept != container.policy.intercept:
                 log.warning("container %s: intercepted calls changed (%s -> %s): the "
@@ -127,6 +129,7 @@ class ContainerRegistry:
             container.record, container.policy = record, policy
             changed += 1
         log.info("reloaded: %d of %d containers have a new policy", changed, len(containers))
+        return refused
 
 
 class Supervisor:
@@ -141,6 +144,7 @@ class Supervisor:
         self.handlers: dict[str, Handler] = handlers()
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._listener: socket.socket | None = None
+        self._reloads = 0
         self._threads: dict[threading.Thread, socket.socket] = {}
         self._threads_lock = threading.Lock()
 
@@ -180,7 +184,10 @@ class Supervisor:
                 if self._stop_r in ready:
                     if b"x" in os.read(self._stop_r, 64):
                         break
-                    self.registry.reload()
+                    refused = self.registry.reload()
+                    self._reloads += 1
+                    atomic_write(self.paths.reload_file,
+                                 f"{self._reloads} {' '.join(refused)}\n", mode=0o644)
                     continue
                 try:
                     conn, _ = self._listener.accept()
@@ -192,6 +199,7 @@ class Supervisor:
             self._listener.close()
             self.paths.socket.unlink(missing_ok=True)
             self.paths.pid_file.unlink(missing_ok=True)
+            self.paths.reload_file.unlink(missing_ok=True)
             with self._threads_lock:
                 threads = list(self._threads.items())
             for _, conn in threads:

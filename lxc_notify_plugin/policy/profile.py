@@ -348,7 +348,13 @@ def merge(layers: list[ProfileLayer]) -> Profile:
 
 
 def load_profile(name: str, search_path: tuple[Path, ...]) -> Profile:
-    """Load ``name`` (a profile name or a file path) with its parents merged in."""
+    """Load ``name`` (a profile name or a file path) with its parents merged in.
+
+    A profile given as a file finds its parents beside it first, so a set of
+    profiles being written in one directory checks as a set.
+    """
+    if "/" in name or name.endswith(".toml"):
+        search_path = (Path(name).parent, *search_path)
     return merge(_layers(name, search_path, (), None))
 
 

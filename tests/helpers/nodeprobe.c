@@ -119,6 +119,12 @@ int main(int argc, char **argv) {
                major(st.st_rdev), minor(st.st_rdev));
         return 0;
     }
+    if (!strcmp(cmd, "open") && argc >= 3) {
+        /* open read-write and close: "ok" means the node is usable here */
+        int fd = open(argv[2], O_RDWR | O_NONBLOCK);
+        if (fd >= 0) close(fd);
+        return result(fd);
+    }
     if (!strcmp(cmd, "write") && argc >= 3) {
         int fd = open(argv[2], O_WRONLY);
         if (fd < 0) return result(-1);
@@ -137,6 +143,6 @@ int main(int argc, char **argv) {
     }
 usage:
     fprintf(stderr, "usage: nodeprobe mknod|mknodat|mknodat-fd|mknod32|badptr|longpath|stat|"
-                    "write|bench|forever ...\n");
+                    "open|write|bench|forever ...\n");
     return 2;
 }

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 
 from . import kernel
 from .errors import RequestGone
+from .policy.devices import HostDevices
 from .protocol import Notification
 
 AT_FDCWD = -100
@@ -123,13 +124,15 @@ class Request:
     """One notification and the three fds LXC sent with it (owned by the caller of this)."""
 
     def __init__(self, notification: Notification, syscall: str, container: ContainerView,
-                 proc_fd: int, mem_fd: int, listener_fd: int) -> None:
+                 proc_fd: int, mem_fd: int, listener_fd: int,
+                 host_devices: HostDevices | None = None) -> None:
         self.notification = notification
         self.syscall = syscall
         self.container = container
         self.proc_fd = proc_fd
         self.mem_fd = mem_fd
         self.listener_fd = listener_fd
+        self.host_devices = host_devices  # udev's view of the host, when udev runs
 
     @property
     def args(self) -> tuple[int, ...]:

@@ -17,7 +17,8 @@ DEFAULTS = Paths()
 
 def _paths(args: argparse.Namespace) -> Paths:
     return Paths(socket=Path(args.socket), state_dir=Path(args.state_dir),
-                 admin_profiles=Path(args.profile_dir), lxc_path=args.lxc_path)
+                 admin_profiles=Path(args.profile_dir), lxc_path=args.lxc_path,
+                 udev_control=Path(args.udev_control))
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -120,6 +121,47 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run()
 
 
+def cmd_udev_list(args: argparse.Namespace) -> int:
+    import pyudev
+
+    from .udev import PROFILES_PROPERTY, delegable, udev_running
+
+    paths = _paths(args)
+    if not udev_running(paths.udev_control):
+        print(f"udev is not running (no {paths.udev_control}): no device can be listed, "
+              "and the supervisor serves static [[devices]] entries only", file=sys.stderr)
+        return 0
+    rows = sorted(delegable(pyudev.Context()), key=lambda d: (d.kind, d.major, d.minor))
+    print(f"{'type':4} {'numbers':>9}  {'node':24} profiles")
+    for device in rows:
+        profiles = device.properties.get(PROFILES_PROPERTY, "")
+        print(f"{device.kind:4} {device.major:>4}:{device.minor:<4}  "
+              f"{device.devnode or '-':24} {profiles or '-'}")
+    if not rows:
+        print("(no device is tagged lxc_notify: see `lxc-notify udev install`)")
+    return 0
+
+
+def cmd_udev_install(args: argparse.Namespace) -> int:
+    import shutil
+    import subprocess
+
+    from .udev import RULES_FILE, udev_running
+
+    target = Path(args.rules_dir) / RULES_FILE.name
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(RULES_FILE, target)
+    print(f"installed {target}")
+    if not udev_running(_paths(args).udev_control):
+        print("udev is not running: the rules apply when it starts")
+        return 0
+    for command in (["udevadm", "control", "--reload"], ["udevadm", "trigger", "--action=change"],
+                    ["udevadm", "settle", "--timeout=30"]):
+        subprocess.run(command, check=True)
+    print("udev reloaded its rules and re-triggered devices")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lxc-notify", description=(
         "Supervise unprivileged LXC containers through seccomp user notification."))
@@ -130,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--profile-dir", default=str(DEFAULTS.admin_profiles),
                         help="admin profiles, which override shipped ones (default %(default)s)")
     parser.add_argument("--lxc-path", default=None, help="LXC's container directory")
+    parser.add_argument("--udev-control", default=str(DEFAULTS.udev_control),
+                        help="udevd's control socket, whose presence means udev runs "
+                             "(default %(default)s)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -179,6 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
     sub.add_parser("reload", help="make the running supervisor re-read policy (SIGHUP)"
                    ).set_defaults(func=cmd_reload)
+    udev = sub.add_parser("udev", help="udev rules for delegable devices"
+                          ).add_subparsers(dest="action", required=True)
+    udev.add_parser("list", help="delegable devices present now").set_defaults(
+        func=cmd_udev_list)
+    install = udev.add_parser("install", help="install the rules, reload udev, re-trigger")
+    install.add_argument("--rules-dir", default="/etc/udev/rules.d")
+    install.set_defaults(func=cmd_udev_install)
     return parser
 
 

@@ -16,6 +16,7 @@ class Paths:
     admin_profiles: Path = Path("/etc/lxc-notify/profiles")
     shipped_profiles: Path = PACKAGE_PROFILES
     lxc_path: str | None = None  # python-lxc's default (/var/lib/lxc) when None
+    udev_control: Path = Path("/run/udev/control")  # present while systemd-udevd runs
 
     @property
     def profile_search_path(self) -> tuple[Path, ...]:

@@ -36,6 +36,7 @@ from .handlers import Answer, Handler, handlers
 from .paths import Paths, atomic_write
 from .policy.effective import ContainerPolicy
 from .state import ContainerRecord, StateStore
+from .udev import HostDeviceIndex, UdevWatcher
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +146,8 @@ class Supervisor:
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._listener: socket.socket | None = None
         self._reloads = 0
+        self.host_devices = HostDeviceIndex()
+        self._udev = UdevWatcher(self.host_devices, paths.udev_control)
         self._threads: dict[threading.Thread, socket.socket] = {}
         self._threads_lock = threading.Lock()
 
@@ -175,6 +178,7 @@ class Supervisor:
         if self._listener is None:
             self.bind()
         assert self._listener is not None
+        self._udev.start()
         poller = select.poll()
         poller.register(self._listener, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
@@ -209,6 +213,7 @@ class Supervisor:
                     conn.shutdown(socket.SHUT_RD)
             for thread, _ in threads:
                 thread.join()
+            self._udev.stop()
             os.close(self._stop_r)
             os.close(self._stop_w)
             log.info("stopped")
@@ -304,7 +309,8 @@ class Supervisor:
             container.stats["kernel"] += 1
             return Answer(let_kernel_decide=True)
         view = session.view(container.record.name, notification.init_pid, self.proc_root)
-        request = Request(notification, syscall, view, fds[0], fds[1], fds[2])
+        request = Request(notification, syscall, view, fds[0], fds[1], fds[2],
+                          self.host_devices)
         assert session.thread is not None
         try:
             answer = self.handlers[syscall](request, session.thread, container.policy)

@@ -26,7 +26,7 @@ import threading
 
 from .. import kernel
 from ..caller import AT_FDCWD, INODE_CAPS, CallerScope, Request, SupervisorThread
-from ..policy.devices import choose, needs_emulation, needs_path
+from ..policy.devices import WHITEOUT, choose, needs_path
 from ..policy.effective import ContainerPolicy
 from ..policy.profile import KERNEL
 from . import DONE, KERNEL_DECIDES, Answer
@@ -57,10 +57,12 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
         return KERNEL_DECIDES
     # The kernel's dev argument is the 32-bit new_encode_dev() form.
     major, minor = os.major(dev), os.minor(dev)
-    if not needs_emulation(policy.devices, kind, major, minor):
+    if (kind, major, minor) == WHITEOUT:
+        return KERNEL_DECIDES  # the kernel allows whiteouts itself; never refuse one
+    rules = policy.devices.candidates(kind, major, minor, request.host_devices)
+    if not rules:
         log.debug("%s %d:%d is not in the profile", kind, major, minor)
         return refused(policy)
-    rules = policy.devices.candidates(kind, major, minor)
     creds = request.read_creds()
     if not (request.in_container_userns(creds) and creds.has_cap(kernel.CAP_MKNOD)):
         log.debug("caller lacks CAP_MKNOD in the container: the kernel decides")

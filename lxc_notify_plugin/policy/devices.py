@@ -3,21 +3,62 @@
 from __future__ import annotations
 
 import fnmatch
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
 
-from .profile import DeviceRule, Profile
+from .profile import DeviceRule, Profile, UdevRule
 
 # The overlayfs whiteout.  Since Linux 5.8 the kernel itself lets an
 # unprivileged caller create it, so it never needs emulating.
 WHITEOUT = ("c", 0, 0)
 
 
+DeviceKey = tuple[str, int, int]  # (type "c" or "b", major, minor)
+
+
+@dataclass(frozen=True, slots=True)
+class UdevDevice:
+    """What udev says about one device node on the host (plain data, no pyudev)."""
+
+    kind: str
+    major: int
+    minor: int
+    subsystem: str
+    devnode: str | None
+    tags: frozenset[str] = frozenset()
+    properties: Mapping[str, str] = field(default_factory=dict)
+
+
+class HostDevices(Protocol):
+    """The devices the host has now, by (type, major, minor): kept by udev.py."""
+
+    def get(self, key: DeviceKey) -> UdevDevice | None: ...
+
+
+def _property_matches(value: str | None, pattern: str) -> bool:
+    if value is None:
+        return False
+    return fnmatch.fnmatchcase(value, pattern) or any(
+        fnmatch.fnmatchcase(word, pattern) for word in value.split())
+
+
+def udev_rule_matches(rule: UdevRule, device: UdevDevice) -> bool:
+    return ((rule.subsystem is None or rule.subsystem == device.subsystem)
+            and (rule.tag is None or rule.tag in device.tags)
+            and (rule.devnode is None or (device.devnode is not None
+                                          and fnmatch.fnmatchcase(device.devnode, rule.devnode)))
+            and all(_property_matches(device.properties.get(name), pattern)
+                    for name, pattern in rule.properties))
+
+
 @dataclass(frozen=True)
 class DevicePolicy:
     """An index over a profile's device rules, built once, consulted per request."""
 
-    exact: dict[tuple[str, int, int], tuple[DeviceRule, ...]]
+    exact: dict[DeviceKey, tuple[DeviceRule, ...]]
     ranges: tuple[DeviceRule, ...]
+    udev: tuple[UdevRule, ...] = ()
 
     @classmethod
     def from_profile(cls, profile: Profile) -> DevicePolicy:
@@ -29,17 +70,28 @@ class DevicePolicy:
                 exact[key] = (*exact.get(key, ()), rule)
             else:
                 ranges.append(rule)
-        return cls(exact, tuple(ranges))
+        return cls(exact, tuple(ranges), profile.udev)
 
-    def candidates(self, kind: str, major: int, minor: int) -> tuple[DeviceRule, ...]:
-        """Every rule for this device, before any path pattern is looked at."""
+    def candidates(self, kind: str, major: int, minor: int,
+                   host: HostDevices | None = None) -> tuple[DeviceRule, ...]:
+        """Every rule for this device, before any path pattern is looked at.
+
+        A udev rule counts only while the host has the device and its udev
+        record matches; it then stands as a rule for exactly that device.
+        """
         found = self.exact.get((kind, major, minor), ())
         if self.ranges:
             found += tuple(r for r in self.ranges if r.matches(kind, major, minor))
+        if self.udev and host is not None:
+            device = host.get((kind, major, minor))
+            if device is not None:
+                found += tuple(DeviceRule(kind, major, minor, minor, rule.path, rule.mode_cap,
+                                          rule.comment or f"udev: {device.devnode}")
+                               for rule in self.udev if udev_rule_matches(rule, device))
         return found
 
-    def allows(self, kind: str, major: int, minor: int) -> bool:
-        return bool(self.candidates(kind, major, minor))
+    def allows(self, kind: str, major: int, minor: int, host: HostDevices | None = None) -> bool:
+        return bool(self.candidates(kind, major, minor, host))
 
 
 def needs_path(rules: tuple[DeviceRule, ...]) -> bool:
@@ -57,7 +109,8 @@ def choose(rules: tuple[DeviceRule, ...], container_path: str | None) -> DeviceR
     return None
 
 
-def needs_emulation(policy: DevicePolicy, kind: str, major: int, minor: int) -> bool:
+def needs_emulation(policy: DevicePolicy, kind: str, major: int, minor: int,
+                    host: HostDevices | None = None) -> bool:
     """True when the supervisor may make the node; False means let the kernel decide.
 
     Letting the kernel decide (SECCOMP_USER_NOTIF_FLAG_CONTINUE) is safe for
@@ -67,4 +120,4 @@ def needs_emulation(policy: DevicePolicy, kind: str, major: int, minor: int) -> 
     """
     if (kind, major, minor) == WHITEOUT:
         return False
-    return policy.allows(kind, major, minor)
+    return policy.allows(kind, major, minor, host)

@@ -61,6 +61,25 @@ class DeviceRule:
 
 
 @dataclass(frozen=True)
+class UdevRule:
+    """Devices allowed because of what udev says about them *now*.
+
+    Every field given must match the device's udev record: its subsystem,
+    a tag, a glob on its host device node, and properties (each a glob on the
+    whole value, or one whitespace-separated word of it: a rule saying
+    ``LXC_NOTIFY_PROFILES = "fuse"`` matches a device listing "fuse docker").
+    """
+
+    subsystem: str | None = None
+    tag: str | None = None
+    devnode: str | None = None
+    properties: tuple[tuple[str, str], ...] = ()
+    path: str | None = None
+    mode_cap: int | None = None
+    comment: str = ""
+
+
+@dataclass(frozen=True)
 class MountPolicy:
     allowed: tuple[str, ...] = ()
     shift: bool | None = None
@@ -81,6 +100,7 @@ class ProfileLayer:
     mount: MountPolicy = field(default_factory=MountPolicy)
     xattrs: tuple[str, ...] = ()
     deny: tuple[tuple[str, str], ...] = ()
+    udev: tuple[UdevRule, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,6 +116,7 @@ class Profile:
     xattrs: tuple[str, ...] = ()
     deny: tuple[tuple[str, str], ...] = ()  # (family, KERNEL or an errno name)
     sources: tuple[tuple[str, str], ...] = ()  # (setting, file that decided it)
+    udev: tuple[UdevRule, ...] = ()
 
     def deny_answer(self, family: str) -> str:
         return dict(self.deny).get(family, KERNEL)
@@ -166,18 +187,43 @@ def _device(entry: Any, file: str, key: str) -> DeviceRule:
             raise ConfigError(file, f"{key}.minor", f"{value} is outside 0..{_MAX_MINOR}")
     if low > high:
         raise ConfigError(file, f"{key}.minor", f"range [{low}, {high}] is empty")
+    path, mode = _path_and_mode(entry, file, key)
+    comment = _want(entry.get("comment", ""), str, file, f"{key}.comment")
+    return DeviceRule(kind, major, low, high, path, mode, comment)
+
+
+def _path_and_mode(entry: dict[str, Any], file: str, key: str) -> tuple[str | None, int | None]:
     path = entry.get("path")
     if path is not None:
-        path = _want(path, str, file, f"{key}.path")
+        path = str(_want(path, str, file, f"{key}.path"))
         if not path.startswith("/"):
             raise ConfigError(file, f"{key}.path", "must be an absolute path pattern")
     mode = entry.get("mode")
     if mode is not None:
-        mode = _want(mode, int, file, f"{key}.mode")
+        mode = int(_want(mode, int, file, f"{key}.mode"))
         if not 0 <= mode <= 0o7777:
             raise ConfigError(file, f"{key}.mode", f"{mode:#o} is not a permission mode")
+    return path, mode
+
+
+def _udev_rule(entry: Any, file: str, key: str) -> UdevRule:
+    entry = _want(entry, dict, file, key)
+    _check_keys(entry, {"subsystem", "tag", "devnode", "properties", "path", "mode", "comment"},
+                file, key + ".")
+    if not any(k in entry for k in ("subsystem", "tag", "devnode", "properties")):
+        raise ConfigError(file, key, "matches every device: give at least one of subsystem, "
+                                     "tag, devnode, properties")
+    strings = {k: _want(entry[k], str, file, f"{key}.{k}")
+               for k in ("subsystem", "tag", "devnode") if k in entry}
+    if "devnode" in strings and not strings["devnode"].startswith("/dev/"):
+        raise ConfigError(file, f"{key}.devnode", "must be a pattern under /dev/")
+    properties = _want(entry.get("properties", {}), dict, file, f"{key}.properties")
+    props = tuple((name, _want(value, str, file, f"{key}.properties.{name}"))
+                  for name, value in properties.items())
+    path, mode = _path_and_mode(entry, file, key)
     comment = _want(entry.get("comment", ""), str, file, f"{key}.comment")
-    return DeviceRule(kind, major, low, high, path, mode, comment)
+    return UdevRule(strings.get("subsystem"), strings.get("tag"), strings.get("devnode"),
+                    props, path, mode, comment)
 
 
 def _mount(table: Any, file: str) -> MountPolicy:
@@ -217,8 +263,8 @@ def parse_layer(text: str, file: str) -> ProfileLayer:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(file, None, f"invalid TOML: {err}") from err
-    _check_keys(data, {"name", "description", "extends", "intercept", "devices", "mount",
-                       "xattr", "deny"}, file, "")
+    _check_keys(data, {"name", "description", "extends", "intercept", "devices", "udev",
+                       "mount", "xattr", "deny"}, file, "")
     name = _want(data.get("name", Path(file).stem), str, file, "name")
     description = data.get("description")
     if description is not None:
@@ -234,6 +280,8 @@ def parse_layer(text: str, file: str) -> ProfileLayer:
                               f"this build has no {family} handler yet: it cannot be intercepted")
     device_entries = _want(data.get("devices", []), list, file, "devices")
     devices = tuple(_device(entry, file, f"devices[{i}]") for i, entry in enumerate(device_entries))
+    udev_entries = _want(data.get("udev", []), list, file, "udev")
+    udev = tuple(_udev_rule(entry, file, f"udev[{i}]") for i, entry in enumerate(udev_entries))
     mount = _mount(data.get("mount", {}), file)
     xattr_table = _want(data.get("xattr", {}), dict, file, "xattr")
     _check_keys(xattr_table, {"allowed"}, file, "xattr.")
@@ -246,7 +294,7 @@ def parse_layer(text: str, file: str) -> ProfileLayer:
     _check_keys(deny_table, set(SYSCALL_FAMILIES), file, "deny.")
     deny = tuple((k, _deny_answer(v, file, f"deny.{k}")) for k, v in deny_table.items())
     return ProfileLayer(name, file, description, extends, intercept, devices, mount, xattrs,
-                        deny)
+                        deny, udev)
 
 
 # --- finding files and merging parents ---------------------------------------------------
@@ -344,6 +392,7 @@ def merge(layers: list[ProfileLayer]) -> Profile:
         devices=_union(*(layer.devices for layer in layers)),
         mount=mount, xattrs=_union(*(layer.xattrs for layer in layers)),
         deny=tuple(deny.items()), sources=tuple(sorted(sources.items())),
+        udev=_union(*(layer.udev for layer in layers)),
     )
 
 

@@ -23,6 +23,7 @@ from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.sandbox import Sandbox
 from tests.conftest import require, require_root, require_tools
 
+UDEV_CONTROL = Paths().udev_control
 HELPER_SOURCE = Path(__file__).resolve().parent.parent / "helpers" / "nodeprobe.c"
 
 
@@ -51,9 +52,9 @@ def nodeprobe(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path
 class Daemon:
     """``lxc-notify daemon`` in a subprocess, logging every decision."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, udev_control: Path = UDEV_CONTROL) -> None:
         self.paths = Paths(socket=root / "run" / "seccomp.sock", state_dir=root / "state",
-                           admin_profiles=root / "profiles")
+                           admin_profiles=root / "profiles", udev_control=udev_control)
         self.log_path = root / "daemon.log"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -63,7 +64,8 @@ class Daemon:
 
     def global_args(self) -> list[str]:
         return ["--socket", str(self.paths.socket), "--state-dir", str(self.paths.state_dir),
-                "--profile-dir", str(self.paths.admin_profiles)]
+                "--profile-dir", str(self.paths.admin_profiles),
+                "--udev-control", str(self.paths.udev_control)]
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
@@ -104,7 +106,13 @@ class Daemon:
 
 
 @pytest.fixture(scope="session")
-def daemon(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+def udev_ready() -> None:
+    require(UDEV_CONTROL.exists(), "systemd-udevd running (scripts/setup.sh starts it)")
+
+
+@pytest.fixture(scope="session")
+def daemon(lxc_ready: None, udev_ready: None,
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     daemon = Daemon(tmp_path_factory.mktemp("daemon"))
     daemon.start()
     try:

@@ -120,6 +120,50 @@ def status_field(status: bytes, name: bytes) -> bytes:
     return status[start:end if end >= 0 else len(status)].strip()
 
 
+def _read_status(proc_fd: int) -> bytes:
+    fd = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        return os.read(fd, 16384)
+    finally:
+        os.close(fd)
+
+
+class StatusCache:
+    """Keeps the last caller's /proc/TID/status open: a loop of calls from one task
+    then costs one pread instead of open, read and close.
+
+    Safe against pid reuse: the fd stays bound to the task it was opened for,
+    and reading it once that task is gone fails with ESRCH.  A live task
+    keeps its id, so a successful read for TID X is the task now calling as X.
+    """
+
+    def __init__(self) -> None:
+        self.tid = -1
+        self.fd = -1
+
+    def read(self, request: Request) -> bytes:
+        tid = request.notification.pid
+        if tid == self.tid:
+            try:
+                return os.pread(self.fd, 16384, 0)
+            except ProcessLookupError:
+                pass  # that task is gone; this one reuses its id
+        self.close()
+        fd = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=request.proc_fd)
+        try:
+            status = os.pread(fd, 16384, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self.tid, self.fd = tid, fd
+        return status
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+        self.tid = self.fd = -1
+
+
 class Request:
     """One notification and the three fds LXC sent with it (owned by the caller of this)."""
 
@@ -141,12 +185,8 @@ class Request:
     def read_string(self, address: int) -> bytes:
         return kernel.read_c_string(self.mem_fd, address)
 
-    def read_creds(self) -> CallerCreds:
-        fd = os.open("status", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.proc_fd)
-        try:
-            status = os.read(fd, 16384)
-        finally:
-            os.close(fd)
+    def read_creds(self, cache: StatusCache | None = None) -> CallerCreds:
+        status = cache.read(self) if cache is not None else _read_status(self.proc_fd)
         user_ns = os.readlink("ns/user", dir_fd=self.proc_fd)
         try:
             return CallerCreds(
@@ -193,13 +233,24 @@ class SupervisorThread:
         self.mnt_ns = self.host_mnt_ns
         self.caps = kernel.capget()
         self.groups = tuple(os.getgroups())
+        self.status = StatusCache()
+        self._caps_sets: dict[int, kernel.ThreadCaps] = {}
 
     def close(self) -> None:
+        self.status.close()
         for name in ("host_root_fd", "host_proc_fd", "host_mnt_ns_fd"):
             fd = getattr(self, name)
             if fd >= 0:
                 os.close(fd)
                 setattr(self, name, -1)
+
+    def caps_set(self, effective: int) -> kernel.ThreadCaps:
+        """This thread's capability sets with ``effective`` as the effective set (cached)."""
+        caps = self._caps_sets.get(effective)
+        if caps is None:
+            caps = kernel.ThreadCaps(effective, self.caps.permitted, self.caps.inheritable)
+            self._caps_sets[effective] = caps
+        return caps
 
     def as_caller(self, request: Request, creds: CallerCreds, caps: int) -> CallerScope:
         """A context in which this thread resolves paths and creates files as the caller.
@@ -300,8 +351,7 @@ class CallerScope:
             self.set_caps(self.caps)
 
     def set_caps(self, caps: int) -> None:
-        kernel.capset(kernel.ThreadCaps(caps, self.thread.caps.permitted,
-                                        self.thread.caps.inheritable))
+        kernel.capset(self.thread.caps_set(caps))
         self.caps = caps
 
     def container_path(self, dir_fd: int, leaf: bytes) -> str:

@@ -63,7 +63,7 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
     if not rules:
         log.debug("%s %d:%d is not in the profile", kind, major, minor)
         return refused(policy)
-    creds = request.read_creds()
+    creds = request.read_creds(thread.status)
     if not (request.in_container_userns(creds) and creds.has_cap(kernel.CAP_MKNOD)):
         log.debug("caller lacks CAP_MKNOD in the container: the kernel decides")
         return KERNEL_DECIDES

@@ -41,7 +41,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from . import kernel
-from .errors import RequestGone
+from .errors import RequestGone, ThreadIdentityLost
 from .policy.devices import HostDevices
 from .protocol import Notification
 
@@ -226,9 +226,15 @@ class SupervisorThread:
         kernel.unshare(kernel.CLONE_FS)
         self.umask = 0
         os.umask(self.umask)
-        self.host_root_fd = os.open("/", _DIR_FLAGS)
-        self.host_proc_fd = os.open("/proc", _DIR_FLAGS)
-        self.host_mnt_ns_fd = os.open("/proc/thread-self/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
+        self.host_root_fd = self.host_proc_fd = self.host_mnt_ns_fd = -1
+        try:
+            self.host_root_fd = os.open("/", _DIR_FLAGS)
+            self.host_proc_fd = os.open("/proc", _DIR_FLAGS)
+            self.host_mnt_ns_fd = os.open("/proc/thread-self/ns/mnt",
+                                          os.O_RDONLY | os.O_CLOEXEC)
+        except BaseException:
+            self.close()
+            raise
         self.host_mnt_ns = _ns_id(os.fstat(self.host_mnt_ns_fd))
         self.mnt_ns = self.host_mnt_ns
         self.caps = kernel.capget()
@@ -237,7 +243,8 @@ class SupervisorThread:
         self._caps_sets: dict[int, kernel.ThreadCaps] = {}
 
     def close(self) -> None:
-        self.status.close()
+        if hasattr(self, "status"):
+            self.status.close()
         for name in ("host_root_fd", "host_proc_fd", "host_mnt_ns_fd"):
             fd = getattr(self, name)
             if fd >= 0:
@@ -316,25 +323,34 @@ class CallerScope:
 
     def __exit__(self, *exc_info: object) -> None:
         thread = self.thread
-        # Capabilities first: chroot and setns need CAP_SYS_CHROOT/CAP_SYS_ADMIN,
-        # and with CAP_SETUID/CAP_SETGID back these two cannot fail.
-        kernel.capset(thread.caps)
-        kernel.setfsuid(0, verify=False)
-        kernel.setfsgid(0, verify=False)
-        # Supplementary groups and umask stay as the last caller's: they only
-        # matter to permission checks and modes, which the daemon's own
-        # capabilities and explicit chmods decide (two syscalls saved).
-        if thread.mnt_ns != thread.host_mnt_ns:
-            kernel.setns(thread.host_mnt_ns_fd, kernel.CLONE_NEWNS)  # also resets the root
-            thread.mnt_ns = thread.host_mnt_ns
-            self._chrooted = False
-        if self._chrooted:
-            os.fchdir(thread.host_root_fd)
-            os.chroot(".")
-            self._chrooted = False
-        if self.root_fd >= 0:
-            os.close(self.root_fd)
-            self.root_fd = -1
+        try:
+            # Capabilities first: chroot and setns need CAP_SYS_CHROOT/CAP_SYS_ADMIN,
+            # and with CAP_SETUID/CAP_SETGID back these two cannot fail.
+            kernel.capset(thread.caps)
+            kernel.setfsuid(0, verify=False)
+            kernel.setfsgid(0, verify=False)
+            # Supplementary groups and umask stay as the last caller's: they only
+            # matter to permission checks and modes, which the daemon's own
+            # capabilities and explicit chmods decide (two syscalls saved).
+            if thread.mnt_ns != thread.host_mnt_ns:
+                kernel.setns(thread.host_mnt_ns_fd, kernel.CLONE_NEWNS)  # resets the root
+                thread.mnt_ns = thread.host_mnt_ns
+                self._chrooted = False
+            if self._chrooted:
+                self._unchroot()
+        except BaseException as err:
+            # A thread that cannot get its own identity back must not serve
+            # another request: the connection ends (its caller gets ENOSYS).
+            raise ThreadIdentityLost(f"could not restore the supervisor thread: {err}") from err
+        finally:
+            if self.root_fd >= 0:
+                os.close(self.root_fd)
+                self.root_fd = -1
+
+    def _unchroot(self) -> None:
+        os.fchdir(self.thread.host_root_fd)
+        os.chroot(".")
+        self._chrooted = False
 
     @contextmanager
     def as_daemon(self) -> Iterator[None]:
@@ -359,9 +375,15 @@ class CallerScope:
 
         The kernel prints an fd's path up to the root of the mount namespace
         it lives in when our root is not on the way, which for a container's
-        files is the container's own "/"; under the caller's chroot it is the
-        caller's root.  Either way symlinks and ".." are already resolved.
+        files is the container's own "/", with symlinks and ".." resolved.
+        Path rules state intent, not a boundary against the container's
+        root: it can bind-mount a node anywhere once it has one.
         """
+        if self._chrooted:
+            # Under the caller's chroot the kernel would print the path from
+            # the caller's root; path rules speak of the container's root.
+            with self.as_daemon():
+                self._unchroot()
         directory = os.readlink(f"thread-self/fd/{dir_fd}", dir_fd=self.thread.host_proc_fd)
         return os.path.join(directory, os.fsdecode(leaf))
 
@@ -398,9 +420,9 @@ class CallerScope:
             start = self.open_start_dir(dir_fd)
             try:
                 if not self._chrooted:
+                    self._chrooted = True  # from fchdir on, exit must restore the cwd
                     os.fchdir(self.root_fd)
                     os.chroot(".")
-                    self._chrooted = True
             except BaseException:
                 os.close(start)
                 raise

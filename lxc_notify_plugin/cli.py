@@ -25,10 +25,11 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
     supervisor = Supervisor(_paths(args))
-    supervisor.bind()
+    # Handlers before bind(): once the pid file exists, a SIGHUP may come.
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: supervisor.stop())
     signal.signal(signal.SIGHUP, lambda *_: supervisor.request_reload())
+    supervisor.bind()
     supervisor.serve()
     return 0
 

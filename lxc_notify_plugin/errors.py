@@ -43,3 +43,11 @@ class RequestGone(LxcNotifyError):
         self.syscall = syscall
         self.notif_id = notif_id
         super().__init__(f"{container}: pid {pid} left {syscall} (notification {notif_id:#x})")
+
+
+class ThreadIdentityLost(LxcNotifyError):
+    """A supervisor thread could not restore its own credentials, root or namespace.
+
+    It must serve nothing more: its connection is closed (LXC then answers
+    ENOSYS and reconnects once).
+    """

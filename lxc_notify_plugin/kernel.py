@@ -420,7 +420,8 @@ STATX_GID: Final = 0x00000010
 class FileIdentity:
     uid: int
     gid: int
-    mount_id: int  # unique for the boot where the kernel can (STATX_MNT_ID_UNIQUE)
+    mount_id: int
+    mount_id_unique: bool  # Linux 6.8+: never reused this boot; older ids are reused
 
 
 def file_identity(fd: int) -> FileIdentity:
@@ -429,7 +430,8 @@ def file_identity(fd: int) -> FileIdentity:
     _check(_libc.statx(fd, b"", AT_EMPTY_PATH,
                        STATX_UID | STATX_GID | STATX_MNT_ID_UNIQUE | STATX_MNT_ID,
                        ctypes.byref(buf)), "statx")
-    return FileIdentity(int(buf.stx_uid), int(buf.stx_gid), int(buf.stx_mnt_id))
+    return FileIdentity(int(buf.stx_uid), int(buf.stx_gid), int(buf.stx_mnt_id),
+                        bool(buf.stx_mask & STATX_MNT_ID_UNIQUE))
 
 
 # --- credentials ------------------------------------------------------------------------
@@ -506,13 +508,14 @@ def setfsuid(uid: int, verify: bool = True) -> None:
     visibly, so success is checked by reading the value back (skip that only
     where the thread holds CAP_SETUID for certain)."""
     _libc.setfsuid(uid)
-    if verify and _libc.setfsuid(0xFFFFFFFF) != uid:
+    # The C int it returns is negative for ids >= 2**31; compare as u32.
+    if verify and _libc.setfsuid(0xFFFFFFFF) & 0xFFFFFFFF != uid:
         raise OSError(errno.EPERM, f"setfsuid({uid}) refused")
 
 
 def setfsgid(gid: int, verify: bool = True) -> None:
     _libc.setfsgid(gid)
-    if verify and _libc.setfsgid(0xFFFFFFFF) != gid:
+    if verify and _libc.setfsgid(0xFFFFFFFF) & 0xFFFFFFFF != gid:
         raise OSError(errno.EPERM, f"setfsgid({gid}) refused")
 
 

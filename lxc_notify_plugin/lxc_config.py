@@ -23,6 +23,7 @@ from .paths import Paths, atomic_write
 from .policy import keys as lxd
 from .policy.effective import ContainerPolicy
 from .policy.lxc_policy import check_with_libseccomp, compile_policy
+from .policy.profile import is_file_name
 from .state import ContainerRecord, StateStore, check_container_name
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ def prepare(name: str, profile_name: str | None, paths: Paths,
     and keys.  Every check (profile, keys, libseccomp) runs before anything is written."""
     store = StateStore(paths)
     existing = store.get(name)
+    if profile_name and is_file_name(profile_name):
+        # The daemon runs elsewhere: a file given relative to here must not move.
+        profile_name = str(Path(profile_name).resolve())
     record = ContainerRecord(
         name, existing.cookie if existing else store.new_cookie(),
         profile_name or (existing.profile if existing else "default"), lxc_path,
@@ -191,35 +195,42 @@ def start(name: str, profile_name: str | None, paths: Paths, log_file: Path) -> 
 # --- LXD keys ---------------------------------------------------------------------------
 
 
-def _reloads_done(paths: Paths) -> tuple[int, list[str]]:
-    """(reloads finished, containers the last one refused) as the daemon wrote them."""
+def _last_reload(paths: Paths) -> tuple[int, int, list[str]]:
+    """(reloads finished, when the last began in ns, containers it refused)."""
     try:
-        count, *refused = paths.reload_file.read_text().split()
-        return int(count), refused
+        count, started, *refused = paths.reload_file.read_text().split()
+        return int(count), int(started), refused
     except (OSError, ValueError):
-        return 0, []
+        return 0, 0, []
+
+
+def _our_daemon(pid: int) -> bool:
+    """Only our own daemon: a stale pid file may name a reused pid."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    program = any(arg == b"lxc_notify_plugin" or arg.endswith(b"/lxc-notify") for arg in argv)
+    return program and b"daemon" in argv
 
 
 def signal_reload(paths: Paths, timeout: float = 10.0) -> list[str] | None:
-    """SIGHUP the running daemon, if there is one, and wait until it has reloaded
-    (so the next request sees the new policy).  None if no daemon confirmed;
-    otherwise the containers whose new policy was refused (they keep the old)."""
+    """SIGHUP the running daemon, if there is one, and wait until a reload that
+    began after the signal has finished (so the next request sees the new
+    policy).  None if no daemon confirmed; otherwise the containers whose new
+    policy was refused (they keep the old)."""
     try:
         pid = int(paths.pid_file.read_text().strip())
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (OSError, ValueError):
         return None
-    # Only our own daemon: a stale pid file may name a reused pid.
-    if b"lxc_notify_plugin" not in cmdline and b"lxc-notify" not in cmdline:
+    if not _our_daemon(pid) or not daemon_running(paths):
         return None
-    if not daemon_running(paths):
-        return None
-    before, _ = _reloads_done(paths)
+    sent = time.time_ns()
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while True:
-        count, refused = _reloads_done(paths)
-        if count != before:
+        _, started, refused = _last_reload(paths)
+        if started >= sent:
             return refused
         if time.monotonic() > deadline:
             log.warning("the supervisor (pid %d) did not confirm the reload in %.0f s",

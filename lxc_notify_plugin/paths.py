@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +37,21 @@ class Paths:
     @property
     def containers_dir(self) -> Path:
         return self.state_dir / "containers"
+
+
+def read_regular_text(path: Path) -> str:
+    """A regular file's text, refusing anything else without blocking on it
+    (a FIFO named like a state file must not hang the daemon)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
 
 
 def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:

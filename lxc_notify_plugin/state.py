@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import ConfigError
-from .paths import Paths, atomic_write
+from .paths import Paths, atomic_write, read_regular_text
 from .policy import keys as lxd
 from .policy.effective import ContainerPolicy
 from .policy.profile import load_profile
@@ -71,11 +71,18 @@ class StateStore:
         return self.paths.containers_dir / f"{check_container_name(name)}.seccomp"
 
     def get(self, name: str) -> ContainerRecord | None:
-        path = self.record_path(name)
+        return self._read(self.record_path(name))
+
+    @staticmethod
+    def _read(path: Path) -> ContainerRecord | None:
         try:
-            return ContainerRecord.from_json(path.read_text(), str(path))
+            return ContainerRecord.from_json(read_regular_text(path), str(path))
         except FileNotFoundError:
             return None
+        except UnicodeDecodeError as err:
+            raise ConfigError(str(path), None, "not UTF-8 text") from err
+        except OSError as err:
+            raise ConfigError(str(path), None, f"unreadable: {err.strerror or err}") from err
 
     def put(self, record: ContainerRecord) -> None:
         atomic_write(self.record_path(record.name), record.to_json())
@@ -84,11 +91,19 @@ class StateStore:
         for path in (self.record_path(name), self.policy_path(name)):
             path.unlink(missing_ok=True)
 
-    def all(self) -> list[ContainerRecord]:
-        records = []
+    def all(self) -> tuple[list[ContainerRecord], list[ConfigError]]:
+        """Every readable record, and an error for each file that is not one:
+        one bad file must not hide the others."""
+        records, errors = [], []
         for path in sorted(self.paths.containers_dir.glob("*.json")):
-            records.append(ContainerRecord.from_json(path.read_text(), str(path)))
-        return records
+            try:
+                record = self._read(path)
+            except ConfigError as err:
+                errors.append(err)
+                continue
+            if record is not None:
+                records.append(record)
+        return records, errors
 
     def policy(self, record: ContainerRecord) -> ContainerPolicy:
         """The record's profile with its keys laid over it, every check made."""

@@ -25,13 +25,14 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import kernel, protocol
 from .caller import ContainerView, Request, SupervisorThread
-from .errors import ConfigError, ProtocolError, RequestGone
+from .errors import ConfigError, ProtocolError, RequestGone, ThreadIdentityLost
 from .handlers import Answer, Handler, handlers
 from .paths import Paths, atomic_write
 from .policy.effective import ContainerPolicy
@@ -83,10 +84,12 @@ class ContainerRegistry:
 
     def _rescan(self) -> None:
         try:
-            records = self._store.all()
-        except (OSError, ConfigError) as err:
+            records, errors = self._store.all()
+        except OSError as err:
             log.error("cannot read container state: %s", err)
             return
+        for error in errors:
+            log.error("container state refused: %s", error)
         for record in records:
             cookie = record.cookie.encode()
             if cookie in self._by_cookie:
@@ -97,6 +100,9 @@ class ContainerRegistry:
                 log.error("container %s: policy refused, its calls get ENOSYS: %s",
                           record.name, err)
                 continue
+            except Exception:
+                log.exception("container %s: policy could not be built", record.name)
+                continue
             self._by_cookie[cookie] = Container(record, policy)
 
     def reload(self) -> list[str]:
@@ -104,8 +110,8 @@ class ContainerRegistry:
 
         All or nothing per container: a record or profile that fails any
         check leaves that container on the policy it had, and says why.
-        Swapping ``container.policy`` is one reference assignment, so a
-        request in flight sees the old policy or the new, never a mix.
+        Swapping ``container.policy`` is one reference assignment and a request
+        reads it once, so it runs under the old policy or the new, never a mix.
         """
         with self._lock:
             containers = list(self._by_cookie.values())
@@ -122,12 +128,16 @@ class ContainerRegistry:
                 log.error("container %s: reload refused, old policy kept: %s", name, err)
                 refused.append(name)
                 continue
+            except Exception:
+                log.exception("container %s: reload failed, old policy kept", name)
+                refused.append(name)
+                continue
             if policy.intercept != container.policy.intercept:
                 log.warning("container %s: intercepted calls changed (%s -> %s): the "
                             "container's filter changes at its next start", name,
                             ",".join(sorted(container.policy.intercept)) or "none",
                             ",".join(sorted(policy.intercept)) or "none")
-            container.record, container.policy = record, policy
+            container.policy = policy
             changed += 1
         log.info("reloaded: %d of %d containers have a new policy", changed, len(containers))
         return refused
@@ -188,10 +198,7 @@ class Supervisor:
                 if self._stop_r in ready:
                     if b"x" in os.read(self._stop_r, 64):
                         break
-                    refused = self.registry.reload()
-                    self._reloads += 1
-                    atomic_write(self.paths.reload_file,
-                                 f"{self._reloads} {' '.join(refused)}\n", mode=0o644)
+                    self._reload()
                     continue
                 try:
                     conn, _ = self._listener.accept()
@@ -217,6 +224,23 @@ class Supervisor:
             os.close(self._stop_r)
             os.close(self._stop_w)
             log.info("stopped")
+
+    def _reload(self) -> None:
+        """One reload, confirmed in reload_file as "COUNT STARTED_NS REFUSED...", so
+        `lxc-notify reload` can tell a reload that began after its signal."""
+        started = time.time_ns()
+        try:
+            refused = self.registry.reload()
+        except Exception:
+            log.exception("reload failed; every container keeps its policy")
+            refused = ["*"]
+        self._reloads += 1
+        try:
+            atomic_write(self.paths.reload_file,
+                         f"{self._reloads} {started} {' '.join(refused)}\n", mode=0o644)
+        except OSError as err:
+            log.error("cannot confirm reload %d in %s: %s", self._reloads,
+                      self.paths.reload_file, err)
 
     def request_reload(self) -> None:
         """Ask serve() to reload every container's policy (signal-safe: SIGHUP)."""
@@ -260,6 +284,10 @@ class Supervisor:
                     for fd in fds:
                         os.close(fd)
                 conn.send(reply)
+                if session.broken:
+                    log.critical("%s: closing the connection: this thread's identity is "
+                                 "not its own any more", session.label)
+                    break
         except OSError as err:
             # The monitor went away mid-exchange: normal when a container stops.
             log.debug("%s: connection ended: %s", session.label, err)
@@ -288,9 +316,10 @@ class Supervisor:
             return protocol.UNPARSEABLE_REPLY
         try:
             answer = self._dispatch(notification, fds, session)
-        except Exception:
+        except Exception as err:
             log.exception("%s: pid %d, notification %#x: supervisor error (caller gets ENOSYS)",
                           session.label, notification.pid, notification.notif_id)
+            session.broken = isinstance(err, ThreadIdentityLost)
             answer = Answer(error=errno.ENOSYS)
         if answer.let_kernel_decide:
             return notification.reply(flags=kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE)
@@ -303,8 +332,9 @@ class Supervisor:
             log.warning("%s: unknown cookie refused (pid %d gets ENOSYS)", session.label,
                         notification.pid)
             return Answer(error=errno.ENOSYS)
+        policy = container.policy  # once: a reload may swap it meanwhile
         syscall = self.syscalls.get((notification.arch, notification.nr))
-        if syscall is None or not container.policy.intercepts(SYSCALL_FAMILY[syscall]):
+        if syscall is None or not policy.intercepts(SYSCALL_FAMILY[syscall]):
             # An arch or call we do not handle: the kernel decides, never a guess.
             container.stats["kernel"] += 1
             return Answer(let_kernel_decide=True)
@@ -313,7 +343,7 @@ class Supervisor:
                           self.host_devices)
         assert session.thread is not None
         try:
-            answer = self.handlers[syscall](request, session.thread, container.policy)
+            answer = self.handlers[syscall](request, session.thread, policy)
         except RequestGone as gone:
             log.debug("%s", gone)
             container.stats["gone"] += 1
@@ -342,6 +372,7 @@ class _Session:
         self.container: Container | None = None
         self.thread: SupervisorThread | None = None
         self._view: ContainerView | None = None
+        self.broken = False
 
     @property
     def label(self) -> str:

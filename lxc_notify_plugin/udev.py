@@ -42,11 +42,16 @@ def device_record(device: pyudev.Device) -> UdevDevice | None:
     number = device.device_number
     if not number:
         return None
+    properties = dict(device.properties)
+    # Since systemd 247 TAGS keeps every tag a device ever had; CURRENT_TAGS
+    # (absent when empty) has those the rules set now, which is how a
+    # delegation is revoked: drop the rule and re-trigger.
+    tags = frozenset(t for t in properties.get("CURRENT_TAGS", "").split(":") if t)
     return UdevDevice(
         kind="b" if device.subsystem == "block" else "c",
         major=os.major(number), minor=os.minor(number),
         subsystem=device.subsystem or "", devnode=device.device_node,
-        tags=frozenset(device.tags), properties=dict(device.properties))
+        tags=tags, properties=properties)
 
 
 class HostDeviceIndex:

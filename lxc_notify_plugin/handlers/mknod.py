@@ -91,7 +91,7 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
                 mode = stat.S_IFMT(mode) | stat.S_IMODE(mode) & rule.mode_cap
             os.mknod(leaf, mode, dev, dir_fd=parent_fd)
             try:
-                if not _nodes_usable_on(scope, parent_fd, parent.mount_id):
+                if not _nodes_usable_on(scope, parent_fd, parent):
                     _overmount_usable_node(scope, parent_fd, leaf, dev)
             except OSError:
                 # Do not leave a node that cannot be used: undo and report.
@@ -119,15 +119,20 @@ _usable_by_mount: dict[int, bool] = {}
 _probe_names = itertools.count()
 
 
-def _nodes_usable_on(scope: CallerScope, dir_fd: int, mount: int) -> bool:
-    """Whether a device node in ``dir_fd`` can be opened; probed once per mount.
+def _nodes_usable_on(scope: CallerScope, dir_fd: int, parent: kernel.FileIdentity) -> bool:
+    """Whether a device node made in ``dir_fd`` will be usable, or needs a usable twin.
 
-    No syscall tells whether a superblock belongs to a user namespace (the
-    kernel's SB_I_NODEV), so we make a /dev/null node beside the new one, as
-    the caller, and try to open it.  Mount ids are unique per boot, so the
-    answer is cached for the daemon's life.
+    A mount flagged ``nodev`` says so in statvfs: a privileged container gets
+    an unusable node there too, so we leave it as it is (True: nothing to add).
+    A filesystem mounted inside a user namespace is nodev without the flag
+    (SB_I_NODEV), and no syscall reports that, so we make a /dev/null node
+    beside the new one, as the caller, and try to open it.  The answer is
+    cached by mount id where ids are unique for the boot (Linux 6.8+);
+    older kernels reuse ids, so there it is probed every time.
     """
-    usable = _usable_by_mount.get(mount)
+    if os.fstatvfs(dir_fd).f_flag & os.ST_NODEV:
+        return True
+    usable = _usable_by_mount.get(parent.mount_id) if parent.mount_id_unique else None
     if usable is None:
         name = f".lxc-notify-probe.{os.getpid()}.{next(_probe_names)}"
         umask = os.umask(0)  # a caller's umask 0777 must not make the probe unopenable
@@ -144,8 +149,10 @@ def _nodes_usable_on(scope: CallerScope, dir_fd: int, mount: int) -> bool:
             usable = False
         finally:
             _unlink_quietly(dir_fd, name)
-        _usable_by_mount[mount] = usable
-        log.debug("device nodes on mount %d are %susable", mount, "" if usable else "not ")
+        if parent.mount_id_unique:
+            _usable_by_mount[parent.mount_id] = usable
+        log.debug("device nodes on mount %d are %susable", parent.mount_id,
+                  "" if usable else "not ")
     return usable
 
 

@@ -302,7 +302,7 @@ def parse_layer(text: str, file: str) -> ProfileLayer:
 
 def find_profile(name: str, search_path: tuple[Path, ...]) -> Path:
     """``NAME.toml`` in the first directory that has it, or a file path as given."""
-    if "/" in name or name.endswith(".toml"):
+    if is_file_name(name):
         path = Path(name)
         if not path.is_file():
             raise ConfigError(name, None, "no such profile file")
@@ -323,6 +323,33 @@ def _read(path: Path) -> str:
         raise ConfigError(str(path), None, "not UTF-8 text") from err
 
 
+def is_file_name(name: str) -> bool:
+    """A profile given as a file (``./mine.toml``) rather than by name (``mine``)."""
+    return "/" in name or name.endswith(".toml")
+
+
+def _parent_search(parent: str, child: Path, search_path: tuple[Path, ...]
+                   ) -> tuple[str, tuple[Path, ...]]:
+    """Where a parent named in ``child`` is looked for.
+
+    A file name is relative to the child's directory.  A bare name follows
+    the search path (admin profiles override shipped ones for parents too);
+    a child outside the search path (``profile check ./mine.toml``) also
+    finds siblings, after it.  A parent with the child's own name is the one
+    it overrides: looked up only in the directories after the child's, so
+    /etc/lxc-notify/profiles/default.toml can extend the shipped default.
+    """
+    if is_file_name(parent):
+        return str(child.parent / parent), search_path
+    directories = [d.resolve() for d in search_path]
+    here = child.parent.resolve()
+    if here not in directories:
+        return parent, (*search_path, child.parent)
+    if parent == child.stem:
+        return parent, tuple(search_path[directories.index(here) + 1:])
+    return parent, search_path
+
+
 def _layers(name: str, search_path: tuple[Path, ...], chain: tuple[str, ...],
             requested_by: tuple[str, str] | None) -> list[ProfileLayer]:
     """The layers to merge for ``name``, parents first (depth first, in order)."""
@@ -341,8 +368,23 @@ def _layers(name: str, search_path: tuple[Path, ...], chain: tuple[str, ...],
     layer = parse_layer(_read(path), str(path))
     layers: list[ProfileLayer] = []
     for i, parent in enumerate(layer.extends):
-        layers += _layers(parent, search_path, (*chain, key_id), (str(path), f"extends[{i}]"))
+        parent_name, parent_path = _parent_search(parent, path, search_path)
+        layers += _layers(parent_name, parent_path, (*chain, key_id),
+                          (str(path), f"extends[{i}]"))
     return [*layers, layer]
+
+
+def _linearize(layers: list[ProfileLayer]) -> list[ProfileLayer]:
+    """Each file once, where it first appears: in A extends [B, C], with B and C
+    both extending D, D comes before B, and B's overrides of D stand."""
+    seen: set[str] = set()
+    unique = []
+    for layer in layers:
+        key = str(Path(layer.source).resolve())
+        if key not in seen:
+            seen.add(key)
+            unique.append(layer)
+    return unique
 
 
 def _union(*groups: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -354,6 +396,7 @@ def _union(*groups: tuple[Any, ...]) -> tuple[Any, ...]:
 
 
 def merge(layers: list[ProfileLayer]) -> Profile:
+    layers = _linearize(layers)
     top = layers[-1]
     sources: dict[str, str] = {}
     intercept: dict[str, bool] = {}
@@ -402,8 +445,6 @@ def load_profile(name: str, search_path: tuple[Path, ...]) -> Profile:
     A profile given as a file finds its parents beside it first, so a set of
     profiles being written in one directory checks as a set.
     """
-    if "/" in name or name.endswith(".toml"):
-        search_path = (Path(name).parent, *search_path)
     return merge(_layers(name, search_path, (), None))
 
 
@@ -412,5 +453,6 @@ def parse_profile(text: str, file: str, search_path: tuple[Path, ...] = ()) -> P
     layer = parse_layer(text, file)
     layers: list[ProfileLayer] = []
     for i, parent in enumerate(layer.extends):
-        layers += _layers(parent, search_path, (file,), (file, f"extends[{i}]"))
+        parent_name, parent_path = _parent_search(parent, Path(file), search_path)
+        layers += _layers(parent_name, parent_path, (file,), (file, f"extends[{i}]"))
     return merge([*layers, layer])

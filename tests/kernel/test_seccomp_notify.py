@@ -185,3 +185,17 @@ def test_read_c_string_stops_at_an_unmapped_page() -> None:
     finally:
         os.close(mem)
         _libc.munmap(ctypes.c_void_p(base), page)
+
+
+def test_fs_ids_above_2_31_are_verified() -> None:
+    """setfsuid returns a C int: ids >= 2**31 come back negative and must still verify."""
+    pid = os.fork()
+    if pid == 0:  # credentials change: only in a child, which always _exits
+        code = 1
+        try:
+            kernel.setfsgid(3_000_000_000)
+            kernel.setfsuid(3_000_000_000)
+            code = 0
+        finally:
+            os._exit(code)
+    assert os.waitpid(pid, 0)[1] == 0

@@ -148,3 +148,18 @@ def test_root_may_write_where_a_mapped_owner_forbids(container: Container) -> No
     directory = f"/tmp/{unique('u')}"
     container.sh(f"mkdir -m 0755 {directory} && chown 1000:1000 {directory}")
     assert container.probe("mknod", f"{directory}/null", "c", "1", "3") == "ok"
+
+
+def test_a_mount_flagged_nodev_stays_nodev(container: Container) -> None:
+    """As in a privileged container: a node on a nodev mount exists but cannot be used.
+    Only the implicit nodev of a user namespace's own mounts gets a usable twin."""
+    flagged, plain = f"/mnt/{unique('nodev')}", f"/mnt/{unique('dev')}"
+    container.sh(f"mkdir -p {flagged} {plain} && mount -t tmpfs -o nodev tmpfs {flagged} && "
+                 f"mount -t tmpfs tmpfs {plain}")
+    try:
+        assert container.probe("mknod", f"{flagged}/null", "c", "1", "3") == "ok"
+        assert container.probe("open", f"{flagged}/null") == "EACCES"
+        assert container.probe("mknod", f"{plain}/null", "c", "1", "3") == "ok"
+        assert container.probe("open", f"{plain}/null") == "ok"
+    finally:
+        container.sh(f"umount {plain}/null; umount {plain}; umount {flagged}; true")

@@ -9,9 +9,10 @@ import socket
 import subprocess
 import time
 import uuid
+from pathlib import Path
 
 from lxc_notify_plugin import kernel, protocol
-from tests.lxc.conftest import Container, Daemon
+from tests.lxc.conftest import Container, Daemon, supervised_container
 
 
 def _exchange(daemon: Daemon, datagram: bytes, fds: list[int]) -> bytes:
@@ -160,3 +161,26 @@ def test_only_root_may_connect(daemon: Daemon) -> None:
         os.chmod(socket_dir, 0o700)
         os.chmod(daemon.paths.socket, 0o600)
     assert "only root's LXC may connect" in daemon.log()
+
+
+def test_bad_state_files_block_nothing(daemon: Daemon, nodeprobe: Path) -> None:
+    """A non-UTF-8 record and a FIFO named like one: logged, skipped, nothing hangs."""
+    state = daemon.paths.containers_dir
+    state.mkdir(parents=True, exist_ok=True)
+    garbage, fifo = state / "zz-garbage.json", state / "zz-fifo.json"
+    garbage.write_bytes(b"\xff\xfe{not json")
+    os.mkfifo(fifo)
+    try:
+        # Other tests' containers may refuse their reload (exit 1); the daemon must answer.
+        assert daemon.cli("reload", check=False).returncode in (0, 1)
+        box = supervised_container(daemon, nodeprobe)  # a new cookie: a full rescan
+        try:
+            assert box.probe("mknod", "/tmp/null", "c", "1", "3") == "ok"
+        finally:
+            box.destroy()
+        assert daemon.alive()
+        assert f"{garbage}: not UTF-8 text" in daemon.log()
+        assert f"{fifo}: unreadable" in daemon.log()
+    finally:
+        garbage.unlink()
+        fifo.unlink()

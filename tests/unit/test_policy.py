@@ -167,3 +167,30 @@ def test_path_patterns_and_mode_caps() -> None:
     assert needs_path(rules)
     assert choose(rules, "/dev/fuse") == rules[0] and rules[0].mode_cap == 0o666
     assert choose(rules, "/tmp/fuse") is None and choose(rules, None) is None
+
+
+def test_diamond_extends_keeps_the_overrides(tmp_path: Path) -> None:
+    write(tmp_path, "d", '[deny]\nmknod = "EPERM"\n')
+    write(tmp_path, "b", 'extends = ["d"]\n[deny]\nmknod = "EACCES"\n')
+    write(tmp_path, "c", 'extends = ["d"]\n')
+    write(tmp_path, "a", 'extends = ["b", "c"]\n')
+    profile = load_profile("a", (tmp_path,))
+    assert profile.deny_answer("mknod") == "EACCES"
+    assert dict(profile.sources)["deny.mknod"].endswith("b.toml")
+
+
+def test_an_admin_profile_extends_the_shipped_one_of_its_name(tmp_path: Path) -> None:
+    write(tmp_path, "default", 'extends = ["default"]\ndescription = "mine"\n'
+          '[[devices]]\ntype = "c"\nmajor = 10\nminor = 200\n')
+    profile = load_profile("default", (tmp_path, PACKAGE_PROFILES))
+    policy = DevicePolicy.from_profile(profile)
+    assert profile.description == "mine"
+    assert policy.allows("c", 1, 3) and policy.allows("c", 10, 200)
+
+
+def test_extends_by_file_name_is_relative_to_the_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", "base", '[[devices]]\ntype = "c"\nmajor = 10\nminor = 200\n')
+    write(tmp_path, "top", 'extends = ["sub/base.toml"]\n')
+    profile = load_profile(str(tmp_path / "top.toml"), ())
+    assert DevicePolicy.from_profile(profile).allows("c", 10, 200)

@@ -130,10 +130,10 @@ def _nodes_usable_on(scope: CallerScope, dir_fd: int, parent: kernel.FileIdentit
     cached by mount id where ids are unique for the boot (Linux 6.8+);
     older kernels reuse ids, so there it is probed every time.
     """
-    if os.fstatvfs(dir_fd).f_flag & os.ST_NODEV:
-        return True
     usable = _usable_by_mount.get(parent.mount_id) if parent.mount_id_unique else None
-    if usable is None:
+    if usable is None and os.fstatvfs(dir_fd).f_flag & os.ST_NODEV:
+        usable = True  # nothing to add, see above
+    elif usable is None:
         name = f".lxc-notify-probe.{os.getpid()}.{next(_probe_names)}"
         umask = os.umask(0)  # a caller's umask 0777 must not make the probe unopenable
         try:

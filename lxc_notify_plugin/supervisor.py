@@ -153,7 +153,7 @@ class Supervisor:
         kernel.check_struct_sizes(self.sizes)
         self.syscalls = kernel.syscall_numbers(tuple(SYSCALL_FAMILY))
         self.handlers: dict[str, Handler] = handlers()
-        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._listener: socket.socket | None = None
         self._reloads = 0
         self.host_devices = HostDeviceIndex()
@@ -188,15 +188,15 @@ class Supervisor:
         if self._listener is None:
             self.bind()
         assert self._listener is not None
-        self._udev.start()
         poller = select.poll()
         poller.register(self._listener, select.POLLIN)
-        poller.register(self._stop_r, select.POLLIN)
+        poller.register(self._wake_r, select.POLLIN)
         try:
+            self._udev.start()
             while True:
                 ready = {fd for fd, _ in poller.poll()}
-                if self._stop_r in ready:
-                    if b"x" in os.read(self._stop_r, 64):
+                if self._wake_r in ready:
+                    if b"x" in os.read(self._wake_r, 64):
                         break
                     self._reload()
                     continue
@@ -221,8 +221,8 @@ class Supervisor:
             for thread, _ in threads:
                 thread.join()
             self._udev.stop()
-            os.close(self._stop_r)
-            os.close(self._stop_w)
+            os.close(self._wake_r)
+            os.close(self._wake_w)
             log.info("stopped")
 
     def _reload(self) -> None:
@@ -245,12 +245,12 @@ class Supervisor:
     def request_reload(self) -> None:
         """Ask serve() to reload every container's policy (signal-safe: SIGHUP)."""
         with contextlib.suppress(OSError):
-            os.write(self._stop_w, b"r")
+            os.write(self._wake_w, b"r")
 
     def stop(self) -> None:
         """Ask serve() to finish (signal-safe); serve() then ends every connection."""
         with contextlib.suppress(OSError):  # already stopping: the pipe may be closed
-            os.write(self._stop_w, b"x")
+            os.write(self._wake_w, b"x")
 
     def _admit(self, conn: socket.socket) -> None:
         pid, uid, _ = _PEERCRED.unpack(

@@ -96,13 +96,17 @@ class UdevWatcher:
             log.warning("udev is not running (no %s): [[udev]] profile rules match nothing; "
                         "static [[devices]] entries still apply", self.control)
             return False
-        context = pyudev.Context()
-        monitor = pyudev.Monitor.from_netlink(context, source="udev")
-        monitor.start()
-        for device in context.list_devices():
-            record = device_record(device)
-            if record is not None:
-                self.index.put(record)
+        try:
+            context = pyudev.Context()
+            monitor = pyudev.Monitor.from_netlink(context, source="udev")
+            monitor.start()
+            for device in context.list_devices():
+                record = device_record(device)
+                if record is not None:
+                    self.index.put(record)
+        except Exception:
+            log.exception("udev could not be read: static [[devices]] entries only")
+            return False
         log.info("udev: %d device nodes known; following udev events", len(self.index))
         self._thread = threading.Thread(target=self._follow, args=(monitor,),
                                         name="lxc-notify-udev")

@@ -107,10 +107,23 @@ def test_request_whose_caller_died_while_queued_is_answered(container: Container
     assert container.probe("mknod", marker, "c", "1", "3") == "ok"
 
 
+def stable_fd_count(daemon: Daemon) -> int:
+    """The daemon's fd count once two readings 0.2 s apart agree."""
+    count = daemon.fd_count()
+    while True:
+        time.sleep(0.2)
+        again = daemon.fd_count()
+        if again == count:
+            return count
+        count = again
+
+
 def test_no_fd_leak_after_a_thousand_requests(container: Container, daemon: Daemon) -> None:
-    # Warm up: the first request of a thread and of a mount opens what it keeps.
+    # Warm up: what the daemon opens once and keeps (the thread's status cache,
+    # the private tmpfs for usable nodes) is not a leak.
     container.probe("bench", "50", "/tmp/warm", "c", "1", "3")
-    before = daemon.fd_count()
+    assert container.probe("mknod", f"/dev/warm-{uuid.uuid4().hex[:6]}", "c", "1", "3") == "ok"
+    before = stable_fd_count(daemon)
     assert container.probe("bench", "500", "/tmp/leak", "c", "1", "3").startswith(
         "calls 500 ok 500")
     assert container.probe("bench", "500", "/tmp/leak", "c", "4", "1").startswith(
@@ -118,7 +131,12 @@ def test_no_fd_leak_after_a_thousand_requests(container: Container, daemon: Daem
     # Nodes in /dev are bind mounts (cannot be unlinked): make 20 distinct ones.
     made = container.sh("for i in $(seq 20); do /bin/nodeprobe mknod /dev/leak-$i c 1 3; done")
     assert made.split() == ["ok"] * 20
-    assert daemon.fd_count() == before
+    # A leak stays; a connection LXC re-opens (it does after a failed send, as
+    # in the tests above) comes and goes: wait for the count to settle.
+    deadline = time.monotonic() + 10
+    while (after := stable_fd_count(daemon)) != before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert after == before
 
 
 def test_only_root_may_connect(daemon: Daemon) -> None:
@@ -184,3 +202,27 @@ def test_bad_state_files_block_nothing(daemon: Daemon, nodeprobe: Path) -> None:
     finally:
         garbage.unlink()
         fifo.unlink()
+
+
+def test_container_stopping_mid_request_is_normal(daemon: Daemon, nodeprobe: Path) -> None:
+    box = supervised_container(daemon, nodeprobe)
+    try:
+        with subprocess.Popen(
+                ["lxc-attach", "-n", box.name, "-P", box.lxc_path, "--clear-env", "--",
+                 "/bin/nodeprobe", "forever", "/tmp/busy"],
+                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                stdin=subprocess.DEVNULL) as attach:
+            assert attach.stdout is not None
+            assert attach.stdout.readline().strip() == b"started"
+            time.sleep(0.3)
+            box.stop()  # lxc-stop -k: the monitor and every caller go at once
+            attach.wait(20)
+    finally:
+        box.destroy()
+    deadline = time.monotonic() + 10
+    while f"container {box.name}: disconnected" not in daemon.log():
+        assert time.monotonic() < deadline, "the connection never ended"
+        time.sleep(0.05)
+    assert daemon.alive()
+    tail = daemon.log().split(f"container {box.name}: connected", 1)[1]
+    assert " ERROR " not in tail and "Traceback" not in tail

@@ -137,7 +137,8 @@ def test_tagged_device_follows_hotplug(delegation: tuple[Container, int, int], l
 def test_shipped_rules_install_and_check(daemon: Daemon, udev_ready: None) -> None:
     RUN_RULES.mkdir(parents=True, exist_ok=True)
     installed = RUN_RULES / RULES_FILE.name
-    assert not installed.exists(), "left over from an earlier run"
+    # An admin's (or a crashed run's) copy there is put back afterwards.
+    saved = installed.read_bytes() if installed.exists() else None
     try:
         out = daemon.cli("udev", "install", "--rules-dir", str(RUN_RULES)).stdout
         assert "udev reloaded its rules" in out
@@ -152,7 +153,10 @@ def test_shipped_rules_install_and_check(daemon: Daemon, udev_ready: None) -> No
         assert any(line.split()[:3] == ["c", "10:229", "/dev/fuse"] and "fuse docker" in line
                    for line in listed.splitlines()), listed
     finally:
-        installed.unlink(missing_ok=True)
+        if saved is None:
+            installed.unlink(missing_ok=True)
+        else:
+            installed.write_bytes(saved)
         udev_reload()
         subprocess.run(["udevadm", "trigger", "--action=change", "--subsystem-match=misc"],
                        check=True)

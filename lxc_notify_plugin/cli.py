@@ -29,6 +29,7 @@ def cmd_daemon(args: argparse.Namespace) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: supervisor.stop())
     signal.signal(signal.SIGHUP, lambda *_: supervisor.request_reload())
+    signal.signal(signal.SIGUSR1, lambda *_: supervisor.request_status())
     supervisor.bind()
     supervisor.serve()
     return 0
@@ -100,6 +101,22 @@ def cmd_config_get(args: argparse.Namespace) -> int:
 def cmd_config_show(args: argparse.Namespace) -> int:
     for line in lxc_config.config_show(args.name, _paths(args), args.effective):
         print(line)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = lxc_config.daemon_status(_paths(args))
+    if status is None:
+        print("lxc-notify: no running supervisor answered", file=sys.stderr)
+        return 1
+    udev = status["udev"]
+    print(f"supervisor pid {status['pid']}, {status['reloads']} reloads, udev "
+          + (f"followed ({udev['devices']} device nodes)" if udev["running"] else "not running"))
+    print(f"{'container':28} {'connected':9} {'profile':12} {'intercepts':12} requests")
+    for c in sorted(status["containers"], key=lambda c: c["name"]):
+        requests = ", ".join(f"{k} {v}" for k, v in sorted(c["requests"].items())) or "-"
+        print(f"{c['name']:28} {'yes' if c['connected'] else 'no':9} "
+              f"{Path(c['profile']).stem:12} {','.join(c['intercept']) or '-':12} {requests}")
     return 0
 
 
@@ -225,6 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(func=cmd_config_show)
     sub.add_parser("reload", help="make the running supervisor re-read policy (SIGHUP)"
                    ).set_defaults(func=cmd_reload)
+    sub.add_parser("status", help="containers, connections and request counts (SIGUSR1)"
+                   ).set_defaults(func=cmd_status)
     udev = sub.add_parser("udev", help="udev rules for delegable devices"
                           ).add_subparsers(dest="action", required=True)
     udev.add_parser("list", help="delegable devices present now").set_defaults(

@@ -8,6 +8,7 @@ python-lxc, and starts the container.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -214,16 +215,40 @@ def _our_daemon(pid: int) -> bool:
     return program and b"daemon" in argv
 
 
+def _daemon_pid(paths: Paths) -> int | None:
+    try:
+        pid = int(paths.pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _our_daemon(pid) and daemon_running(paths) else None
+
+
+def daemon_status(paths: Paths, timeout: float = 10.0) -> dict[str, Any] | None:
+    """Ask the running daemon (SIGUSR1) for its status; None if none answers."""
+    pid = _daemon_pid(paths)
+    if pid is None:
+        return None
+    sent = time.time_ns()
+    os.kill(pid, signal.SIGUSR1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status: dict[str, Any] = json.loads(paths.status_file.read_text())
+            if status.get("written_ns", 0) >= sent:
+                return status
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.02)
+    return None
+
+
 def signal_reload(paths: Paths, timeout: float = 10.0) -> list[str] | None:
     """SIGHUP the running daemon, if there is one, and wait until a reload that
     began after the signal has finished (so the next request sees the new
     policy).  None if no daemon confirmed; otherwise the containers whose new
     policy was refused (they keep the old)."""
-    try:
-        pid = int(paths.pid_file.read_text().strip())
-    except (OSError, ValueError):
-        return None
-    if not _our_daemon(pid) or not daemon_running(paths):
+    pid = _daemon_pid(paths)
+    if pid is None:
         return None
     sent = time.time_ns()
     os.kill(pid, signal.SIGHUP)

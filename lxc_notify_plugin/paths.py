@@ -35,6 +35,11 @@ class Paths:
         return self.socket.parent / "reloads"
 
     @property
+    def status_file(self) -> Path:
+        """Written by the daemon on SIGUSR1 (`lxc-notify status`)."""
+        return self.socket.parent / "status.json"
+
+    @property
     def containers_dir(self) -> Path:
         return self.state_dir / "containers"
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import array
 import contextlib
 import errno
+import json
 import logging
 import os
 import select
@@ -57,6 +58,7 @@ class Container:
     record: ContainerRecord
     policy: ContainerPolicy
     stats: Counter[str] = field(default_factory=Counter)
+    connections: int = 0  # LXC monitors connected for it now
 
 
 class ContainerRegistry:
@@ -75,6 +77,10 @@ class ContainerRegistry:
                 self._rescan()
                 known = self._find(cookie)
             return known
+
+    def containers(self) -> list[Container]:
+        with self._lock:
+            return list(self._by_cookie.values())
 
     def _find(self, cookie: bytes) -> Container | None:
         for candidate, container in self._by_cookie.items():
@@ -196,9 +202,13 @@ class Supervisor:
             while True:
                 ready = {fd for fd, _ in poller.poll()}
                 if self._wake_r in ready:
-                    if b"x" in os.read(self._wake_r, 64):
+                    wanted = os.read(self._wake_r, 64)
+                    if b"x" in wanted:
                         break
-                    self._reload()
+                    if b"r" in wanted:
+                        self._reload()
+                    if b"s" in wanted:
+                        self._write_status()
                     continue
                 try:
                     conn, _ = self._listener.accept()
@@ -211,6 +221,7 @@ class Supervisor:
             self.paths.socket.unlink(missing_ok=True)
             self.paths.pid_file.unlink(missing_ok=True)
             self.paths.reload_file.unlink(missing_ok=True)
+            self.paths.status_file.unlink(missing_ok=True)
             with self._threads_lock:
                 threads = list(self._threads.items())
             for _, conn in threads:
@@ -241,6 +252,28 @@ class Supervisor:
         except OSError as err:
             log.error("cannot confirm reload %d in %s: %s", self._reloads,
                       self.paths.reload_file, err)
+
+    def _write_status(self) -> None:
+        """What an admin sees with `lxc-notify status`, as JSON beside the socket."""
+        status = {
+            "written_ns": time.time_ns(), "pid": os.getpid(), "reloads": self._reloads,
+            "udev": {"running": self._udev.running, "devices": len(self.host_devices)},
+            "containers": [{
+                "name": c.record.name, "profile": c.record.profile,
+                "connected": c.connections > 0,
+                "intercept": sorted(c.policy.intercept), "requests": dict(c.stats),
+            } for c in self.registry.containers()],
+        }
+        try:
+            atomic_write(self.paths.status_file, json.dumps(status, indent=1) + "\n",
+                         mode=0o600)
+        except OSError as err:
+            log.error("cannot write status to %s: %s", self.paths.status_file, err)
+
+    def request_status(self) -> None:
+        """Ask serve() to write its status (signal-safe: SIGUSR1)."""
+        with contextlib.suppress(OSError):
+            os.write(self._wake_w, b"s")
 
     def request_reload(self) -> None:
         """Ask serve() to reload every container's policy (signal-safe: SIGHUP)."""
@@ -301,6 +334,8 @@ class Supervisor:
             # (lxc-notify start, tests): not worth an info line.
             log.log(logging.INFO if session.container else logging.DEBUG,
                     "%s: disconnected (%s)", session.label, _format_stats(session))
+            if session.container is not None:
+                session.container.connections -= 1
             with self._threads_lock:
                 self._threads.pop(threading.current_thread(), None)
 
@@ -386,6 +421,7 @@ class _Session:
             return self.container if protocol.cookie_matches(cookie, expected) else None
         self.container = registry.lookup(cookie)
         if self.container is not None:
+            self.container.connections += 1
             log.info("%s: connected (monitor pid %d)", self.label, self.peer_pid)
         return self.container
 

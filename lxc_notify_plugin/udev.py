@@ -89,6 +89,7 @@ class UdevWatcher:
         self.control = control
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread: threading.Thread | None = None
+        self.running = False
 
     def start(self) -> bool:
         """Start following udev; False (said once, in the log) when udev is not running."""
@@ -111,6 +112,7 @@ class UdevWatcher:
         self._thread = threading.Thread(target=self._follow, args=(monitor,),
                                         name="lxc-notify-udev")
         self._thread.start()
+        self.running = True
         return True
 
     def _follow(self, monitor: pyudev.Monitor) -> None:
@@ -127,6 +129,7 @@ class UdevWatcher:
                     continue
                 self._apply(device)
         except Exception:
+            self.running = False
             log.exception("udev monitor failed: device rules now see a frozen view")
 
     def _apply(self, device: pyudev.Device) -> None:

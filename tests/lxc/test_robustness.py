@@ -226,3 +226,12 @@ def test_container_stopping_mid_request_is_normal(daemon: Daemon, nodeprobe: Pat
     assert daemon.alive()
     tail = daemon.log().split(f"container {box.name}: connected", 1)[1]
     assert " ERROR " not in tail and "Traceback" not in tail
+
+
+def test_status_shows_containers_and_counts(container: Container, daemon: Daemon) -> None:
+    assert container.probe("mknod", f"/tmp/status-{uuid.uuid4().hex[:6]}", "c", "1", "3") == "ok"
+    out = daemon.cli("status").stdout
+    assert f"supervisor pid {daemon.pid}" in out and "udev followed" in out
+    row = next(line for line in out.splitlines() if line.startswith(container.name))
+    assert row.split()[1:4] == ["yes", "default", "mknod"]
+    assert "done " in row

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import random
 
 import pytest
 
@@ -67,3 +68,22 @@ def test_cookie_comparison() -> None:
     assert protocol.cookie_matches(b"abc", b"abc")
     assert not protocol.cookie_matches(b"abc", b"abd")
     assert not protocol.cookie_matches(b"abc", b"abcd")
+
+
+def test_random_and_mutated_datagrams_only_ever_raise_protocol_error() -> None:
+    """A fuzz pass (seeded, so repeatable): parse() must accept or refuse, never crash."""
+    rng = random.Random(20261129)
+    valid = datagram()
+    for _ in range(5000):
+        if rng.random() < 0.5:
+            raw = bytes(rng.getrandbits(8) for _ in range(rng.choice((0, 1, 135, 136, 149, 300))))
+        else:
+            mutated = bytearray(valid)
+            for _ in range(rng.randint(1, 4)):
+                mutated[rng.randrange(len(mutated))] = rng.getrandbits(8)
+            raw = bytes(mutated[:rng.choice((len(mutated), rng.randrange(len(mutated))))])
+        try:
+            notif = protocol.parse(raw, rng.choice((2, 3, 3, 3)), SIZES)
+        except ProtocolError:
+            continue
+        assert len(notif.reply(error=errno.EPERM)) == protocol.REPLY_SIZE

@@ -164,7 +164,7 @@ def cmd_udev_install(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from .udev import RULES_FILE, udev_running
+    from .udev import RULES_FILE, RULES_SUBSYSTEMS, udev_running
 
     target = Path(args.rules_dir) / RULES_FILE.name
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,9 @@ def cmd_udev_install(args: argparse.Namespace) -> int:
     if not udev_running(_paths(args).udev_control):
         print("udev is not running: the rules apply when it starts")
         return 0
-    for command in (["udevadm", "control", "--reload"], ["udevadm", "trigger", "--action=change"],
+    trigger = ["udevadm", "trigger", "--action=change",
+               *(f"--subsystem-match={s}" for s in RULES_SUBSYSTEMS)]
+    for command in (["udevadm", "control", "--reload"], trigger,
                     ["udevadm", "settle", "--timeout=30"]):
         subprocess.run(command, check=True)
     print("udev reloaded its rules and re-triggered devices")

@@ -228,7 +228,7 @@ def daemon_status(paths: Paths, timeout: float = 10.0) -> dict[str, Any] | None:
     pid = _daemon_pid(paths)
     if pid is None:
         return None
-    sent = time.time_ns()
+    sent = time.monotonic_ns()  # the daemon stamps with the same clock
     os.kill(pid, signal.SIGUSR1)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -250,7 +250,7 @@ def signal_reload(paths: Paths, timeout: float = 10.0) -> list[str] | None:
     pid = _daemon_pid(paths)
     if pid is None:
         return None
-    sent = time.time_ns()
+    sent = time.monotonic_ns()  # the daemon stamps with the same clock
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
     while True:

@@ -7,6 +7,7 @@ body fails, so the machine keeps nothing between runs.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -123,8 +124,9 @@ class Sandbox:
 
     def destroy(self) -> None:
         if self._created:
-            self.stop()
-            _run(self._lxc("lxc-destroy", "-f"))
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.stop()  # lxc-destroy -f kills it anyway if this hangs
+            _run(self._lxc("lxc-destroy", "-f"), timeout=120)
             self._created = False
 
     def __enter__(self) -> Sandbox:

@@ -239,7 +239,7 @@ class Supervisor:
     def _reload(self) -> None:
         """One reload, confirmed in reload_file as "COUNT STARTED_NS REFUSED...", so
         `lxc-notify reload` can tell a reload that began after its signal."""
-        started = time.time_ns()
+        started = time.monotonic_ns()  # one clock for every process of this boot
         try:
             refused = self.registry.reload()
         except Exception:
@@ -256,7 +256,7 @@ class Supervisor:
     def _write_status(self) -> None:
         """What an admin sees with `lxc-notify status`, as JSON beside the socket."""
         status = {
-            "written_ns": time.time_ns(), "pid": os.getpid(), "reloads": self._reloads,
+            "written_ns": time.monotonic_ns(), "pid": os.getpid(), "reloads": self._reloads,
             "udev": {"running": self._udev.running, "devices": len(self.host_devices)},
             "containers": [{
                 "name": c.record.name, "profile": c.record.profile,

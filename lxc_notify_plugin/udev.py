@@ -13,6 +13,7 @@ and the monitor never waits on a request (nor a request on the monitor).
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -30,6 +31,8 @@ DELEGATION_TAG = "lxc_notify"
 PROFILES_PROPERTY = "LXC_NOTIFY_PROFILES"
 UDEV_CONTROL = Path("/run/udev/control")
 RULES_FILE = Path(__file__).resolve().parent.parent / "udev" / "70-lxc-notify.rules"
+RULES_SUBSYSTEMS = ("misc", "drm", "block")  # what the shipped rules look at
+_RECEIVE_BUFFER = 32 << 20
 
 
 def udev_running(control: Path = UDEV_CONTROL) -> bool:
@@ -69,6 +72,10 @@ class HostDeviceIndex:
     def remove(self, key: DeviceKey) -> None:
         self._by_key.pop(key, None)
 
+    def replace(self, other: HostDeviceIndex) -> None:
+        """Take ``other``'s devices, in one reference swap (requests see one or the other)."""
+        self._by_key = other._by_key
+
     def __len__(self) -> int:
         return len(self._by_key)
 
@@ -100,11 +107,10 @@ class UdevWatcher:
         try:
             context = pyudev.Context()
             monitor = pyudev.Monitor.from_netlink(context, source="udev")
+            # A re-trigger of every device sends hundreds of events at once.
+            monitor.set_receive_buffer_size(_RECEIVE_BUFFER)
             monitor.start()
-            for device in context.list_devices():
-                record = device_record(device)
-                if record is not None:
-                    self.index.put(record)
+            self._enumerate(context)
         except Exception:
             log.exception("udev could not be read: static [[devices]] entries only")
             return False
@@ -115,6 +121,12 @@ class UdevWatcher:
         self.running = True
         return True
 
+    def _enumerate(self, context: pyudev.Context) -> None:
+        for device in context.list_devices():
+            record = device_record(device)
+            if record is not None:
+                self.index.put(record)
+
     def _follow(self, monitor: pyudev.Monitor) -> None:
         poller = select.poll()
         poller.register(monitor.fileno(), select.POLLIN)
@@ -124,13 +136,29 @@ class UdevWatcher:
                 ready = {fd for fd, _ in poller.poll()}
                 if self._stop_r in ready:
                     return
-                device = monitor.poll(timeout=0)
+                try:
+                    device = monitor.poll(timeout=0)
+                except OSError as err:
+                    if err.errno != errno.ENOBUFS:
+                        raise
+                    # Events were dropped: the database is the truth; read it again.
+                    log.warning("udev events were lost (%s); re-reading udev's database", err)
+                    self._rebuild()
+                    continue
                 if device is None:
                     continue
                 self._apply(device)
         except Exception:
             self.running = False
             log.exception("udev monitor failed: device rules now see a frozen view")
+
+    def _rebuild(self) -> None:
+        fresh = HostDeviceIndex()
+        for device in pyudev.Context().list_devices():
+            record = device_record(device)
+            if record is not None:
+                fresh.put(record)
+        self.index.replace(fresh)
 
     def _apply(self, device: pyudev.Device) -> None:
         record = device_record(device)

@@ -23,7 +23,10 @@ fi
 
 # Subordinate ids for unprivileged containers: root inside = 100000 outside.
 for f in /etc/subuid /etc/subgid; do
-    grep -qx 'root:100000:65536' "$f" 2>/dev/null || echo 'root:100000:65536' >> "$f"
+    if ! grep -qx 'root:100000:65536' "$f" 2>/dev/null; then
+        [ -s "$f" ] && [ -n "$(tail -c1 "$f")" ] && echo >> "$f"  # end the last line first
+        echo 'root:100000:65536' >> "$f"
+    fi
 done
 
 # Debian's python3-lxc lives in the system site-packages of /usr/bin/python3.

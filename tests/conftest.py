@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-IN_CI = os.environ.get("CI", "").lower() == "true"
+IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
 def require(condition: bool, what: str) -> None:

@@ -133,6 +133,12 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "bench") && argc >= 7)
         return bench(num(argv[2], 10), argv[3], node_type(argv[4]), num(argv[5], 10),
                      num(argv[6], 10));
+    if (!strcmp(cmd, "once") && argc >= 3) {
+        /* say "started", then one mknod c 1:3 (a test stops it while it waits) */
+        printf("started\n");
+        fflush(stdout);
+        return result(mknod(argv[2], S_IFCHR | 0600, makedev(1, 3)));
+    }
     if (!strcmp(cmd, "forever") && argc >= 3) {
         /* mknod in a loop until killed: a request is nearly always in flight */
         printf("started\n");
@@ -143,6 +149,6 @@ int main(int argc, char **argv) {
     }
 usage:
     fprintf(stderr, "usage: nodeprobe mknod|mknodat|mknodat-fd|mknod32|badptr|longpath|stat|"
-                    "open|write|bench|forever ...\n");
+                    "open|write|bench|once|forever ...\n");
     return 2;
 }

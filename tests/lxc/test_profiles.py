@@ -149,9 +149,11 @@ def test_reload_applies_edits_and_a_broken_profile_keeps_the_old_policy(
     admin = daemon.paths.admin_profiles
     admin.mkdir(parents=True, exist_ok=True)
     lab = admin / f"{name}.toml"
-    lab.write_text('extends = ["default"]\n[[devices]]\ntype = "c"\nmajor = 10\nminor = 200\n')
-    container = supervised_container(daemon, nodeprobe, profile=name)
+    container: Container | None = None
     try:
+        lab.write_text('extends = ["default"]\n[[devices]]\ntype = "c"\nmajor = 10\n'
+                       'minor = 200\n')
+        container = supervised_container(daemon, nodeprobe, profile=name)
         assert container.probe("mknod", "/tmp/t1", "c", "10", "200") == "ok"
         assert container.probe("mknod", "/tmp/f1", "c", "10", "229") == "EPERM"
         lab.write_text(lab.read_text() + '[[devices]]\ntype = "c"\nmajor = 10\nminor = 229\n')
@@ -171,5 +173,6 @@ def test_reload_applies_edits_and_a_broken_profile_keeps_the_old_policy(
         state = json.loads((daemon.paths.containers_dir / f"{container.name}.json").read_text())
         assert state["config"] == {}
     finally:
-        container.destroy()
-        lab.unlink()
+        if container is not None:
+            container.destroy()
+        lab.unlink(missing_ok=True)

@@ -95,25 +95,25 @@ def delegation(daemon: Daemon, nodeprobe: Path, loops: Loops
     tagged, untagged = free_loop_numbers(2)
     profile = f"udevloop-{uuid.uuid4().hex[:6]}"
     rules = RUN_RULES / f"99-lxc-notify-test-{profile}.rules"
-    RUN_RULES.mkdir(parents=True, exist_ok=True)
-    rules.write_text(f'SUBSYSTEM=="block", KERNEL=="loop{tagged}", TAG+="lxc_notify", '
-                     f'ENV{{LXC_NOTIFY_PROFILES}}+="{profile} other"\n')
-    udev_reload()
-    daemon.paths.admin_profiles.mkdir(parents=True, exist_ok=True)
     profile_file = daemon.paths.admin_profiles / f"{profile}.toml"
-    profile_file.write_text(
-        'extends = ["default"]\n[[udev]]\nsubsystem = "block"\ntag = "lxc_notify"\n'
-        f'devnode = "/dev/loop*"\nproperties = {{ LXC_NOTIFY_PROFILES = "{profile}" }}\n')
     try:
+        RUN_RULES.mkdir(parents=True, exist_ok=True)
+        rules.write_text(f'SUBSYSTEM=="block", KERNEL=="loop{tagged}", TAG+="lxc_notify", '
+                         f'ENV{{LXC_NOTIFY_PROFILES}}+="{profile} other"\n')
+        udev_reload()
+        daemon.paths.admin_profiles.mkdir(parents=True, exist_ok=True)
+        profile_file.write_text(
+            'extends = ["default"]\n[[udev]]\nsubsystem = "block"\ntag = "lxc_notify"\n'
+            f'devnode = "/dev/loop*"\nproperties = {{ LXC_NOTIFY_PROFILES = "{profile}" }}\n')
         container = supervised_container(daemon, nodeprobe, profile=profile)
         try:
             yield container, tagged, untagged
         finally:
             container.destroy()
     finally:
-        rules.unlink()
+        rules.unlink(missing_ok=True)
         udev_reload()
-        profile_file.unlink()
+        profile_file.unlink(missing_ok=True)
 
 
 def test_tagged_device_follows_hotplug(delegation: tuple[Container, int, int], loops: Loops,
@@ -159,7 +159,7 @@ def test_shipped_rules_install_and_check(daemon: Daemon, udev_ready: None) -> No
             installed.write_bytes(saved)
         udev_reload()
         subprocess.run(["udevadm", "trigger", "--action=change", "--subsystem-match=misc"],
-                       check=True)
+                       check=True)  # so /dev/fuse's tags follow the rules as they are again
         settle()
 
 

@@ -36,6 +36,7 @@ class _Demo:
                    "--state-dir", str(self.paths.state_dir), "--profile-dir",
                    str(self.paths.admin_profiles), *args]
         _say("$ lxc-notify " + " ".join(args))
+        sys.stdout.flush()
         subprocess.run(command, check=True)
 
     def expect(self, box: Sandbox, script: str, expected: str, uid: int = 0) -> None:
@@ -89,6 +90,8 @@ def run() -> int:
             demo.expect(box, "cd /tmp && mknod mine c 1 3", "Operation not permitted", uid=1000)
             _say("\n5. FIFOs never reach the supervisor; the kernel makes them as always:")
             demo.expect(box, "mknod /tmp/fifo p && ls -l /tmp/fifo", "prw")
+            _say("\n6. What an admin sees of the running supervisor:")
+            demo.cli("status")
         except (SandboxError, subprocess.SubprocessError, OSError) as err:
             _say(f"demo failed: {err}")
             demo.failures += 1

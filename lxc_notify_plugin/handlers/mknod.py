@@ -101,7 +101,8 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
         finally:
             os.close(parent_fd)
     if log.isEnabledFor(logging.DEBUG):
-        log.debug("made %s %d:%d at %r for uid %d", kind, major, minor, path, creds.fsuid)
+        log.debug("made %s %d:%d at %s for host uid %d", kind, major, minor, os.fsdecode(path),
+                  creds.fsuid)
     return DONE
 
 

@@ -194,3 +194,12 @@ def test_extends_by_file_name_is_relative_to_the_file(tmp_path: Path) -> None:
     write(tmp_path, "top", 'extends = ["sub/base.toml"]\n')
     profile = load_profile(str(tmp_path / "top.toml"), ())
     assert DevicePolicy.from_profile(profile).allows("c", 10, 200)
+
+
+def test_the_documented_example_is_a_valid_profile() -> None:
+    readme = (PACKAGE_PROFILES / "README.md").read_text()
+    example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
+    profile = parse_profile(example, "profiles/README.md", (PACKAGE_PROFILES,))
+    assert profile.name == "lab" and profile.udev and profile.mount.shift is True
+    policy = DevicePolicy.from_profile(profile)
+    assert policy.allows("c", 226, 128) and policy.allows("c", 10, 200)  # own + tun parent

@@ -196,15 +196,6 @@ def start(name: str, profile_name: str | None, paths: Paths, log_file: Path) -> 
 # --- LXD keys ---------------------------------------------------------------------------
 
 
-def _last_reload(paths: Paths) -> tuple[int, int, list[str]]:
-    """(reloads finished, when the last began in ns, containers it refused)."""
-    try:
-        count, started, *refused = paths.reload_file.read_text().split()
-        return int(count), int(started), refused
-    except (OSError, ValueError):
-        return 0, 0, []
-
-
 def _our_daemon(pid: int) -> bool:
     """Only our own daemon: a stale pid file may name a reused pid."""
     try:
@@ -223,45 +214,41 @@ def _daemon_pid(paths: Paths) -> int | None:
     return pid if _our_daemon(pid) and daemon_running(paths) else None
 
 
-def daemon_status(paths: Paths, timeout: float = 10.0) -> dict[str, Any] | None:
-    """Ask the running daemon (SIGUSR1) for its status; None if none answers."""
+def _ask_daemon(paths: Paths, signum: int, answer: Path,
+                timeout: float = 10.0) -> dict[str, Any] | None:
+    """Signal the running daemon and wait for its answer in ``answer``: JSON
+    stamped (CLOCK_MONOTONIC, as here) when its work began, so an answer from
+    before the signal is never taken for this one.  None if none came."""
     pid = _daemon_pid(paths)
     if pid is None:
         return None
-    sent = time.monotonic_ns()  # the daemon stamps with the same clock
-    os.kill(pid, signal.SIGUSR1)
+    sent = time.monotonic_ns()
+    os.kill(pid, signum)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            status: dict[str, Any] = json.loads(paths.status_file.read_text())
-            if status.get("written_ns", 0) >= sent:
-                return status
+            body: dict[str, Any] = json.loads(answer.read_text())
+            if body.get("stamp_ns", 0) >= sent:
+                return body
         except (OSError, ValueError):
-            pass
+            pass  # not written yet, or being replaced
         time.sleep(0.02)
+    log.warning("the supervisor (pid %d) did not answer in %.0f s", pid, timeout)
     return None
 
 
-def signal_reload(paths: Paths, timeout: float = 10.0) -> list[str] | None:
-    """SIGHUP the running daemon, if there is one, and wait until a reload that
-    began after the signal has finished (so the next request sees the new
-    policy).  None if no daemon confirmed; otherwise the containers whose new
-    policy was refused (they keep the old)."""
-    pid = _daemon_pid(paths)
-    if pid is None:
-        return None
-    sent = time.monotonic_ns()  # the daemon stamps with the same clock
-    os.kill(pid, signal.SIGHUP)
-    deadline = time.monotonic() + timeout
-    while True:
-        _, started, refused = _last_reload(paths)
-        if started >= sent:
-            return refused
-        if time.monotonic() > deadline:
-            log.warning("the supervisor (pid %d) did not confirm the reload in %.0f s",
-                        pid, timeout)
-            return None
-        time.sleep(0.02)
+def daemon_status(paths: Paths) -> dict[str, Any] | None:
+    """The running daemon's status (SIGUSR1); None if none answers."""
+    return _ask_daemon(paths, signal.SIGUSR1, paths.status_file)
+
+
+def signal_reload(paths: Paths) -> list[str] | None:
+    """Make the running daemon reload (SIGHUP) and wait until a reload that began
+    after the signal has finished, so the next request sees the new policy.
+    None if no daemon confirmed; otherwise the containers whose new policy was
+    refused (they keep the old)."""
+    body = _ask_daemon(paths, signal.SIGHUP, paths.reload_file)
+    return None if body is None else [str(name) for name in body.get("refused", [])]
 
 
 def config_set(name: str, key: str, value: str | None, paths: Paths) -> str:

@@ -31,7 +31,7 @@ class Paths:
 
     @property
     def reload_file(self) -> Path:
-        """How many reloads the running daemon has finished (written after each)."""
+        """The running daemon's answer to its last reload (written after each)."""
         return self.socket.parent / "reloads"
 
     @property

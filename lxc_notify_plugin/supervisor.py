@@ -237,38 +237,37 @@ class Supervisor:
             log.info("stopped")
 
     def _reload(self) -> None:
-        """One reload, confirmed in reload_file as "COUNT STARTED_NS REFUSED...", so
-        `lxc-notify reload` can tell a reload that began after its signal."""
-        started = time.monotonic_ns()  # one clock for every process of this boot
+        started = time.monotonic_ns()
         try:
             refused = self.registry.reload()
         except Exception:
             log.exception("reload failed; every container keeps its policy")
             refused = ["*"]
         self._reloads += 1
-        try:
-            atomic_write(self.paths.reload_file,
-                         f"{self._reloads} {started} {' '.join(refused)}\n", mode=0o644)
-        except OSError as err:
-            log.error("cannot confirm reload %d in %s: %s", self._reloads,
-                      self.paths.reload_file, err)
+        self._answer_admin(self.paths.reload_file, started,
+                           {"reloads": self._reloads, "refused": refused})
 
     def _write_status(self) -> None:
-        """What an admin sees with `lxc-notify status`, as JSON beside the socket."""
-        status = {
-            "written_ns": time.monotonic_ns(), "pid": os.getpid(), "reloads": self._reloads,
+        """What an admin sees with `lxc-notify status`."""
+        self._answer_admin(self.paths.status_file, time.monotonic_ns(), {
+            "pid": os.getpid(), "reloads": self._reloads,
             "udev": {"running": self._udev.running, "devices": len(self.host_devices)},
             "containers": [{
                 "name": c.record.name, "profile": c.record.profile,
                 "connected": c.connections > 0,
                 "intercept": sorted(c.policy.intercept), "requests": dict(c.stats),
             } for c in self.registry.containers()],
-        }
+        })
+
+    def _answer_admin(self, path: Path, stamp_ns: int, body: dict[str, object]) -> None:
+        """Answer a signal from `lxc-notify`: JSON beside the socket, stamped with
+        CLOCK_MONOTONIC (one clock for every process of a boot) when the work
+        began, so the command can tell this answer from an older one."""
         try:
-            atomic_write(self.paths.status_file, json.dumps(status, indent=1) + "\n",
+            atomic_write(path, json.dumps({"stamp_ns": stamp_ns, **body}, indent=1) + "\n",
                          mode=0o600)
         except OSError as err:
-            log.error("cannot write status to %s: %s", self.paths.status_file, err)
+            log.error("cannot answer in %s: %s", path, err)
 
     def request_status(self) -> None:
         """Ask serve() to write its status (signal-safe: SIGUSR1)."""

@@ -26,7 +26,7 @@ import threading
 
 from .. import kernel
 from ..caller import AT_FDCWD, INODE_CAPS, CallerScope, Request, SupervisorThread
-from ..policy.devices import WHITEOUT, choose, needs_path
+from ..policy.devices import choose, mknod_rules, needs_path
 from ..policy.effective import ContainerPolicy
 from ..policy.profile import KERNEL
 from . import DONE, KERNEL_DECIDES, Answer
@@ -57,9 +57,9 @@ def handle(request: Request, thread: SupervisorThread, policy: ContainerPolicy) 
         return KERNEL_DECIDES
     # The kernel's dev argument is the 32-bit new_encode_dev() form.
     major, minor = os.major(dev), os.minor(dev)
-    if (kind, major, minor) == WHITEOUT:
-        return KERNEL_DECIDES  # the kernel allows whiteouts itself; never refuse one
-    rules = policy.devices.candidates(kind, major, minor, request.host_devices)
+    rules = mknod_rules(policy.devices, kind, major, minor, request.host_devices)
+    if rules is None:
+        return KERNEL_DECIDES
     if not rules:
         log.debug("%s %d:%d is not in the profile", kind, major, minor)
         return refused(policy)

@@ -109,15 +109,14 @@ def choose(rules: tuple[DeviceRule, ...], container_path: str | None) -> DeviceR
     return None
 
 
-def needs_emulation(policy: DevicePolicy, kind: str, major: int, minor: int,
-                    host: HostDevices | None = None) -> bool:
-    """True when the supervisor may make the node; False means let the kernel decide.
+def mknod_rules(policy: DevicePolicy, kind: str, major: int, minor: int,
+                host: HostDevices | None = None) -> tuple[DeviceRule, ...] | None:
+    """The decision for one node, before its path is known.
 
-    Letting the kernel decide (SECCOMP_USER_NOTIF_FLAG_CONTINUE) is safe for
-    mknod: the kernel then checks the caller's own privileges, so the answer is
-    exactly what the container would get without us (EPERM for a device in an
-    unprivileged container, or the path error that comes first).
+    None: the kernel decides it itself, whatever the profile says (whiteouts,
+    which it allows an unprivileged caller).  Empty: the profile does not
+    allow it.  Otherwise the rules that may, path patterns still to check.
     """
     if (kind, major, minor) == WHITEOUT:
-        return False
-    return policy.allows(kind, major, minor, host)
+        return None
+    return policy.candidates(kind, major, minor, host)

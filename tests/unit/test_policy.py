@@ -8,7 +8,7 @@ import pytest
 
 from lxc_notify_plugin.errors import ConfigError
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
-from lxc_notify_plugin.policy.devices import DevicePolicy, choose, needs_emulation, needs_path
+from lxc_notify_plugin.policy.devices import DevicePolicy, choose, mknod_rules, needs_path
 from lxc_notify_plugin.policy.effective import ContainerPolicy
 from lxc_notify_plugin.policy.lxc_policy import check_with_libseccomp, compile_policy
 from lxc_notify_plugin.policy.profile import load_profile, parse_profile
@@ -16,16 +16,19 @@ from lxc_notify_plugin.policy.profile import load_profile, parse_profile
 DEFAULT = load_profile("default", (PACKAGE_PROFILES,))
 
 
-@pytest.mark.parametrize(("kind", "major", "minor", "emulate"), [
-    ("c", 1, 3, True), ("c", 1, 5, True), ("c", 1, 7, True), ("c", 1, 8, True),
-    ("c", 1, 9, True), ("c", 5, 0, True), ("c", 5, 1, True), ("c", 5, 2, True),
-    ("c", 0, 0, False),  # whiteout: the kernel allows it itself
-    ("c", 1, 1, False),  # /dev/mem
-    ("c", 4, 1, False), ("c", 10, 229, False), ("b", 1, 3, False), ("b", 7, 0, False),
+@pytest.mark.parametrize(("kind", "major", "minor", "decision"), [
+    ("c", 1, 3, "emulate"), ("c", 1, 5, "emulate"), ("c", 1, 7, "emulate"),
+    ("c", 1, 8, "emulate"), ("c", 1, 9, "emulate"), ("c", 5, 0, "emulate"),
+    ("c", 5, 1, "emulate"), ("c", 5, 2, "emulate"),
+    ("c", 0, 0, "kernel"),  # whiteout: the kernel allows it itself, never refused
+    ("c", 1, 1, "refuse"),  # /dev/mem
+    ("c", 4, 1, "refuse"), ("c", 10, 229, "refuse"), ("b", 1, 3, "refuse"),
+    ("b", 7, 0, "refuse"),
 ])
 def test_default_profile_allows_what_lxd_allows(kind: str, major: int, minor: int,
-                                                emulate: bool) -> None:
-    assert needs_emulation(DevicePolicy.from_profile(DEFAULT), kind, major, minor) is emulate
+                                                decision: str) -> None:
+    rules = mknod_rules(DevicePolicy.from_profile(DEFAULT), kind, major, minor)
+    assert ("kernel" if rules is None else "emulate" if rules else "refuse") == decision
 
 
 def test_minor_ranges() -> None:

@@ -386,7 +386,7 @@ class Supervisor:
             if err.errno == errno.ESRCH:  # /proc/PID of a task that just died
                 container.stats["gone"] += 1
             else:
-                container.stats["error"] += 1
+                container.stats["errno"] += 1  # the caller got an error, as from the kernel
             log.debug("%s: pid %d %s -> %s", container.record.name, notification.pid, syscall,
                       errno.errorcode.get(err.errno or 0, err.errno))
             return Answer(error=err.errno or errno.EIO)

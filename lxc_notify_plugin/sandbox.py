@@ -11,6 +11,7 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import time
 import uuid
@@ -104,8 +105,10 @@ class Sandbox:
                timeout: float = 120) -> str:
         """Run argv in the container and return its stdout.
 
-        lxc-attach sometimes (about 1 in 100 under load, see NOTES.md) exits 1
-        before running anything; that is retried.  Any other failure raises.
+        lxc-attach sometimes (about 1 in 100 under load, see NOTES.md) exits 1,
+        with or without a message, having run nothing or run it unsupervised
+        (trapped calls then fail ENOSYS, changing nothing): status 1 is retried,
+        so commands given here must be safe to repeat.  Any other failure raises.
         """
         command = list(argv)
         if cwd is not None:
@@ -115,7 +118,9 @@ class Sandbox:
                                     "--", *command), timeout=timeout)
             if result.returncode == 0:
                 return result.stdout
-            if result.returncode == 1 and not result.stdout and "lxc-attach" in result.stderr:
+            if result.returncode == 1:
+                print(f"sandbox: lxc-attach to {self.name} exited 1 "
+                      f"({result.stderr.strip() or 'no message'}); retrying", file=sys.stderr)
                 time.sleep(0.2)
                 continue
             raise SandboxError(f"{' '.join(command)} in {self.name} exited "

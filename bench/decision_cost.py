@@ -16,10 +16,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from lxc_notify_plugin.host.udev import HostDeviceIndex, device_record, udev_running  # noqa: E402
 from lxc_notify_plugin.paths import PACKAGE_PROFILES  # noqa: E402
-from lxc_notify_plugin.policy.devices import DevicePolicy, UdevDevice  # noqa: E402
+from lxc_notify_plugin.policy.mknod import DevicePolicy, UdevDevice  # noqa: E402
 from lxc_notify_plugin.policy.profile import parse_profile  # noqa: E402
-from lxc_notify_plugin.udev import HostDeviceIndex, device_record, udev_running  # noqa: E402
 
 
 def main() -> int:

@@ -33,12 +33,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from lxc_notify_plugin.lxc_config import daemon_running  # noqa: E402
 from lxc_notify_plugin.paths import Paths  # noqa: E402
 from lxc_notify_plugin.policy.effective import ContainerPolicy  # noqa: E402
 from lxc_notify_plugin.policy.lxc_policy import compile_policy  # noqa: E402
 from lxc_notify_plugin.policy.profile import load_profile  # noqa: E402
-from lxc_notify_plugin.sandbox import Sandbox  # noqa: E402
+from lxc_notify_plugin.start.lxc import daemon_running  # noqa: E402
+from lxc_notify_plugin.tools.sandbox import Sandbox  # noqa: E402
 
 LXD_REFERENCE_US = {"emulated": 8800, "denied": 2500}  # LXD 5.0.2 here, from the issue
 

@@ -42,8 +42,8 @@ from dataclasses import dataclass
 
 from . import kernel
 from .errors import RequestGone, ThreadIdentityLost
-from .policy.devices import HostDevices
-from .protocol import Notification
+from .policy.mknod import HostDevices
+from .transport.lxc import Notification
 
 AT_FDCWD = -100
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC

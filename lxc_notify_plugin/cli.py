@@ -8,9 +8,9 @@ import signal
 import sys
 from pathlib import Path
 
-from . import lxc_config
 from .errors import LxcNotifyError
 from .paths import Paths
+from .start import lxc as lxc_config
 
 DEFAULTS = Paths()
 
@@ -134,7 +134,7 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run
+    from .tools.demo import run
 
     return run()
 
@@ -142,7 +142,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_udev_list(args: argparse.Namespace) -> int:
     import pyudev
 
-    from .udev import PROFILES_PROPERTY, delegable, udev_running
+    from .host.udev import PROFILES_PROPERTY, delegable, udev_running
 
     paths = _paths(args)
     if not udev_running(paths.udev_control):
@@ -164,7 +164,7 @@ def cmd_udev_install(args: argparse.Namespace) -> int:
     import shutil
     import subprocess
 
-    from .udev import RULES_FILE, RULES_SUBSYSTEMS, udev_running
+    from .host.udev import RULES_FILE, RULES_SUBSYSTEMS, udev_running
 
     target = Path(args.rules_dir) / RULES_FILE.name
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -31,14 +31,15 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import kernel, protocol
+from . import kernel
 from .caller import ContainerView, Request, SupervisorThread
 from .errors import ConfigError, ProtocolError, RequestGone, ThreadIdentityLost
 from .handlers import Answer, Handler, handlers
+from .host.udev import HostDeviceIndex, UdevWatcher
 from .paths import Paths, atomic_write
 from .policy.effective import ContainerPolicy
 from .state import ContainerRecord, StateStore
-from .udev import HostDeviceIndex, UdevWatcher
+from .transport import lxc as protocol
 
 log = logging.getLogger(__name__)
 

@@ -26,8 +26,8 @@ import threading
 
 from .. import kernel
 from ..caller import AT_FDCWD, INODE_CAPS, CallerScope, Request, SupervisorThread
-from ..policy.devices import choose, mknod_rules, needs_path
 from ..policy.effective import ContainerPolicy
+from ..policy.mknod import choose, mknod_rules, needs_path
 from ..policy.profile import KERNEL
 from . import DONE, KERNEL_DECIDES, Answer
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from . import keys as lxd
-from .devices import DevicePolicy
+from .mknod import DevicePolicy
 from .profile import KERNEL, MountPolicy, Profile
 
 DEFAULT_SOURCE = "default"

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from lxc_notify_plugin.lxc_config import daemon_running
 from lxc_notify_plugin.paths import Paths
-from lxc_notify_plugin.sandbox import Sandbox
+from lxc_notify_plugin.start.lxc import daemon_running
+from lxc_notify_plugin.tools.sandbox import Sandbox
 from tests.conftest import require, require_root, require_tools
 
 UDEV_CONTROL = Paths().udev_control

@@ -11,7 +11,8 @@ import time
 import uuid
 from pathlib import Path
 
-from lxc_notify_plugin import kernel, protocol
+from lxc_notify_plugin import kernel
+from lxc_notify_plugin.transport import lxc as protocol
 from tests.lxc.conftest import Container, Daemon, supervised_container
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from lxc_notify_plugin.lxc_config import BEGIN, daemon_running
 from lxc_notify_plugin.paths import Paths
+from lxc_notify_plugin.start.lxc import BEGIN, daemon_running
 from tests.lxc.conftest import Container, Daemon
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from lxc_notify_plugin.udev import RULES_FILE
+from lxc_notify_plugin.host.udev import RULES_FILE
 from tests.lxc.conftest import Container, Daemon, supervised_container
 
 LOOP_CTL_ADD = 0x4C80

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from lxc_notify_plugin.caller import IdMap, status_field
-from lxc_notify_plugin.lxc_config import BEGIN, END, _split_managed
+from lxc_notify_plugin.start.lxc import BEGIN, END, _split_managed
 from lxc_notify_plugin.state import ContainerRecord
 
 STATUS = (b"Name:\tnodeprobe\nUmask:\t0022\nState:\tS (sleeping)\n"

@@ -8,9 +8,9 @@ import pytest
 
 from lxc_notify_plugin.errors import ConfigError
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
-from lxc_notify_plugin.policy.devices import DevicePolicy, choose, mknod_rules, needs_path
 from lxc_notify_plugin.policy.effective import ContainerPolicy
 from lxc_notify_plugin.policy.lxc_policy import check_with_libseccomp, compile_policy
+from lxc_notify_plugin.policy.mknod import DevicePolicy, choose, mknod_rules, needs_path
 from lxc_notify_plugin.policy.profile import load_profile, parse_profile
 
 DEFAULT = load_profile("default", (PACKAGE_PROFILES,))

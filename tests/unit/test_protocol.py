@@ -7,9 +7,9 @@ import random
 
 import pytest
 
-from lxc_notify_plugin import protocol
 from lxc_notify_plugin.errors import ProtocolError
 from lxc_notify_plugin.kernel import NotifSizes
+from lxc_notify_plugin.transport import lxc as protocol
 
 SIZES = NotifSizes(80, 24, 64)
 COOKIE = b"0123456789abc"

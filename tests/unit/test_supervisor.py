@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from lxc_notify_plugin import kernel, protocol
+from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller import Request, SupervisorThread
 from lxc_notify_plugin.handlers import Answer
 from lxc_notify_plugin.paths import Paths
@@ -17,6 +17,7 @@ from lxc_notify_plugin.policy.effective import ContainerPolicy
 from lxc_notify_plugin.policy.profile import Profile
 from lxc_notify_plugin.state import ContainerRecord
 from lxc_notify_plugin.supervisor import Container, Supervisor, _Session
+from lxc_notify_plugin.transport import lxc as protocol
 
 COOKIE = b"c" * 64
 

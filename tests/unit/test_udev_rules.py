@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from lxc_notify_plugin.errors import ConfigError
-from lxc_notify_plugin.policy.devices import DevicePolicy, UdevDevice, choose
+from lxc_notify_plugin.policy.mknod import DevicePolicy, UdevDevice, choose
 from lxc_notify_plugin.policy.profile import parse_profile
 
 LOOP = UdevDevice("b", 7, 300, "block", "/dev/loop300", frozenset({"lxc_notify"}),

@@ -28,8 +28,8 @@ import struct
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import ProtocolError
-from .kernel import NotifSizes
+from ..errors import ProtocolError
+from ..kernel import NotifSizes
 
 _HEADER_AND_NOTIF: Final = struct.Struct("=QiiHHHxxQ" "QIIiIQ6Q")
 _RESP: Final = struct.Struct("=QqiI")

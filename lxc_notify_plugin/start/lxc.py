@@ -19,13 +19,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ContainerError
-from .paths import Paths, atomic_write
-from .policy import keys as lxd
-from .policy.effective import ContainerPolicy
-from .policy.lxc_policy import check_with_libseccomp, compile_policy
-from .policy.profile import is_file_name
-from .state import ContainerRecord, StateStore, check_container_name
+from ..errors import ContainerError
+from ..paths import Paths, atomic_write
+from ..policy import keys as lxd
+from ..policy.effective import ContainerPolicy
+from ..policy.lxc_policy import check_with_libseccomp, compile_policy
+from ..policy.profile import is_file_name
+from ..state import ContainerRecord, StateStore, check_container_name
 
 log = logging.getLogger(__name__)
 

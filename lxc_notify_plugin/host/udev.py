@@ -23,14 +23,14 @@ from pathlib import Path
 
 import pyudev
 
-from .policy.devices import DeviceKey, UdevDevice
+from ..policy.mknod import DeviceKey, UdevDevice
 
 log = logging.getLogger(__name__)
 
 DELEGATION_TAG = "lxc_notify"
 PROFILES_PROPERTY = "LXC_NOTIFY_PROFILES"
 UDEV_CONTROL = Path("/run/udev/control")
-RULES_FILE = Path(__file__).resolve().parent.parent / "udev" / "70-lxc-notify.rules"
+RULES_FILE = Path(__file__).resolve().parent.parent.parent / "udev" / "70-lxc-notify.rules"
 RULES_SUBSYSTEMS = ("misc", "drm", "block")  # what the shipped rules look at
 _RECEIVE_BUFFER = 32 << 20
 

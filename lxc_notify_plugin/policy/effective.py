@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import ConfigError
 from . import keys as lxd
 from .mknod import DevicePolicy
 from .profile import KERNEL, MountPolicy, Profile
@@ -58,6 +59,19 @@ class ContainerPolicy:
                                       lxd.PREFIX + "mount.fuse")
         if lxd.PREFIX + "mount.shift" in config:
             shift = config[lxd.PREFIX + "mount.shift"] == "true"
+        # The profile and the keys are each checked alone; laid over each other
+        # they can still name one filesystem in both (profile allowed + key fuse).
+        both = set(allowed) & {fs for fs, _ in fuse}
+        if both:
+            # Name the key that brought the conflict in (fuse first, as check_together).
+            file, key = profile.source, "mount.fuse"
+            for name in ("mount.fuse", "mount.allowed"):
+                if lxd.PREFIX + name in config:
+                    file, key = config_file, lxd.PREFIX + name
+                    break
+            raise ConfigError(file, key, f"{', '.join(sorted(both))} cannot be both in "
+                                         "mount.allowed and mount.fuse (profile and keys "
+                                         "together)")
         mount = MountPolicy(allowed, shift, fuse, mount.force_flags)
         for name, value, key in (
                 ("mount.allowed", ",".join(allowed), "mount.allowed"),

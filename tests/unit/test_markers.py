@@ -1,0 +1,30 @@
+"""The tiers select by marker: ``-m "not kernel"`` must not drop the unit tests too."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+
+
+def collected(marker: str) -> list[str]:
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
+         "-m", marker, "tests"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return [line for line in result.stdout.splitlines() if "::" in line]
+
+
+def test_not_kernel_and_not_lxc_selects_the_unit_tier_only() -> None:
+    items = collected("not kernel and not lxc")
+    assert any(item.startswith("tests/unit/") for item in items), items
+    assert not [item for item in items if item.startswith(("tests/kernel/", "tests/lxc/"))]
+
+
+def test_kernel_selects_the_kernel_tier_only() -> None:
+    items = collected("kernel")
+    assert items
+    assert all(item.startswith("tests/kernel/") for item in items), items

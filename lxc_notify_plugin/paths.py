@@ -8,7 +8,22 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-PACKAGE_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def _shipped(name: str) -> Path:
+    """A data folder shipped with the package (``profiles``, ``udev``).
+
+    Installed from a wheel it lies inside the package (setup.cfg maps the
+    top-level folder there); in a source tree or an editable install it is
+    the top-level folder itself, beside the package.
+    """
+    inside = _PACKAGE / name
+    return inside if inside.is_dir() else _PACKAGE.parent / name
+
+
+PACKAGE_PROFILES = _shipped("profiles")
+PACKAGE_UDEV_RULES = _shipped("udev") / "70-lxc-notify.rules"
 
 
 @dataclass(frozen=True)

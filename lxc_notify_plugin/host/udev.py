@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pyudev
 
+from ..paths import PACKAGE_UDEV_RULES
 from ..policy.mknod import DeviceKey, UdevDevice
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 DELEGATION_TAG = "lxc_notify"
 PROFILES_PROPERTY = "LXC_NOTIFY_PROFILES"
 UDEV_CONTROL = Path("/run/udev/control")
-RULES_FILE = Path(__file__).resolve().parent.parent.parent / "udev" / "70-lxc-notify.rules"
+RULES_FILE = PACKAGE_UDEV_RULES
 RULES_SUBSYSTEMS = ("misc", "drm", "block")  # what the shipped rules look at
 _RECEIVE_BUFFER = 32 << 20
 

@@ -1,0 +1,66 @@
+"""A regular (non-editable) install carries its profiles and udev rules.
+
+profiles/ and udev/ live at the top of the tree; setup.cfg maps them into the
+package. Built from a copy of the tree, so the repository gets no build/ or
+egg-info, and run from another directory, so nothing is found by accident.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+BUILD_INPUTS = ("setup.cfg", "pyproject.toml", "README.md", "lxc_notify_plugin", "profiles",
+                "udev")
+
+
+def run(argv: list[str], cwd: Path, pythonpath: Path | None = None
+        ) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LC_ALL": "C.UTF-8"}
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    result = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0, f"{argv} exited {result.returncode}:\n" \
+                                   f"{result.stdout}\n{result.stderr}"
+    return result
+
+
+def test_an_installed_package_finds_its_profiles_and_udev_rules(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for name in BUILD_INPUTS:
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, source / name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        else:
+            source.mkdir(exist_ok=True)
+            shutil.copyfile(ROOT / name, source / name)
+    target = tmp_path / "site"
+    run([sys.executable, "-m", "pip", "install", "-q", "--disable-pip-version-check",
+         "--no-build-isolation", "--no-deps", "--no-compile", "--target", str(target),
+         str(source)], cwd=tmp_path)
+    installed = target / "lxc_notify_plugin"
+
+    # Every module of the tree is in the install (setup.cfg lists subpackages by hand).
+    modules = {p.relative_to(ROOT / "lxc_notify_plugin")
+               for p in (ROOT / "lxc_notify_plugin").rglob("*.py")}
+    assert modules <= {p.relative_to(installed) for p in installed.rglob("*.py")}
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    lxc_notify = [sys.executable, "-m", "lxc_notify_plugin",
+                  "--profile-dir", str(elsewhere / "no-admin-profiles"),
+                  "--udev-control", str(elsewhere / "no-udev")]
+    compiled = run([*lxc_notify, "profile", "compile", "default"], elsewhere, target).stdout
+    assert compiled.startswith("2\ndenylist\n"), compiled
+    assert f"({installed / 'profiles' / 'default.toml'})" in compiled, compiled
+    assert "mknodat notify" in compiled
+
+    rules_dir = elsewhere / "rules.d"
+    run([*lxc_notify, "udev", "install", "--rules-dir", str(rules_dir)], elsewhere, target)
+    rules = ROOT / "udev" / "70-lxc-notify.rules"
+    assert (rules_dir / rules.name).read_text() == rules.read_text()
+    assert (installed / "udev" / rules.name).is_file()

@@ -8,7 +8,9 @@ body fails, so the machine keeps nothing between runs.
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +32,48 @@ lxc.idmap = g 0 100000 65536
 
 class SandboxError(RuntimeError):
     pass
+
+
+class AttachOutcome(enum.Enum):
+    DONE = "done"            # the command ran and exited 0, and LXC reported nothing wrong
+    NEVER_RAN = "never ran"  # lxc-attach failed before the command started: safe to retry
+    FAILED = "failed"        # the command ran (or may have) and something failed: never retry
+
+
+# How LXC 5.0.2's tools print their own errors on stderr (log_append_stderr in
+# src/lxc/log.c; lxc-attach logs at ERROR and above only):
+#   lxc-attach: NAME: FILE.c: FUNCTION: LINE MESSAGE
+# where Debian's build gives FILE as "../src/lxc/attach.c" (seen), e.g.
+# "lxc-attach: c1: ../src/lxc/commands.c: lxc_cmd_seccomp_notify_add_listener:
+# 1615 Connection refused - Failed to add seccomp listener".
+_LXC_ERROR = re.compile(r"^lxc-attach: (?:[^\n:]+: )?[\w./-]+\.c: \w+: \d+ .*$", re.MULTILINE)
+
+
+def lxc_attach_error(stderr: str) -> str | None:
+    """The first error lxc-attach itself logged on this stderr, if any."""
+    found = _LXC_ERROR.search(stderr)
+    return found.group(0) if found else None
+
+
+def classify_attach(returncode: int, stdout: str, stderr: str, marker: str) -> AttachOutcome:
+    """What one ``lxc-attach ... -- /bin/sh -c 'echo MARKER && exec "$@"' ...`` run proves.
+
+    LXC 5.0.2 (src/lxc/attach.c, tools/lxc_attach.c) exits EXIT_FAILURE, 1, for
+    every failure of its own, the same status as a command that exits 1, so the
+    status alone proves nothing.  Its attached child loads the seccomp filter,
+    sends the listener fd to lxc-attach and execs the command without waiting;
+    lxc-attach then hands the fd to the monitor, and when that fails it waits
+    for the command to finish, unsupervised, and exits 1 (with "Failed to add
+    seccomp listener" on stderr, or with no message when the monitor refused).
+    Hence: no marker means the command never started, and status 1 then is
+    LXC's own failure, safe to retry.  A marker means it started: anything but
+    status 0 without an LXC error on stderr is a failure, never retried.
+    """
+    if marker in stdout:
+        if returncode == 0 and lxc_attach_error(stderr) is None:
+            return AttachOutcome.DONE
+        return AttachOutcome.FAILED
+    return AttachOutcome.NEVER_RAN if returncode == 1 else AttachOutcome.FAILED
 
 
 def ensure_subordinate_ids() -> None:
@@ -103,29 +147,46 @@ class Sandbox:
 
     def attach(self, *argv: str, uid: int = 0, gid: int = 0, cwd: str | None = None,
                timeout: float = 120) -> str:
-        """Run argv in the container and return its stdout.
+        """Run argv in the container and return its stdout; raise unless it exits 0.
 
-        lxc-attach sometimes (about 1 in 100 under load, see NOTES.md) exits 1,
-        with or without a message, having run nothing or run it unsupervised
-        (trapped calls then fail ENOSYS, changing nothing): status 1 is retried,
-        so commands given here must be safe to repeat.  Any other failure raises.
+        lxc-attach sometimes (about 1 in 100 under load, see NOTES.md) exits 1
+        having run nothing: that is retried.  It also exits 1, having run the
+        command *unsupervised* (trapped calls then fail ENOSYS), when handing
+        the seccomp listener to the monitor fails after the command started:
+        that must never pass for a result, nor be silently re-run.  So the
+        command runs behind a shell that first prints a marker, and only a run
+        that printed none is retried (see classify_attach).
         """
-        command = list(argv)
-        if cwd is not None:
-            command = ["/bin/sh", "-c", 'cd "$0" && exec "$@"', cwd, *command]
-        for _ in range(3):
+        for attempt in range(1, 4):
+            marker = f"lxc-notify-sandbox-{uuid.uuid4().hex}"
+            # $0 is the directory to enter (or just a name); "&&": no marker, no command.
+            script = f'echo {marker} && cd "$0" && exec "$@"' if cwd is not None \
+                else f'echo {marker} && exec "$@"'
             result = _run(self._lxc("lxc-attach", "--clear-env", "-u", str(uid), "-g", str(gid),
-                                    "--", *command), timeout=timeout)
-            if result.returncode == 0:
-                return result.stdout
-            if result.returncode == 1:
-                print(f"sandbox: lxc-attach to {self.name} exited 1 "
-                      f"({result.stderr.strip() or 'no message'}); retrying", file=sys.stderr)
-                time.sleep(0.2)
+                                    "--", "/bin/sh", "-c", script, cwd or "sh", *argv),
+                          timeout=timeout)
+            outcome = classify_attach(result.returncode, result.stdout, result.stderr, marker)
+            stdout = result.stdout.replace(marker + "\n", "", 1)
+            if outcome is AttachOutcome.DONE:
+                return stdout
+            if outcome is AttachOutcome.NEVER_RAN:
+                if attempt < 3:
+                    print(f"sandbox: lxc-attach to {self.name} exited 1 before running "
+                          f"{argv[0]} ({result.stderr.strip() or 'no message'}); retrying",
+                          file=sys.stderr)
+                    time.sleep(0.2)
                 continue
-            raise SandboxError(f"{' '.join(command)} in {self.name} exited "
-                               f"{result.returncode}: {result.stderr.strip()}")
-        raise SandboxError(f"lxc-attach to {self.name} kept failing: {result.stderr.strip()}")
+            if marker not in result.stdout:
+                what = "never started"
+            elif lxc_attach_error(result.stderr) is not None:
+                what = "ran, but LXC reported an error: it may have run unsupervised"
+            else:
+                what = "ran and failed"
+            raise SandboxError(
+                f"{' '.join(argv)} in {self.name} {what} (lxc-attach exited "
+                f"{result.returncode})\n--- stdout ---\n{stdout}--- stderr ---\n{result.stderr}")
+        raise SandboxError(f"lxc-attach to {self.name} failed 3 times before running "
+                           f"{argv[0]}: {result.stderr.strip() or 'no message'}")
 
     def destroy(self) -> None:
         if self._created:

@@ -23,7 +23,7 @@ import pytest
 
 from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.start.lxc import daemon_running
-from lxc_notify_plugin.tools.sandbox import Sandbox
+from lxc_notify_plugin.tools.sandbox import Sandbox, lxc_attach_error
 from tests.conftest import require, require_root, require_tools
 
 UDEV_CONTROL = Paths().udev_control
@@ -148,30 +148,59 @@ class Container(Sandbox):
     def background(self, *argv: str) -> Iterator[subprocess.Popen[bytes]]:
         """Run a nodeprobe command that prints "started" first; yield once it has.
 
-        lxc-attach sometimes exits 1 before running anything (NOTES.md): that
-        is retried.  The process is killed on the way out, whatever happened.
+        lxc-attach sometimes exits 1 before running anything (NOTES.md): a run
+        that printed nothing never reached nodeprobe's first line, so it is
+        retried.  One that printed something else fails at once, and so does one
+        during which lxc-attach logged an error of its own (the process may
+        then run unsupervised: see classify_attach in tools/sandbox.py).  The
+        process is killed on the way out, whatever happened.
         """
-        for _ in range(3):
-            process = subprocess.Popen(
-                ["lxc-attach", "-n", self.name, "-P", self.lxc_path, "--clear-env", "--",
-                 "/bin/nodeprobe", *argv],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
-            assert process.stdout is not None
-            ready, _, _ = select.select([process.stdout], [], [], 30)
-            line = process.stdout.readline() if ready else b""
-            if line.strip() == b"started":
-                break
-            process.kill()
-            process.wait()
-            process.stdout.close()
-        else:
-            raise AssertionError(f"nodeprobe {' '.join(argv)} never started in {self.name}")
-        try:
-            yield process
-        finally:
-            process.kill()
-            process.wait()
-            process.stdout.close()
+        what = f"nodeprobe {' '.join(argv)} in {self.name}"
+        with contextlib.ExitStack() as files:
+            def logged() -> str:
+                stderr.seek(0)
+                return stderr.read().decode(errors="replace")
+
+            for attempt in range(1, 4):
+                # A file, not a pipe: a pipe nobody reads could block the process.
+                stderr = files.enter_context(tempfile.TemporaryFile())
+                process = subprocess.Popen(
+                    ["lxc-attach", "-n", self.name, "-P", self.lxc_path, "--clear-env", "--",
+                     "/bin/nodeprobe", *argv],
+                    stdout=subprocess.PIPE, stderr=stderr, stdin=subprocess.DEVNULL)
+                assert process.stdout is not None
+                files.callback(process.stdout.close)
+                ready, _, _ = select.select([process.stdout], [], [], 30)
+                line = process.stdout.readline() if ready else b""
+                if line.strip() == b"started":
+                    break
+                process.kill()
+                process.wait()
+                if line:
+                    # Not read further: the attached process may outlive lxc-attach.
+                    raise AssertionError(f"{what} printed {line!r} instead of 'started' "
+                                         f"(lxc-attach exited {process.returncode}); "
+                                         f"stderr:\n{logged()}")
+                if attempt == 3:
+                    raise AssertionError(f"{what} never started (lxc-attach exited "
+                                         f"{process.returncode}): {logged().strip()}")
+                print(f"background: {what} never started (lxc-attach exited "
+                      f"{process.returncode}: {logged().strip() or 'no message'}); retrying",
+                      file=sys.stderr)
+                time.sleep(0.2)
+            try:
+                yield process
+            except BaseException as err:
+                if (error := lxc_attach_error(logged())) is not None:
+                    err.add_note(f"lxc-attach logged meanwhile: {error}")
+                raise
+            else:
+                if (error := lxc_attach_error(logged())) is not None:
+                    raise AssertionError(f"{what} may have run unsupervised: lxc-attach "
+                                         f"logged {error}")
+            finally:
+                process.kill()
+                process.wait()
 
     def probe(self, *args: str, uid: int = 0, gid: int = 0, cwd: str | None = None) -> str:
         return self.attach("/bin/nodeprobe", *args, uid=uid, gid=gid, cwd=cwd).strip()

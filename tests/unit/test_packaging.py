@@ -47,7 +47,8 @@ def test_an_installed_package_finds_its_profiles_and_udev_rules(tmp_path: Path) 
     # Every module of the tree is in the install (setup.cfg lists subpackages by hand).
     modules = {p.relative_to(ROOT / "lxc_notify_plugin")
                for p in (ROOT / "lxc_notify_plugin").rglob("*.py")}
-    assert modules <= {p.relative_to(installed) for p in installed.rglob("*.py")}
+    missing = modules - {p.relative_to(installed) for p in installed.rglob("*.py")}
+    assert not missing, f"not installed (add their packages to setup.cfg): {sorted(missing)}"
 
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()

@@ -10,12 +10,15 @@ ROOT = Path(__file__).resolve().parent.parent.parent
 
 
 def collected(marker: str) -> list[str]:
+    # A module that fails to import is its own tests' failure, not this one's:
+    # collection goes on past it (status 1) and the selection is still checked.
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider",
-         "-m", marker, "tests"],
+         "--continue-on-collection-errors", "-m", marker, "tests"],
         cwd=ROOT, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return [line for line in result.stdout.splitlines() if "::" in line]
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr
+    return [line for line in result.stdout.splitlines()
+            if "::" in line and not line.startswith("ERROR ")]
 
 
 def test_not_kernel_and_not_lxc_selects_the_unit_tier_only() -> None:

@@ -145,13 +145,15 @@ class Daemon:
             return None
 
     def requests(self, box: Sandbox) -> dict[str, int] | None:
-        """The daemon's request counts for one container, by outcome; None if the
-        daemon gave no status or does not list the container."""
+        """The daemon's request counts for one container, by outcome: empty if it does
+        not list the container (nothing served yet), None if it gave no status."""
         status = self.status()
-        for container in (status or {}).get("containers", []):
+        if status is None:
+            return None
+        for container in status.get("containers", []):
             if container.get("name") == box.name:
                 return {str(k): int(v) for k, v in container.get("requests", {}).items()}
-        return None
+        return {}
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -175,6 +177,6 @@ class Daemon:
 def request_delta(before: dict[str, int] | None, after: dict[str, int] | None) -> str:
     """Request counts that grew between two ``Daemon.requests`` answers, as text."""
     if before is None or after is None:
-        return "unknown (lxc-notify status gave no counts for the container)"
+        return "unknown (lxc-notify status did not answer)"
     grown = {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
     return ", ".join(f"{k} {v}" for k, v in sorted(grown.items())) or "none"

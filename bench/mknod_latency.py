@@ -126,6 +126,10 @@ def main() -> int:
     emulated = medians["lxc-notify, emulated, tmpfs"]
     print(f"\ntargets: denied <= 1.3x responder ({denied / responder:.2f}x), "
           f"emulated <= 2x responder ({emulated / responder:.2f}x)")
+    unmade = [n for n in runs if "emulated" in n and made[n] != args.rounds * args.calls]
+    if unmade:
+        print(f"warning: {'; '.join(unmade)}: not every call made its node, so the daemon "
+              "did not emulate them all and those rows do not time emulation")
     print(f"vs LXD 5.0.2 measured here earlier: emulated {LXD_REFERENCE_US['emulated']} us "
           f"({LXD_REFERENCE_US['emulated'] / emulated:.0f}x slower), denied "
           f"{LXD_REFERENCE_US['denied']} us ({LXD_REFERENCE_US['denied'] / denied:.0f}x slower)")

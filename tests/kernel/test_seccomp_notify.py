@@ -106,6 +106,9 @@ def test_notification_read_validate_and_answer(tmp_path: os.PathLike[str]) -> No
         table = kernel.syscall_numbers(("mknodat",))
         assert table[(notif.data.arch, notif.data.nr)] == "mknodat"
         assert notif.pid == pid
+        # The caller's memory, as the kernel's copy_from_user reads it ...
+        assert kernel.read_task_c_string(notif.pid, notif.data.args[1]) == path
+        # ... and through /proc/PID/mem, as LXC hands it over.
         mem = os.open(f"/proc/{pid}/mem", os.O_RDONLY)
         try:
             assert kernel.read_c_string(mem, notif.data.args[1]) == path

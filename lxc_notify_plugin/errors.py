@@ -51,3 +51,15 @@ class ThreadIdentityLost(LxcNotifyError):
     It must serve nothing more: its connection is closed (LXC then answers
     ENOSYS and reconnects once).
     """
+
+
+class SupervisorFault(LxcNotifyError, OSError):
+    """A step only the daemon takes failed (setns, move_mount, its helper): the
+    supervisor's failure, not the caller's, and logged as such.  The caller
+    gets ``errno``."""
+
+    def __init__(self, step: str, cause: OSError) -> None:
+        code = cause.errno or 5  # EIO
+        OSError.__init__(self, code, f"supervisor could not {step}: {cause}")
+        self.step = step
+        self.cause = cause

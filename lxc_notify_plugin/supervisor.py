@@ -1,66 +1,32 @@
-"""The supervisor: LXC's monitors connect here, one thread answers each container.
+"""The supervisor: the daemon's life, its containers, and what admins ask of it.
 
-Each container's LXC monitor opens one SOCK_SEQPACKET connection and sends
-its notifications one at a time, waiting for each answer; so one thread per
-connection serves a container with no queueing of its own, and a slow
-request in one container never delays another.
-
-The rule every line here keeps: **every datagram gets an answer**.  A
-container task waiting on us is stuck until LXC answers the kernel, and LXC
-waits for us (up to 30 s).  Handler errors become the errno the kernel would
-give; a malformed datagram, an unknown cookie or a bug becomes an answer
-that makes LXC return ENOSYS, and is logged with the container, pid, syscall
-and notification id.  The three fds that come with each datagram are closed
-on every path.
+It owns the transports (today LXC's proxy socket, ``transport/lxc.py``), the
+one dispatcher they all hand requests to, the registry of containers it
+serves (by the cookie LXC sends), the udev watcher, and the wake pipe that
+signals turn into work on the main thread: stop, reload, status.
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
-import errno
 import json
 import logging
 import os
 import select
-import socket
-import struct
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import kernel
-from .caller import ContainerView, Request, SupervisorThread
-from .errors import ConfigError, ProtocolError, RequestGone, ThreadIdentityLost
-from .handlers import Answer, Handler, handlers
+from .dispatch import Container, Dispatcher, HostViews
+from .errors import ConfigError
 from .host.udev import HostDeviceIndex, UdevWatcher
 from .paths import Paths, atomic_write
-from .policy.effective import ContainerPolicy
-from .state import ContainerRecord, StateStore
+from .state import StateStore
 from .transport import lxc as protocol
+from .transport.lxc import LxcProxy
 
 log = logging.getLogger(__name__)
-
-_MAX_DATAGRAM = protocol.REPLY_SIZE + protocol.MAX_COOKIE + 1
-_MAX_FDS = 8  # more than LXC ever sends, so extra fds are received (and closed), not dropped
-_ANCILLARY = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
-_PEERCRED = struct.Struct("3i")
-
-# Which intercept switch each trapped syscall belongs to.
-SYSCALL_FAMILY = {"mknod": "mknod", "mknodat": "mknod"}
-
-
-@dataclass
-class Container:
-    """A container the daemon knows: its record and the policy compiled from it."""
-
-    record: ContainerRecord
-    policy: ContainerPolicy
-    stats: Counter[str] = field(default_factory=Counter)
-    connections: int = 0  # LXC monitors connected for it now
-
 
 class ContainerRegistry:
     """cookie -> Container, read from the state directory when a cookie is new."""
@@ -158,45 +124,29 @@ class Supervisor:
         self.proc_root = proc_root
         self.sizes = kernel.notif_sizes()
         kernel.check_struct_sizes(self.sizes)
-        self.syscalls = kernel.syscall_numbers(tuple(SYSCALL_FAMILY))
-        self.handlers: dict[str, Handler] = handlers()
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
-        self._listener: socket.socket | None = None
-        self._reloads = 0
         self.host_devices = HostDeviceIndex()
+        self.dispatcher = Dispatcher(HostViews(devices=self.host_devices))
+        self.lxc = LxcProxy(paths.socket, self.dispatcher, self.registry.lookup, self.sizes,
+                            proc_root)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self._reloads = 0
         self._udev = UdevWatcher(self.host_devices, paths.udev_control)
-        self._threads: dict[threading.Thread, socket.socket] = {}
-        self._threads_lock = threading.Lock()
+        self._bound = False
 
     # --- lifecycle ------------------------------------------------------------------
 
     def bind(self) -> None:
-        path = self.paths.socket
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path.parent, 0o700)
-        if path.exists():
-            if _socket_answers(path):
-                raise OSError(errno.EADDRINUSE, f"a supervisor already listens on {path}")
-            path.unlink()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-        try:
-            sock.bind(str(path))
-            os.chmod(path, 0o600)
-            sock.listen(64)
-        except BaseException:
-            sock.close()
-            raise
-        self._listener = sock
+        self.lxc.bind()
+        self._bound = True
         atomic_write(self.paths.pid_file, f"{os.getpid()}\n", mode=0o644)
-        log.info("listening on %s (pid %d)", path, os.getpid())
+        log.info("listening on %s (pid %d)", self.paths.socket, os.getpid())
 
     def serve(self) -> None:
         """Accept connections until stop(); then wait for every connection thread."""
-        if self._listener is None:
+        if not self._bound:
             self.bind()
-        assert self._listener is not None
         poller = select.poll()
-        poller.register(self._listener, select.POLLIN)
+        poller.register(self.lxc.fileno(), select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         try:
             self._udev.start()
@@ -211,27 +161,12 @@ class Supervisor:
                     if b"s" in wanted:
                         self._write_status()
                     continue
-                try:
-                    conn, _ = self._listener.accept()
-                except OSError as err:
-                    log.warning("accept failed: %s", err)
-                    continue
-                self._admit(conn)
+                self.lxc.accept()
         finally:
-            self._listener.close()
-            self.paths.socket.unlink(missing_ok=True)
+            self.lxc.close()
             self.paths.pid_file.unlink(missing_ok=True)
             self.paths.reload_file.unlink(missing_ok=True)
             self.paths.status_file.unlink(missing_ok=True)
-            with self._threads_lock:
-                threads = list(self._threads.items())
-            for _, conn in threads:
-                # Wakes the thread's blocking receive with EOF; a request being
-                # handled is finished and answered first.
-                with contextlib.suppress(OSError):
-                    conn.shutdown(socket.SHUT_RD)
-            for thread, _ in threads:
-                thread.join()
             self._udev.stop()
             os.close(self._wake_r)
             os.close(self._wake_w)
@@ -284,180 +219,3 @@ class Supervisor:
         """Ask serve() to finish (signal-safe); serve() then ends every connection."""
         with contextlib.suppress(OSError):  # already stopping: the pipe may be closed
             os.write(self._wake_w, b"x")
-
-    def _admit(self, conn: socket.socket) -> None:
-        pid, uid, _ = _PEERCRED.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-        if uid != 0:
-            log.warning("refused a connection from pid %d uid %d: only root's LXC may connect",
-                        pid, uid)
-            conn.close()
-            return
-        thread = threading.Thread(target=self._serve_connection, args=(conn, pid),
-                                  name=f"lxc-notify-conn-{pid}")
-        with self._threads_lock:
-            self._threads[thread] = conn
-        thread.start()
-
-    # --- one connection: one container ------------------------------------------------
-
-    def _serve_connection(self, conn: socket.socket, peer_pid: int) -> None:
-        session = _Session(peer_pid)
-        try:
-            session.thread = SupervisorThread()
-            while True:
-                # Blocking receive, no poll: stop() shuts the socket down, which
-                # ends this receive with EOF; one syscall less per notification.
-                datagram, fds, flags = _receive(conn)
-                try:
-                    if not datagram and not fds:
-                        break  # the monitor closed: the container stopped
-                    reply = self._answer(datagram, fds, flags, session)
-                finally:
-                    for fd in fds:
-                        os.close(fd)
-                conn.send(reply)
-                if session.broken:
-                    log.critical("%s: closing the connection: this thread's identity is "
-                                 "not its own any more", session.label)
-                    break
-        except OSError as err:
-            # The monitor went away mid-exchange: normal when a container stops.
-            log.debug("%s: connection ended: %s", session.label, err)
-        except Exception:
-            log.exception("%s: connection thread failed", session.label)
-        finally:
-            conn.close()
-            if session.thread is not None:
-                session.thread.close()
-            # A connection that never named a container is a liveness probe
-            # (lxc-notify start, tests): not worth an info line.
-            log.log(logging.INFO if session.container else logging.DEBUG,
-                    "%s: disconnected (%s)", session.label, _format_stats(session))
-            if session.container is not None:
-                session.container.connections -= 1
-            with self._threads_lock:
-                self._threads.pop(threading.current_thread(), None)
-
-    def _answer(self, datagram: bytes, fds: list[int], flags: int, session: _Session) -> bytes:
-        """The reply for one datagram.  Never raises: every datagram gets an answer."""
-        try:
-            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-                raise ProtocolError("datagram or its fds were truncated")
-            notification = protocol.parse(datagram, len(fds), self.sizes)
-        except ProtocolError as err:
-            log.warning("%s: malformed datagram refused (caller gets ENOSYS): %s",
-                        session.label, err)
-            return protocol.UNPARSEABLE_REPLY
-        try:
-            answer = self._dispatch(notification, fds, session)
-        except Exception as err:
-            log.exception("%s: pid %d, notification %#x: supervisor error (caller gets ENOSYS)",
-                          session.label, notification.pid, notification.notif_id)
-            session.broken = isinstance(err, ThreadIdentityLost)
-            answer = Answer(error=errno.ENOSYS)
-        if answer.let_kernel_decide:
-            return notification.reply(flags=kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE)
-        return notification.reply(error=answer.error, val=answer.val)
-
-    def _dispatch(self, notification: protocol.Notification, fds: list[int],
-                  session: _Session) -> Answer:
-        container = session.bind(notification.cookie, self.registry)
-        if container is None:
-            log.warning("%s: unknown cookie refused (pid %d gets ENOSYS)", session.label,
-                        notification.pid)
-            return Answer(error=errno.ENOSYS)
-        policy = container.policy  # once: a reload may swap it meanwhile
-        syscall = self.syscalls.get((notification.arch, notification.nr))
-        if syscall is None or not policy.intercepts(SYSCALL_FAMILY[syscall]):
-            # An arch or call we do not handle: the kernel decides, never a guess.
-            container.stats["kernel"] += 1
-            return Answer(let_kernel_decide=True)
-        view = session.view(container.record.name, notification.init_pid, self.proc_root)
-        request = Request(notification, syscall, view, fds[0], fds[1], fds[2],
-                          self.host_devices)
-        assert session.thread is not None
-        try:
-            answer = self.handlers[syscall](request, session.thread, policy)
-        except RequestGone as gone:
-            log.debug("%s", gone)
-            container.stats["gone"] += 1
-            return Answer(error=errno.ESRCH)
-        except OSError as err:
-            if err.errno == errno.ESRCH:  # /proc/PID of a task that just died
-                container.stats["gone"] += 1
-            else:
-                container.stats["errno"] += 1  # the caller got an error, as from the kernel
-            log.debug("%s: pid %d %s -> %s", container.record.name, notification.pid, syscall,
-                      errno.errorcode.get(err.errno or 0, err.errno))
-            return Answer(error=err.errno or errno.EIO)
-        outcome = "kernel" if answer.let_kernel_decide else "done"
-        container.stats[outcome] += 1
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("%s: pid %d %s -> %s", container.record.name, notification.pid, syscall,
-                      outcome)
-        return answer
-
-
-class _Session:
-    """What one connection has learned: which container it serves, and its view."""
-
-    def __init__(self, peer_pid: int) -> None:
-        self.peer_pid = peer_pid
-        self.container: Container | None = None
-        self.thread: SupervisorThread | None = None
-        self._view: ContainerView | None = None
-        self.broken = False
-
-    @property
-    def label(self) -> str:
-        if self.container is not None:
-            return f"container {self.container.record.name}"
-        return f"monitor pid {self.peer_pid}"
-
-    def bind(self, cookie: bytes, registry: ContainerRegistry) -> Container | None:
-        if self.container is not None:
-            expected = self.container.record.cookie.encode()
-            return self.container if protocol.cookie_matches(cookie, expected) else None
-        self.container = registry.lookup(cookie)
-        if self.container is not None:
-            self.container.connections += 1
-            log.info("%s: connected (monitor pid %d)", self.label, self.peer_pid)
-        return self.container
-
-    def view(self, name: str, init_pid: int, proc_root: str) -> ContainerView:
-        if self._view is None or self._view.init_pid != init_pid:
-            try:
-                self._view = ContainerView.read(name, init_pid, proc_root)
-            except FileNotFoundError as err:
-                raise OSError(errno.ESRCH, f"container init {init_pid} is gone") from err
-        return self._view
-
-
-def _receive(conn: socket.socket) -> tuple[bytes, list[int], int]:
-    datagram, ancillary, flags, _ = conn.recvmsg(_MAX_DATAGRAM, _ANCILLARY,
-                                                 socket.MSG_CMSG_CLOEXEC)
-    fds: list[int] = []
-    for level, kind, data in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            usable = len(data) - len(data) % array.array("i").itemsize
-            fds.extend(array.array("i", data[:usable]))
-    return datagram, fds, flags
-
-
-def _socket_answers(path: Path) -> bool:
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    try:
-        probe.connect(str(path))
-        return True
-    except OSError:
-        return False
-    finally:
-        probe.close()
-
-
-def _format_stats(session: _Session) -> str:
-    if session.container is None:
-        return "no requests"
-    stats = session.container.stats
-    return ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "no requests"

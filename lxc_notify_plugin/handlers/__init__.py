@@ -1,35 +1,42 @@
-"""One module per intercepted syscall; this table maps syscall names to handlers.
+"""Handlers: the effect of each syscall family, one module each.
 
-A handler gets the request, the supervisor thread it runs on and the
-container's policy, and returns an Answer.  It raises OSError with the errno
-the kernel would give; the supervisor turns that into the reply.
+A handler module has the name of its family's policy module
+(``policy/mknod.py`` -> ``handlers/mknod.py``) and defines
+``handle(call: Call) -> Answer``.  It raises OSError with the errno the
+kernel would give; the dispatcher turns that into the answer.  The registry
+here pairs every family declared in ``policy/`` with its handler, so nothing
+else lists them.
 """
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
-from ..caller import Request, SupervisorThread
-from ..policy.effective import ContainerPolicy
+from ..policy.families import Family, built
+from ..request import Answer
 
-
-@dataclass(frozen=True, slots=True)
-class Answer:
-    """What the caller's syscall returns: ``val``, ``-error``, or the kernel's own result."""
-
-    val: int = 0
-    error: int = 0
-    let_kernel_decide: bool = False  # SECCOMP_USER_NOTIF_FLAG_CONTINUE
+# A handler takes a dispatch.Call; typed loosely here so that this module stays
+# importable from policy-level code without the dispatcher.
+Handle = Callable[..., Answer]
 
 
-DONE = Answer()
-KERNEL_DECIDES = Answer(let_kernel_decide=True)
+@dataclass(frozen=True)
+class Registered:
+    family: Family
+    handle: Handle
 
-Handler = Callable[[Request, SupervisorThread, ContainerPolicy], Answer]
 
-
-def handlers() -> dict[str, Handler]:
-    from . import mknod
-
-    return {"mknod": mknod.handle, "mknodat": mknod.handle}
+@cache
+def registry() -> dict[str, Registered]:
+    """family name -> its declaration and its handler, for every built family."""
+    found = {}
+    for name, family in built().items():
+        module = importlib.import_module(f"{__name__}.{name}")
+        handle = getattr(module, "handle", None)
+        if not callable(handle):
+            raise RuntimeError(f"{module.__name__} has no handle(call) for family {name!r}")
+        found[name] = Registered(family, handle)
+    return found

@@ -75,6 +75,8 @@ class Signature:
 LIBC: Final[Mapping[str, Signature]] = {
     # int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *buf);
     "statx": Signature(c_int, (c_int, c_char_p, c_int, c_uint, c_void_p)),
+    # int fstatfs(int fd, struct statfs *buf);
+    "fstatfs": Signature(c_int, (c_int, c_void_p)),
     # int setfsuid(uid_t fsuid);  returns the previous fsuid; never -1/errno
     "setfsuid": Signature(c_int, (c_uint32,), None),
     # int setfsgid(gid_t fsgid);  likewise

@@ -34,7 +34,7 @@ __all__ = [
     "statx_struct", "STATX_TYPE", "STATX_MODE", "STATX_NLINK", "STATX_UID", "STATX_GID",
     "STATX_ATIME", "STATX_MTIME", "STATX_CTIME", "STATX_INO", "STATX_SIZE", "STATX_BLOCKS",
     "STATX_BASIC_STATS", "STATX_BTIME", "STATX_MNT_ID", "STATX_DIOALIGN", "STATX_MNT_ID_UNIQUE",
-    "STATX_SUBVOL", "FileIdentity", "file_identity"
+    "STATX_SUBVOL", "FileIdentity", "file_identity", "statfs", "fs_type", "FUSE_SUPER_MAGIC"
 ]
 
 AT_FDCWD: Final = -100
@@ -68,6 +68,7 @@ RESOLVE_CACHED: Final = 0x20
 
 _openat2 = _ctypeslib.syscall("openat2")
 _statx = _ctypeslib.function("statx")
+_fstatfs = _ctypeslib.function("fstatfs")
 
 
 def openat2(dir_fd: int, path: bytes, flags: int, resolve: int, mode: int = 0) -> int:
@@ -173,3 +174,31 @@ def file_identity(fd: int) -> FileIdentity:
            ctypes.byref(buf))
     return FileIdentity(int(buf.stx_uid), int(buf.stx_gid), int(buf.stx_mnt_id),
                         bool(buf.stx_mask & STATX_MNT_ID_UNIQUE))
+
+
+class statfs(ctypes.Structure):
+    """struct statfs (x86_64 and aarch64, <bits/statfs.h>) {
+        __fsword_t f_type; __fsword_t f_bsize;
+        fsblkcnt_t f_blocks, f_bfree, f_bavail; fsfilcnt_t f_files, f_ffree;
+        fsid_t f_fsid; __fsword_t f_namelen, f_frsize, f_flags, f_spare[4];
+    };  120 bytes.  Python's os.fstatvfs has no f_type."""
+
+    _fields_ = [
+        ("f_type", ctypes.c_long), ("f_bsize", ctypes.c_long),
+        ("f_blocks", ctypes.c_uint64), ("f_bfree", ctypes.c_uint64),
+        ("f_bavail", ctypes.c_uint64), ("f_files", ctypes.c_uint64),
+        ("f_ffree", ctypes.c_uint64), ("f_fsid", ctypes.c_int * 2),
+        ("f_namelen", ctypes.c_long), ("f_frsize", ctypes.c_long), ("f_flags", ctypes.c_long),
+        ("f_spare", ctypes.c_long * 4),
+    ]
+
+
+FUSE_SUPER_MAGIC: Final = 0x65735546  # include/uapi/linux/magic.h
+
+
+def fs_type(fd: int) -> int:
+    """The filesystem magic of the file ``fd`` (``statfs.f_type``).  FUSE answers
+    this even to a task it refuses everything else."""
+    buf = statfs()
+    _fstatfs(fd, ctypes.byref(buf))
+    return int(buf.f_type) & 0xFFFFFFFF

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from ..errors import ConfigError
 from . import keys as lxd
+from .families import LXD_FAMILIES
 from .mknod import DevicePolicy
 from .profile import KERNEL, MountPolicy, Profile
 
@@ -38,7 +39,7 @@ class ContainerPolicy:
         sources = dict(profile.sources)
         settings: list[Setting] = []
         intercept = set(profile.intercept)
-        for family in ("mknod", "setxattr", "mount", "sysinfo", "sched_setscheduler", "bpf"):
+        for family in LXD_FAMILIES:
             key = lxd.PREFIX + family
             if key in config:
                 on = config[key] == "true"

@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import ConfigError
-from .profile import BUILT_HANDLERS, check_fs_name
+from .families import built
+from .profile import check_fs_name
 
 PREFIX = "security.syscalls.intercept."
 _TRUE = ("true", "1", "yes", "on")
@@ -96,7 +97,7 @@ def normalize(key: str, value: str, file: str) -> str:
 def check_buildable(key: str, value: str, file: str) -> None:
     """Refuse a key whose handler this build lacks (unless it turns that off)."""
     key_spec = spec(key, file)
-    if key_spec.family in BUILT_HANDLERS:
+    if key_spec.family in built():
         return
     if key_spec.kind == "bool" and value == "false":
         return

@@ -15,41 +15,16 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
-from dataclasses import dataclass
 
 import pyseccomp
 
 from ..errors import ConfigError
 from .effective import ContainerPolicy
+from .families import built
+from .filter import EQ, MASKED_EQ, NE, ArgMatch, Rule
 
-_S_IFMT = 0o170000  # stat.S_IFMT is a function in Python, the mask is this
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
-
-
-@dataclass(frozen=True)
-class ArgMatch:
-    """[index,value,SCMP_CMP_MASKED_EQ,mask]: (args[index] & mask) == value."""
-
-    index: int
-    value: int
-    mask: int
-
-    def text(self) -> str:
-        return f"[{self.index},{self.value},SCMP_CMP_MASKED_EQ,{self.mask}]"
-
-
-@dataclass(frozen=True)
-class Rule:
-    syscall: str
-    errno_value: int | None  # None: notify the supervisor
-    args: tuple[ArgMatch, ...] = ()
-
-    def text(self) -> str:
-        action = "notify" if self.errno_value is None else f"errno {self.errno_value}"
-        return " ".join([self.syscall, action, *(a.text() for a in self.args)])
-
 
 # LXC's /usr/share/lxc/config/common.seccomp, which a container that sets its
 # own lxc.seccomp.profile would otherwise lose.
@@ -59,19 +34,16 @@ _LXC_DEFAULT_DENY = tuple(Rule(name, errno.EPERM) for name in (
 # A filter with a listener cannot be stacked under ours (the kernel says EBUSY);
 # answering in the filter keeps the request away from us and the kernel alike.
 _NO_NESTED_LISTENER = Rule("seccomp", errno.EBUSY, (
-    ArgMatch(0, SECCOMP_SET_MODE_FILTER, 0xFFFFFFFF),
-    ArgMatch(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, SECCOMP_FILTER_FLAG_NEW_LISTENER)))
-
-# (syscall, index of the mode argument) for every entry point of mknod.
-_MKNOD_ENTRY_POINTS = (("mknod", 1), ("mknodat", 2))
+    ArgMatch(0, SECCOMP_SET_MODE_FILTER, mask=0xFFFFFFFF),
+    ArgMatch(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, mask=SECCOMP_FILTER_FLAG_NEW_LISTENER)))
 
 
 def rules(policy: ContainerPolicy) -> list[Rule]:
+    """LXC's defaults, then each intercepted family's own rules."""
     found = [*_LXC_DEFAULT_DENY, _NO_NESTED_LISTENER]
-    if policy.intercepts("mknod"):
-        for syscall, mode_arg in _MKNOD_ENTRY_POINTS:
-            for node_type in (stat.S_IFCHR, stat.S_IFBLK):
-                found.append(Rule(syscall, None, (ArgMatch(mode_arg, node_type, _S_IFMT),)))
+    for family in built().values():
+        if policy.intercepts(family.name):
+            found += family.filter_rules(policy)
     return found
 
 
@@ -96,9 +68,16 @@ def check_with_libseccomp(policy: ContainerPolicy) -> None:
     for rule in rules(policy):
         action = pyseccomp.NOTIFY if rule.errno_value is None else pyseccomp.ERRNO(
             rule.errno_value)
-        args = [pyseccomp.Arg(a.index, pyseccomp.MASKED_EQ, a.mask, a.value) for a in rule.args]
+        args = [_libseccomp_arg(a) for a in rule.args]
         try:
             filt.add_rule(action, rule.syscall, *args)
         except (OSError, ValueError, RuntimeError) as err:
             raise ConfigError(policy.profile.source, f"rule {rule.text()!r}",
                               f"libseccomp refuses it: {err}") from err
+
+
+def _libseccomp_arg(match: ArgMatch) -> pyseccomp.Arg:
+    if match.op == MASKED_EQ:
+        return pyseccomp.Arg(match.index, pyseccomp.MASKED_EQ, match.mask, match.value)
+    op = {NE: pyseccomp.NE, EQ: pyseccomp.EQ}[match.op]
+    return pyseccomp.Arg(match.index, op, match.value)

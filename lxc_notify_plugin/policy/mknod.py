@@ -1,13 +1,27 @@
-"""Device decisions: may this container have the supervisor create this node?"""
+"""The mknod family: which device nodes a container may have the supervisor create.
+
+Declares the family (``mknod`` and ``mknodat``), its filter rules and the
+decision for one node.  The filter sends us character and block nodes only,
+and never the overlay whiteout (``c 0:0``), which the kernel itself lets an
+unprivileged caller make: FIFOs, sockets, regular files and whiteouts never
+leave the kernel.  Everything else the profile might refuse stays trapped,
+since a reload or a udev event can allow it while the container runs.
+"""
 
 from __future__ import annotations
 
 import fnmatch
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+from .families import Family
+from .filter import NE, ArgMatch, Rule
 from .profile import DeviceRule, Profile, UdevRule
+
+if TYPE_CHECKING:
+    from .effective import ContainerPolicy
 
 # The overlayfs whiteout.  Since Linux 5.8 the kernel itself lets an
 # unprivileged caller create it, so it never needs emulating.
@@ -120,3 +134,24 @@ def mknod_rules(policy: DevicePolicy, kind: str, major: int, minor: int,
     if (kind, major, minor) == WHITEOUT:
         return None
     return policy.candidates(kind, major, minor, host)
+
+
+_S_IFMT = 0o170000  # stat.S_IFMT is a function in Python, the mask is this
+# (syscall, index of its mode argument, index of its dev argument)
+_ENTRY_POINTS = (("mknod", 1, 2), ("mknodat", 2, 3))
+
+
+def filter_rules(policy: ContainerPolicy) -> tuple[Rule, ...]:
+    """Notify for character and block nodes whose dev is not 0.
+
+    ``dev != 0`` compares all 64 bits of the register while the kernel reads
+    32: garbage above them only ever makes us see a call (which we decode as
+    the kernel does), never lets one past us.
+    """
+    return tuple(Rule(syscall, None, (ArgMatch(mode_arg, node_type, mask=_S_IFMT),
+                                      ArgMatch(dev_arg, 0, NE)))
+                 for syscall, mode_arg, dev_arg in _ENTRY_POINTS
+                 for node_type in (stat.S_IFCHR, stat.S_IFBLK))
+
+
+FAMILY = Family("mknod", tuple(syscall for syscall, _, _ in _ENTRY_POINTS), filter_rules)

@@ -28,10 +28,7 @@ else:  # pragma: no cover - Debian 12's interpreter has tomllib
     import tomli as tomllib
 
 from ..errors import ConfigError
-
-# Every syscall family a profile may name, and those this build can handle.
-SYSCALL_FAMILIES = ("mknod", "setxattr", "mount", "sysinfo", "sched_setscheduler", "bpf")
-BUILT_HANDLERS = frozenset({"mknod"})
+from .families import LXD_FAMILIES, built
 
 _MAX_MAJOR = (1 << 12) - 1  # the kernel's 32-bit dev_t: 12-bit major, 20-bit minor
 _MAX_MINOR = (1 << 20) - 1
@@ -271,11 +268,11 @@ def parse_layer(text: str, file: str) -> ProfileLayer:
         description = _want(description, str, file, "description")
     extends = _strings(data.get("extends", []), file, "extends")
     intercept_table = _want(data.get("intercept", {}), dict, file, "intercept")
-    _check_keys(intercept_table, set(SYSCALL_FAMILIES), file, "intercept.")
+    _check_keys(intercept_table, set(LXD_FAMILIES), file, "intercept.")
     intercept = tuple((k, _want(v, bool, file, f"intercept.{k}"))
                       for k, v in intercept_table.items())
     for family, on in intercept:
-        if on and family not in BUILT_HANDLERS:
+        if on and family not in built():
             raise ConfigError(file, f"intercept.{family}",
                               f"this build has no {family} handler yet: it cannot be intercepted")
     device_entries = _want(data.get("devices", []), list, file, "devices")
@@ -291,7 +288,7 @@ def parse_layer(text: str, file: str) -> ProfileLayer:
             raise ConfigError(file, "xattr.allowed", f"{pattern!r} is not an xattr name or "
                                                      "pattern (namespace.name, * allowed)")
     deny_table = _want(data.get("deny", {}), dict, file, "deny")
-    _check_keys(deny_table, set(SYSCALL_FAMILIES), file, "deny.")
+    _check_keys(deny_table, set(LXD_FAMILIES), file, "deny.")
     deny = tuple((k, _deny_answer(v, file, f"deny.{k}")) for k, v in deny_table.items())
     return ProfileLayer(name, file, description, extends, intercept, devices, mount, xattrs,
                         deny, udev)

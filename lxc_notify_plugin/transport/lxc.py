@@ -1,4 +1,7 @@
-"""LXC's seccomp proxy protocol (``lxc.seccomp.notify.proxy``), as LXC 5.0 speaks it.
+"""LXC's transport: the seccomp proxy (``lxc.seccomp.notify.proxy``), as LXC 5.0 speaks it.
+
+Everything specific to LXC is here: the datagram, the reply bytes, the
+cookie that names a container, the monitor connections.
 
 Per notification the container's monitor sends one SOCK_SEQPACKET datagram in
 native byte order::
@@ -23,13 +26,29 @@ datagram we cannot trust.
 
 from __future__ import annotations
 
+import array
+import contextlib
+import errno
 import hmac
+import logging
+import os
+import socket
 import struct
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Final
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
 
 from ..errors import ProtocolError
-from ..kernel import NotifSizes
+from ..kernel.seccomp import SECCOMP_USER_NOTIF_FLAG_CONTINUE, NotifSizes
+from ..request import Notice
+
+if TYPE_CHECKING:
+    from ..caller.thread import CallerThread
+    from ..dispatch import Container, Dispatcher
+
+log = logging.getLogger(__name__)
 
 _HEADER_AND_NOTIF: Final = struct.Struct("=QiiHHHxxQ" "QIIiIQ6Q")
 _RESP: Final = struct.Struct("=QqiI")
@@ -116,3 +135,219 @@ def unpack_reply(reply: bytes) -> tuple[int, int, int, int]:
         raise ProtocolError(f"reply of {len(reply)} bytes")
     notif_id, val, error, flags = _RESP.unpack_from(reply, RESP_OFFSET)
     return notif_id, val, error, flags
+
+
+# --- serving LXC's monitors ----------------------------------------------------------------
+
+_MAX_DATAGRAM: Final = REPLY_SIZE + MAX_COOKIE + 1
+_MAX_FDS: Final = 8  # more than LXC ever sends: extra fds are received (and closed), not dropped
+_ANCILLARY: Final = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
+_PEERCRED: Final = struct.Struct("3i")
+
+Lookup = Callable[[bytes], "Container | None"]
+
+
+class LxcProxy:
+    """The socket LXC's monitors connect to; one thread answers each connection.
+
+    Each container's monitor opens one SOCK_SEQPACKET connection and sends its
+    notifications one at a time, waiting for each answer; so one thread per
+    connection serves a container with no queueing of its own, and a slow
+    request in one container never delays another.
+
+    The rule every line here keeps: **every datagram gets an answer**.  A
+    malformed datagram or an unknown cookie gets one LXC turns into ENOSYS,
+    logged; everything else is the dispatcher's answer.  The three fds that
+    come with each datagram are closed on every path.  A connection thread
+    blocks in recvmsg (no poll: one syscall less per notification) and is
+    stopped by shutting its socket down, which ends that receive with EOF.
+    """
+
+    def __init__(self, path: Path, dispatcher: Dispatcher, lookup: Lookup, sizes: NotifSizes,
+                 proc_root: str = "/proc") -> None:
+        self.path = path
+        self.dispatcher = dispatcher
+        self.lookup = lookup
+        self.sizes = sizes
+        self.proc_root = proc_root
+        self.sock: socket.socket | None = None
+        self._threads: dict[threading.Thread, socket.socket] = {}
+        self._lock = threading.Lock()
+
+    def bind(self) -> None:
+        path = self.path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(path.parent, 0o700)
+        if path.exists():
+            if socket_answers(path):
+                raise OSError(errno.EADDRINUSE, f"a supervisor already listens on {path}")
+            path.unlink()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        try:
+            sock.bind(str(path))
+            os.chmod(path, 0o600)
+            sock.listen(64)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def fileno(self) -> int:
+        assert self.sock is not None
+        return self.sock.fileno()
+
+    def accept(self) -> None:
+        """Take one connection (the socket is readable); root's only."""
+        assert self.sock is not None
+        try:
+            conn, _ = self.sock.accept()
+        except OSError as err:
+            log.warning("accept failed: %s", err)
+            return
+        pid, uid, _ = _PEERCRED.unpack(
+            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+        if uid != 0:
+            log.warning("refused a connection from pid %d uid %d: only root's LXC may connect",
+                        pid, uid)
+            conn.close()
+            return
+        thread = threading.Thread(target=self._serve_connection, args=(conn, pid),
+                                  name=f"lxc-notify-conn-{pid}")
+        with self._lock:
+            self._threads[thread] = conn
+        thread.start()
+
+    def close(self) -> None:
+        """Stop accepting, end every connection (a request being handled is
+        finished and answered first) and wait for their threads."""
+        if self.sock is not None:
+            self.sock.close()
+            self.path.unlink(missing_ok=True)
+        with self._lock:
+            threads = list(self._threads.items())
+        for _, conn in threads:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RD)
+        for thread, _ in threads:
+            thread.join()
+
+    def _serve_connection(self, conn: socket.socket, peer_pid: int) -> None:
+        from ..caller.thread import CallerThread  # not needed to parse a datagram
+
+        session = _Session(peer_pid)
+        caller: CallerThread | None = None
+        try:
+            caller = CallerThread(self.proc_root)
+            while True:
+                datagram, fds, flags = _receive(conn)
+                try:
+                    if not datagram and not fds:
+                        break  # the monitor closed: the container stopped
+                    reply = self._reply(datagram, fds, flags, session, caller)
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                conn.send(reply)
+                if caller.broken:
+                    log.critical("%s: closing the connection: this thread's identity is "
+                                 "not its own any more", session.label)
+                    break
+        except OSError as err:
+            # The monitor went away mid-exchange: normal when a container stops.
+            log.debug("%s: connection ended: %s", session.label, err)
+        except Exception:
+            log.exception("%s: connection thread failed", session.label)
+        finally:
+            conn.close()
+            if caller is not None:
+                caller.close()
+            # A connection that never named a container is a liveness probe
+            # (lxc-notify start, tests): not worth an info line.
+            log.log(logging.INFO if session.container else logging.DEBUG,
+                    "%s: disconnected (%s)", session.label, session.stats())
+            if session.container is not None:
+                session.container.connections -= 1
+            with self._lock:
+                self._threads.pop(threading.current_thread(), None)
+
+    def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
+               caller: CallerThread) -> bytes:
+        """The reply for one datagram.  Never raises: every datagram gets an answer."""
+        try:
+            if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+                raise ProtocolError("datagram or its fds were truncated")
+            notification = parse(datagram, len(fds), self.sizes)
+        except ProtocolError as err:
+            log.warning("%s: malformed datagram refused (caller gets ENOSYS): %s",
+                        session.label, err)
+            return UNPARSEABLE_REPLY
+        try:
+            container = session.bind(notification.cookie, self.lookup)
+        except Exception:
+            log.exception("%s: container lookup failed (caller gets ENOSYS)", session.label)
+            container = None
+        if container is None:
+            log.warning("%s: unknown cookie refused (pid %d gets ENOSYS)", session.label,
+                        notification.pid)
+            return notification.reply(error=errno.ENOSYS)
+        notice = Notice(notification.notif_id, notification.pid, notification.arch,
+                        notification.nr, notification.args)
+        answer = self.dispatcher.answer(container, notice, caller, notification.init_pid,
+                                        listener_fd=fds[2], proc_fd=fds[0])
+        if answer.let_kernel_decide:
+            return notification.reply(flags=SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+        return notification.reply(error=answer.error, val=answer.val)
+
+
+class _Session:
+    """What one connection has learned: which container it serves."""
+
+    def __init__(self, peer_pid: int) -> None:
+        self.peer_pid = peer_pid
+        self.container: Container | None = None
+
+    @property
+    def label(self) -> str:
+        if self.container is not None:
+            return f"container {self.container.name}"
+        return f"monitor pid {self.peer_pid}"
+
+    def bind(self, cookie: bytes, lookup: Lookup) -> Container | None:
+        """The container this connection serves; one cookie per connection."""
+        if self.container is not None:
+            expected = self.container.record.cookie.encode()
+            return self.container if cookie_matches(cookie, expected) else None
+        self.container = lookup(cookie)
+        if self.container is not None:
+            self.container.connections += 1
+            log.info("%s: connected (monitor pid %d)", self.label, self.peer_pid)
+        return self.container
+
+    def stats(self) -> str:
+        if self.container is None:
+            return "no requests"
+        stats = self.container.stats
+        return ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "no requests"
+
+
+def _receive(conn: socket.socket) -> tuple[bytes, list[int], int]:
+    datagram, ancillary, flags, _ = conn.recvmsg(_MAX_DATAGRAM, _ANCILLARY,
+                                                 socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            usable = len(data) - len(data) % array.array("i").itemsize
+            fds.extend(array.array("i", data[:usable]))
+    return datagram, fds, flags
+
+
+def socket_answers(path: Path) -> bool:
+    """Whether a daemon listens on ``path`` (a second one must not take it over)."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    try:
+        probe.connect(str(path))
+        return True
+    except OSError:
+        return False
+    finally:
+        probe.close()

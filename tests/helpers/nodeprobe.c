@@ -13,7 +13,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <signal.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
 #include <time.h>
@@ -81,6 +85,66 @@ static int mknod32(const char *path, mode_t mode, unsigned dev) {
     return 0;
 }
 
+/* The i386 entry point with garbage in the upper halves of the 64-bit
+ * registers: an i386 call is 32 bits wide, whatever the registers hold. */
+static int mknod32hi(const char *path, mode_t mode, unsigned dev) {
+    long rc;
+    unsigned long garbage = 0xdead000000000000UL;
+    snprintf(path32, sizeof path32, "%s", path);
+    __asm__ volatile("int $0x80" : "=a"(rc)
+                     : "a"(14), "b"(garbage | (unsigned long)path32), "c"(garbage | mode),
+                       "d"(garbage | dev)
+                     : "memory");
+    if (rc < 0) {
+        errno = -rc;
+        return -1;
+    }
+    return 0;
+}
+
+/* A path the caller cannot read: it starts on a PROT_NONE page. */
+static int protnone(mode_t type, unsigned maj, unsigned min) {
+    long page = sysconf(_SC_PAGESIZE);
+    char *p = mmap(NULL, page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return 2;
+    snprintf(p, page, "/tmp/protnone-%d", getpid());
+    if (mprotect(p, page, PROT_NONE) < 0) return 2;
+    int rc = mknod(p, type | 0600, makedev(maj, min));
+    mprotect(p, page, PROT_READ);
+    if (rc == 0) unlink(p);
+    return result(rc);
+}
+
+static volatile sig_atomic_t ticks;
+static void tick(int sig) { (void)sig; ticks++; }
+
+/* restart N PATH MAJ MIN: N mknod calls under a 2 ms SA_RESTART timer (as Go's
+ * preemption signal does); prints "calls N ok K eexist E other O signals S". */
+static int restart(int n, const char *path, unsigned maj, unsigned min) {
+    struct sigaction sa = {0};
+    sa.sa_handler = tick;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGALRM, &sa, NULL);
+    struct itimerval every = {{0, 2000}, {0, 2000}};
+    setitimer(ITIMER_REAL, &every, NULL);
+    int ok = 0, eexist = 0, other = 0;
+    for (int i = 0; i < n; i++) {
+        if (mknod(path, S_IFCHR | 0600, makedev(maj, min)) == 0) {
+            ok++;
+            unlink(path);
+        } else if (errno == EEXIST) {
+            eexist++;
+            unlink(path);
+        } else {
+            other++;
+        }
+    }
+    struct itimerval off = {{0, 0}, {0, 0}};
+    setitimer(ITIMER_REAL, &off, NULL);
+    printf("calls %d ok %d eexist %d other %d signals %d\n", n, ok, eexist, other, (int)ticks);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) goto usage;
     const char *cmd = argv[1];
@@ -105,6 +169,25 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "mknod32") && argc >= 5)
         return result(mknod32(argv[2], S_IFCHR | 0666, makedev(num(argv[3], 10), num(argv[4], 10))));
+    if (!strcmp(cmd, "mknod32hi") && argc >= 6)
+        /* mknod32hi PATH TYPE MAJ MIN */
+        return result(mknod32hi(argv[2], node_type(argv[3]),
+                                makedev(num(argv[4], 10), num(argv[5], 10))));
+    if (!strcmp(cmd, "protnone") && argc >= 5)
+        /* protnone TYPE MAJ MIN */
+        return protnone(node_type(argv[2]), num(argv[3], 10), num(argv[4], 10));
+    if (!strcmp(cmd, "restart") && argc >= 6)
+        return restart(num(argv[2], 10), argv[3], num(argv[4], 10), num(argv[5], 10));
+    if (!strcmp(cmd, "groups") && argc >= 7) {
+        /* groups N PATH TYPE MAJ MIN: take N supplementary groups (1..N), then mknod */
+        int n = num(argv[2], 10);
+        gid_t *list = calloc(n, sizeof(gid_t));
+        if (!list) return 2;
+        for (int i = 0; i < n; i++) list[i] = i + 1;
+        if (setgroups(n, list) < 0) return result(-1);
+        return result(mknod(argv[3], node_type(argv[4]) | 0600,
+                            makedev(num(argv[5], 10), num(argv[6], 10))));
+    }
     if (!strcmp(cmd, "badptr"))
         return result(syscall(SYS_mknodat, AT_FDCWD, (char *)8, S_IFCHR | 0666, makedev(1, 3)));
     if (!strcmp(cmd, "longpath")) {
@@ -149,6 +232,6 @@ int main(int argc, char **argv) {
     }
 usage:
     fprintf(stderr, "usage: nodeprobe mknod|mknodat|mknodat-fd|mknod32|badptr|longpath|stat|"
-                    "open|write|bench|once|forever ...\n");
+                    "open|write|bench|once|forever|mknod32hi|protnone|restart|groups ...\n");
     return 2;
 }

@@ -569,3 +569,12 @@ def test_setns_back_into_our_mount_namespace() -> None:
         return moved and os.stat("/proc/self/ns/mnt").st_ino == before
 
     assert in_child(work)
+
+
+def test_fs_type_names_the_filesystem() -> None:
+    assert ctypes.sizeof(kernel.statfs) == 120
+    fd = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert kernel.fs_type(fd) == 0x9FA0  # PROC_SUPER_MAGIC
+    finally:
+        os.close(fd)

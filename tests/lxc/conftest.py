@@ -203,7 +203,10 @@ class Container(Sandbox):
                 process.wait()
 
     def probe(self, *args: str, uid: int = 0, gid: int = 0, cwd: str | None = None) -> str:
-        return self.attach("/bin/nodeprobe", *args, uid=uid, gid=gid, cwd=cwd).strip()
+        # nodeprobe exits 0 or 2, never 1, and a trapped call that fails changes
+        # nothing: an unsupervised run of LXC's making may be retried.
+        return self.attach("/bin/nodeprobe", *args, uid=uid, gid=gid, cwd=cwd,
+                           idempotent_unsupervised=True).strip()
 
     def sh(self, script: str, uid: int = 0, gid: int = 0) -> str:
         return self.attach("/bin/sh", "-c", script, uid=uid, gid=gid)

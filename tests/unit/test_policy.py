@@ -80,16 +80,17 @@ def test_admin_profiles_override_shipped_ones(tmp_path: Path) -> None:
         load_profile("absent", (tmp_path, PACKAGE_PROFILES))
 
 
-def test_compiled_policy_traps_only_device_nodes() -> None:
+def test_compiled_policy_traps_only_device_nodes_that_are_not_whiteouts() -> None:
     text = compile_policy(ContainerPolicy.from_profile(DEFAULT))
     lines = text.splitlines()
     assert lines[:2] == ["2", "denylist"]
     notify = [line for line in lines if " notify " in line]
+    # dev == 0 (the overlay whiteout) is the kernel's alone: never trapped.
     assert notify == [
-        "mknod notify [1,8192,SCMP_CMP_MASKED_EQ,61440]",
-        "mknod notify [1,24576,SCMP_CMP_MASKED_EQ,61440]",
-        "mknodat notify [2,8192,SCMP_CMP_MASKED_EQ,61440]",
-        "mknodat notify [2,24576,SCMP_CMP_MASKED_EQ,61440]",
+        "mknod notify [1,8192,SCMP_CMP_MASKED_EQ,61440] [2,0,SCMP_CMP_NE]",
+        "mknod notify [1,24576,SCMP_CMP_MASKED_EQ,61440] [2,0,SCMP_CMP_NE]",
+        "mknodat notify [2,8192,SCMP_CMP_MASKED_EQ,61440] [3,0,SCMP_CMP_NE]",
+        "mknodat notify [2,24576,SCMP_CMP_MASKED_EQ,61440] [3,0,SCMP_CMP_NE]",
     ]
     assert "kexec_load errno 1" in lines  # LXC's own default denylist is kept
     # A nested listener is refused in the filter (EBUSY, what the kernel says).

@@ -129,3 +129,19 @@ def test_attach_fails_loudly_once_the_command_ran(attach_calls: Install, fake: F
     message = str(raised.value)
     assert "--- stdout ---\nout\n--- stderr ---\nerr\n" in message
     assert "lxc-notify-sandbox-" not in message
+
+
+def test_an_idempotent_probe_run_unsupervised_is_retried(
+        attach_calls: Install, capsys: pytest.CaptureFixture[str]) -> None:
+    """nodeprobe never exits 1: status 1 with ENOSYS printed is LXC's unsupervised
+    run, which changed nothing; only such commands say so, and only they retry."""
+    def enosys_exit_1(command: list[str]) -> subprocess.CompletedProcess[str]:
+        ran = on_host([*command[:-2], "echo", "ENOSYS"])
+        return subprocess.CompletedProcess(command, 1, ran.stdout, "")
+
+    calls = attach_calls([enosys_exit_1, on_host])
+    assert Sandbox().attach("/bin/echo", "ok", idempotent_unsupervised=True) == "ok\n"
+    assert len(calls) == 2 and "unsupervised" in capsys.readouterr().err
+    attach_calls([enosys_exit_1, on_host])
+    with pytest.raises(SandboxError, match="ran and failed"):
+        Sandbox().attach("/bin/echo", "ok")

@@ -1,0 +1,155 @@
+"""The dispatcher: one request in, one answer out, for every transport and handler.
+
+Transports (``transport/``) receive notifications and hand each one here as
+a ``Notice`` with the container it came from; the dispatcher looks up the
+syscall for the caller's arch, asks the container's policy whether its
+family is intercepted, calls the family's handler, and turns whatever
+happens into an ``Answer``: the handler's result, the errno the kernel would
+give, CONTINUE for calls we do not judge, ENOSYS for our own bugs.  It never
+raises.  It keeps each container's counters and calls the hooks (audit log,
+metrics) once per request with what happened.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from . import kernel
+from .caller.thread import CallerThread
+from .errors import RequestGone, SupervisorFault, ThreadIdentityLost
+from .handlers import Registered, registry
+from .host.cgroups import DeviceCgroups
+from .policy.effective import ContainerPolicy
+from .policy.mknod import HostDevices
+from .request import KERNEL_DECIDES, Answer, Notice, Request
+from .state import ContainerRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Container:
+    """A container the daemon serves: its record and the policy compiled from it.
+
+    ``policy`` is swapped whole on reload; a request reads it once."""
+
+    record: ContainerRecord
+    policy: ContainerPolicy
+    stats: Counter[str] = field(default_factory=Counter)
+    connections: int = 0  # transports connected for it now
+
+    @property
+    def name(self) -> str:
+        return self.record.name
+
+
+@dataclass(frozen=True)
+class HostViews:
+    """What the host knows that handlers may consult (kept current elsewhere)."""
+
+    devices: HostDevices | None = None  # udev's index, while udev runs
+    cgroups: DeviceCgroups = field(default_factory=DeviceCgroups)
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """Everything a handler gets for one request."""
+
+    request: Request
+    policy: ContainerPolicy
+    thread: CallerThread
+    host: HostViews
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What happened to one request, for hooks (audit log, metrics)."""
+
+    container: str
+    tid: int
+    syscall: str  # "" when the call was not one we know
+    outcome: str  # done, kernel, errno, gone, fault, error
+    error: int  # the errno answered, 0 for none
+    duration_ns: int
+
+
+Hook = Callable[[Outcome], None]
+
+
+class Dispatcher:
+    def __init__(self, host: HostViews | None = None, hooks: tuple[Hook, ...] = (),
+                 handlers: dict[str, Registered] | None = None) -> None:
+        self.host = host or HostViews()
+        self.hooks = list(hooks)
+        self.handlers = dict(handlers or registry())
+        by_syscall = {syscall: name for name, entry in self.handlers.items()
+                      for syscall in entry.family.syscalls}
+        # (audit arch, nr) -> (syscall, family), for every arch this host runs.
+        self.syscalls = {key: (syscall, by_syscall[syscall]) for key, syscall in
+                         kernel.syscall_numbers(tuple(by_syscall)).items()}
+
+    def answer(self, container: Container, notice: Notice, thread: CallerThread,
+               init_pid: int, listener_fd: int, proc_fd: int = -1) -> Answer:
+        """The answer to one notification.  Never raises.
+
+        ``proc_fd`` is the caller's /proc/TID if the transport has it (LXC
+        sends one); the transport owns it and ``listener_fd``.
+        """
+        started = time.monotonic_ns()
+        syscall, family = self.syscalls.get((notice.arch, notice.nr), ("", ""))
+        request: Request | None = None
+        error = 0
+        try:
+            policy = container.policy  # once: a reload may swap it meanwhile
+            if not syscall or not policy.intercepts(family):
+                # An arch or call we do not handle: the kernel decides, never a guess.
+                answer, outcome = KERNEL_DECIDES, "kernel"
+            else:
+                view = thread.view(container.name, init_pid)
+                request = Request(view, notice, syscall, listener_fd, proc_fd,
+                                  thread.proc_root)
+                answer = self.handlers[family].handle(Call(request, policy, thread, self.host))
+                outcome = "kernel" if answer.let_kernel_decide else "done"
+        except RequestGone as gone:
+            log.debug("%s", gone)
+            answer, outcome = Answer(error=errno.ESRCH), "gone"
+        except SupervisorFault as fault:
+            code = fault.errno or errno.EIO
+            log.error("%s: pid %d %s: %s (caller gets %s)", container.name, notice.tid,
+                      syscall, fault, errno.errorcode.get(code, code))
+            answer, outcome = Answer(error=code), "fault"
+        except OSError as err:
+            code = err.errno or errno.EIO
+            # ESRCH: /proc/TID of a task that just died.
+            outcome = "gone" if code == errno.ESRCH else "errno"
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("%s: pid %d %s -> %s", container.name, notice.tid, syscall,
+                          errno.errorcode.get(code, code))
+            answer = Answer(error=code)
+        except Exception as err:
+            log.exception("%s: pid %d %s, notification %#x: supervisor error (caller gets "
+                          "ENOSYS)", container.name, notice.tid, syscall, notice.notif_id)
+            thread.broken = thread.broken or isinstance(err, ThreadIdentityLost)
+            answer, outcome = Answer(error=errno.ENOSYS), "error"
+        finally:
+            if request is not None:
+                request.close()
+        error = answer.error
+        container.stats[outcome] += 1
+        if log.isEnabledFor(logging.DEBUG) and outcome in ("done", "kernel"):
+            log.debug("%s: pid %d %s -> %s", container.name, notice.tid, syscall or notice.nr,
+                      outcome)
+        if self.hooks:
+            event = Outcome(container.name, notice.tid, syscall, outcome, error,
+                            time.monotonic_ns() - started)
+            for hook in self.hooks:
+                try:
+                    hook(event)
+                except Exception:
+                    log.exception("hook %r failed", hook)
+        return answer

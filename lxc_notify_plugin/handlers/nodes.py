@@ -1,0 +1,227 @@
+"""Usable device nodes where the caller's filesystem makes them unusable (shared by mknod, mount).
+
+The kernel refuses to open a device node on a mount flagged ``nodev`` and on
+any filesystem mounted inside a user namespace, such as the container's
+``/dev`` tmpfs (it marks those superblocks SB_I_NODEV, and no syscall
+reports it).  A privileged container gets an unusable node on the first and
+a usable one on the second; so do our callers.  For the second, the node the
+caller asked for is made as usual, and an identical node from the daemon's
+own tmpfs (mounted nowhere on the host) is bind-mounted over it, as
+LXD/Incus do with their host directory.  The store's node keeps its name, so
+the caller's node can be bind-mounted again (Docker passes ``--device`` that
+way); each container's store directory goes when its connection ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import itertools
+import logging
+import os
+import shutil
+import stat
+import threading
+
+from .. import kernel
+from ..caller.thread import CallerScope, CallerThread
+from ..errors import SupervisorFault
+from ..request import Request
+
+log = logging.getLogger(__name__)
+
+_PROBE_DEV = os.makedev(1, 3)  # /dev/null: opening it has no side effects
+_ACL_ACCESS = "system.posix_acl_access"
+
+
+class UsabilityCache:
+    """Whether device nodes open on a superblock (SB_I_NODEV is the superblock's).
+
+    Keyed by mount id where ids are unique for the boot (Linux 6.8+); older
+    kernels reuse ids, so there the key adds the superblock's device number:
+    a new mount on a reused id inherits an answer only if it also has the
+    old one's st_dev, which for a new superblock needs that number freed and
+    handed out again in between.
+    """
+
+    _limit = 4096
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._answers: dict[tuple[int, int, bool], bool] = {}
+
+    def key(self, dir_fd: int, parent: kernel.FileIdentity) -> tuple[int, int, bool]:
+        if parent.mount_id_unique:
+            return (parent.mount_id, 0, True)
+        return (parent.mount_id, os.fstat(dir_fd).st_dev, False)
+
+    def get(self, key: tuple[int, int, bool]) -> bool | None:
+        return self._answers.get(key)
+
+    def put(self, key: tuple[int, int, bool], usable: bool) -> None:
+        with self._lock:
+            if len(self._answers) >= self._limit:
+                self._answers.clear()
+            self._answers[key] = usable
+
+
+USABILITY = UsabilityCache()
+_probe_names = itertools.count()
+
+
+def nodes_usable_on(scope: CallerScope, dir_fd: int, parent: kernel.FileIdentity) -> bool:
+    """Whether a device node made in ``dir_fd`` is usable as it is (True), or
+    needs a usable twin bound over it (False).
+
+    The superblock decides (SB_I_NODEV), probed once with a /dev/null node
+    owned by the caller's ids (the only ones a filesystem of the container's
+    maps) and opened with the daemon's capabilities, so no ACL or umask of
+    the caller's can spoil the probe.  A mount flagged ``nodev`` says so in
+    statvfs: a privileged container gets an unusable node there, so we leave
+    it as it is.  The flag can change with any remount, so it is read every
+    time the answer would be a twin; a cached "usable" needs no flag (the
+    node then behaves as the mount says, for us as for a privileged caller).
+    """
+    key = USABILITY.key(dir_fd, parent)
+    usable = USABILITY.get(key)
+    if usable:
+        return True
+    if os.fstatvfs(dir_fd).f_flag & os.ST_NODEV:
+        return True  # nothing to add: see above
+    if usable is not None:
+        return usable
+    with scope.with_daemon_caps():
+        usable = _probe(dir_fd)
+    if usable is None:
+        return False
+    USABILITY.put(key, usable)
+    log.debug("device nodes on mount %d are %susable", parent.mount_id, "" if usable else "not ")
+    return usable
+
+
+def _probe(dir_fd: int) -> bool | None:
+    name = f".lxc-notify-probe.{os.getpid()}.{next(_probe_names)}"
+    try:
+        os.mknod(name, stat.S_IFCHR | 0o600, _PROBE_DEV, dir_fd=dir_fd)
+    except OSError as err:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Room for the caller's node only: a twin works either way; not cached.
+            return None
+        raise
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                     dir_fd=dir_fd)
+        os.close(fd)
+        return True
+    except PermissionError:
+        return False
+    finally:
+        unlink_quietly(dir_fd, name)
+
+
+class NodeStore:
+    """A tmpfs of the daemon's own, mounted nowhere, where usable twins are made:
+    one directory per container user namespace, removed by ``forget``."""
+
+    _lock = threading.Lock()
+    _root_fd = -1
+    _names = itertools.count()
+
+    @classmethod
+    def directory(cls, key: str) -> int:
+        """An fd of the store directory for ``key`` (made on first use)."""
+        with cls._lock:
+            if cls._root_fd < 0:
+                try:
+                    cls._root_fd = kernel.private_tmpfs(
+                        {"mode": "0700"}, kernel.MOUNT_ATTR_NOSUID | kernel.MOUNT_ATTR_NOEXEC)
+                except OSError as err:
+                    raise SupervisorFault("make its private tmpfs", err) from err
+        name = _store_name(key)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(name, 0o700, dir_fd=cls._root_fd)
+        return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cls._root_fd)
+
+    @classmethod
+    def next_name(cls) -> str:
+        return f"node{next(cls._names)}"
+
+    @classmethod
+    def forget(cls, key: str) -> None:
+        """Drop a container's names (its mounts, if any are left, keep their inodes)."""
+        if cls._root_fd >= 0:
+            shutil.rmtree(_store_name(key), dir_fd=cls._root_fd, ignore_errors=True)
+
+
+def _store_name(key: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in key)
+
+
+class Placeholder:
+    """The caller's freshly made node, held by an O_PATH fd while a twin is mounted on it."""
+
+    def __init__(self, parent_fd: int, leaf: bytes, dev: int) -> None:
+        self.fd = os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+        self.stat = os.fstat(self.fd)
+        if not (stat.S_ISCHR(self.stat.st_mode) or stat.S_ISBLK(self.stat.st_mode)) \
+                or self.stat.st_rdev != dev:
+            self.close()
+            # The container replaced the node between mknod and now.
+            raise OSError(errno.EEXIST, "node replaced while being made")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def overmount_usable_twin(thread: CallerThread, request: Request, node: Placeholder) -> None:
+    """Bind an identical, usable node over ``node``, in the caller's mount namespace.
+    Runs as the daemon, outside any caller scope."""
+    st = node.stat
+    store = NodeStore.directory(request.container.user_ns)
+    try:
+        name = NodeStore.next_name()
+        os.mknod(name, st.st_mode, st.st_rdev, dir_fd=store)
+        os.chown(name, st.st_uid, st.st_gid, dir_fd=store, follow_symlinks=False)
+        os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=store)
+        _copy_acl(node.fd, store, name)
+        try:
+            tree_fd = kernel.open_tree(store, name.encode(),
+                                       kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC)
+        except OSError as err:
+            raise SupervisorFault("clone its node for a bind mount", err) from err
+        try:
+            with thread.mount_namespace_of(request):
+                try:
+                    kernel.move_mount(tree_fd, b"", node.fd, b"",
+                                      kernel.MOVE_MOUNT_F_EMPTY_PATH
+                                      | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+                except OSError as err:
+                    raise SupervisorFault("bind its node over the caller's", err) from err
+        finally:
+            os.close(tree_fd)
+    finally:
+        os.close(store)
+
+
+def _copy_acl(from_fd: int, store_fd: int, name: str) -> None:
+    """The twin gets the caller node's access ACL (from the directory's default ACL)."""
+    try:
+        acl = os.getxattr(f"/proc/thread-self/fd/{from_fd}", _ACL_ACCESS)
+    except OSError as err:
+        if err.errno in (errno.ENODATA, errno.EOPNOTSUPP):
+            return
+        raise
+    target = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=store_fd)
+    try:
+        os.setxattr(f"/proc/thread-self/fd/{target}", _ACL_ACCESS, acl)
+    finally:
+        os.close(target)
+
+
+def unlink_quietly(dir_fd: int, name: bytes | str) -> None:
+    try:
+        os.unlink(name, dir_fd=dir_fd)
+    except OSError as err:
+        log.warning("could not remove %r: %s", name, err)

@@ -1,0 +1,147 @@
+"""One notification, whatever brought it: the neutral request every handler sees.
+
+A request is what the kernel said (notification id, calling thread, arch,
+syscall, arguments) plus the container it came from and the fds it owns:
+the ``/proc/TID`` directory of the calling thread (opened for us by LXC, or
+by the listener transport on first use), and the seccomp listener, for
+``SECCOMP_IOCTL_NOTIF_ID_VALID`` and ``ADDFD``.
+
+Kernel facts behind it:
+
+* ``/proc/TID`` opened while the notification is valid names that task for
+  as long as the fd lives: if the task dies and its id is reused, reads
+  through the fd fail with ESRCH instead of reading a stranger.
+* The caller's memory is read with ``process_vm_readv``, which, like the
+  kernel's own copy_from_user, faults on a page the caller cannot read
+  (``/proc/PID/mem`` reads through PROT_NONE).  It names the task by
+  number, so every read is followed by an ID_VALID check before acting:
+  a valid notification means the task still waits in the syscall, so the
+  number was still its own.
+* A compat (i386) caller's arguments are 32 bits wide; the upper halves of
+  the 64-bit registers are not part of its call and are cut off here, once,
+  for every handler.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from . import kernel
+from .errors import RequestGone
+
+if TYPE_CHECKING:
+    from .caller.task import ContainerView
+
+# Arches whose syscall arguments are 32-bit values.
+_ARCHES_32: Final = frozenset({kernel.AUDIT_ARCH_I386, kernel.AUDIT_ARCH_ARM})
+_DIR_FLAGS: Final = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """What the caller's syscall returns: ``val``, ``-error``, or the kernel's own result."""
+
+    val: int = 0
+    error: int = 0
+    let_kernel_decide: bool = False  # SECCOMP_USER_NOTIF_FLAG_CONTINUE
+
+
+DONE: Final = Answer()
+KERNEL_DECIDES: Final = Answer(let_kernel_decide=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """``struct seccomp_notif`` decoded: what the kernel says, before any lookup."""
+
+    notif_id: int
+    tid: int  # the calling thread's id on the host (not its process id)
+    arch: int
+    nr: int
+    args: tuple[int, int, int, int, int, int]
+
+    def narrowed(self) -> Notice:
+        """The same call with arguments as wide as the caller's arch makes them."""
+        if self.arch not in _ARCHES_32:
+            return self
+        a0, a1, a2, a3, a4, a5 = (arg & 0xFFFFFFFF for arg in self.args)
+        return Notice(self.notif_id, self.tid, self.arch, self.nr, (a0, a1, a2, a3, a4, a5))
+
+
+class Request:
+    """One notification being served.  The transport owns the listener and any
+    ``proc_fd`` it passes in; a ``/proc/TID`` fd opened here is closed by ``close``."""
+
+    __slots__ = ("container", "notice", "syscall", "listener_fd", "_proc_fd", "_proc_root",
+                 "_owns_proc_fd")
+
+    def __init__(self, container: ContainerView, notice: Notice, syscall: str,
+                 listener_fd: int, proc_fd: int = -1, proc_root: str = "/proc") -> None:
+        self.container = container
+        self.notice = notice.narrowed()
+        self.syscall = syscall
+        self.listener_fd = listener_fd
+        self._proc_fd = proc_fd
+        self._proc_root = proc_root
+        self._owns_proc_fd = False
+
+    @property
+    def tid(self) -> int:
+        return self.notice.tid
+
+    @property
+    def notif_id(self) -> int:
+        return self.notice.notif_id
+
+    @property
+    def args(self) -> tuple[int, int, int, int, int, int]:
+        return self.notice.args
+
+    @property
+    def proc_fd(self) -> int:
+        """The caller's ``/proc/TID`` directory, opened on first use where no
+        transport brought one, and then checked to be the caller's."""
+        if self._proc_fd < 0:
+            try:
+                self._proc_fd = os.open(f"{self._proc_root}/{self.tid}", _DIR_FLAGS)
+            except FileNotFoundError:
+                raise self.gone() from None
+            self._owns_proc_fd = True
+            self.ensure_valid()  # the id may have been reused before the open
+        return self._proc_fd
+
+    def close(self) -> None:
+        if self._owns_proc_fd and self._proc_fd >= 0:
+            os.close(self._proc_fd)
+        self._proc_fd = -1
+        self._owns_proc_fd = False
+
+    # --- the caller's memory ------------------------------------------------------
+
+    def read_string(self, address: int, limit: int = kernel.PATH_MAX) -> bytes:
+        """A NUL-terminated string, as the kernel's getname() reads it."""
+        return kernel.read_task_c_string(self.tid, address, limit)
+
+    def read_bytes(self, address: int, size: int) -> bytes:
+        """Exactly ``size`` bytes (a struct, a mount's data page); EFAULT otherwise."""
+        return kernel.read_task_memory(self.tid, address, size)
+
+    def write_bytes(self, address: int, data: bytes) -> None:
+        """Write into the caller's memory (an output struct); EFAULT on a read-only page."""
+        kernel.write_task_memory(self.tid, address, data)
+
+    # --- validity -------------------------------------------------------------------
+
+    def ensure_valid(self) -> None:
+        """Raise RequestGone unless the caller still waits in the syscall.
+
+        Called after every read of its memory or /proc and before acting: the
+        task may have died in between, and its id been reused.
+        """
+        if not kernel.notif_id_valid(self.listener_fd, self.notif_id):
+            raise self.gone()
+
+    def gone(self) -> RequestGone:
+        return RequestGone(self.container.name, self.tid, self.syscall, self.notif_id)

@@ -1,0 +1,83 @@
+"""The listener transport: a seccomp listener fd the daemon holds itself.
+
+Where no LXC monitor stands in between (OCI runtimes hand the listener to a
+seccomp agent; the kernel-tier tests load filters in forked children), the
+daemon receives with ``SECCOMP_IOCTL_NOTIF_RECV`` and answers with
+``SECCOMP_IOCTL_NOTIF_SEND``; the caller's ``/proc/TID`` is opened on first
+use and checked with ID_VALID (the request does that).
+
+Kernel facts: a blocked RECV cannot be woken by closing or shutting down
+anything, so the thread polls the listener together with a stop fd and
+receives only when the listener is readable.  POLLHUP means no task is left
+in the filter: the listener is done.  RECV fails with ENOENT when the caller
+was interrupted between poll and receive, SEND with ENOENT when it died or
+was interrupted while we worked: both are normal.  With
+SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP (6.6+) the kernel wakes us on the
+caller's CPU, saving a cross-CPU wake-up per round trip.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import select
+
+from .. import kernel
+from ..caller.thread import CallerThread
+from ..dispatch import Container, Dispatcher
+from ..request import Notice
+
+log = logging.getLogger(__name__)
+
+
+def set_sync_wake_up(listener_fd: int) -> bool:
+    """Ask for same-CPU wake-ups where the kernel has them (6.6+)."""
+    try:
+        kernel.notif_set_flags(listener_fd, kernel.SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+    except OSError as err:
+        if err.errno in (errno.EINVAL, errno.ENOTTY):
+            return False
+        raise
+    return True
+
+
+def serve_listener(listener_fd: int, container: Container, init_pid: int,
+                   dispatcher: Dispatcher, stop_fd: int, proc_root: str = "/proc") -> str:
+    """Answer every notification on ``listener_fd`` until no task is left in its
+    filter ("hangup") or ``stop_fd`` becomes readable ("stopped").  The caller
+    owns both fds.  Every notification received gets an answer."""
+    caller = CallerThread(proc_root)
+    poller = select.poll()
+    poller.register(listener_fd, select.POLLIN)
+    poller.register(stop_fd, select.POLLIN)
+    try:
+        while True:
+            events = dict(poller.poll())
+            if stop_fd in events:
+                return "stopped"
+            if events.get(listener_fd, 0) & (select.POLLHUP | select.POLLERR):
+                return "hangup"
+            try:
+                notif = kernel.notif_recv(listener_fd)
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.EINTR):
+                    continue  # the caller left before we received it
+                raise
+            data = notif.data
+            notice = Notice(notif.id, notif.pid, data.arch, data.nr, tuple(data.args))
+            answer = dispatcher.answer(container, notice, caller, init_pid, listener_fd)
+            resp = kernel.seccomp_notif_resp(
+                notif.id, answer.val, -answer.error,
+                kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE if answer.let_kernel_decide else 0)
+            try:
+                kernel.notif_send(listener_fd, resp)
+            except OSError as err:
+                if err.errno != errno.ENOENT:
+                    raise
+                log.debug("%s: pid %d left before its answer", container.name, notif.pid)
+            if caller.broken:
+                log.critical("%s: this thread's identity is not its own any more: it stops "
+                             "serving the listener", container.name)
+                return "broken"
+    finally:
+        caller.close()

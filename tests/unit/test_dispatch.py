@@ -1,0 +1,201 @@
+"""The dispatcher and the LXC transport's answers, driven without containers.
+
+A fake transport (a socketpair feeding packed notices to a serving thread)
+drives the same dispatcher and the real mknod handler, for every decision
+that needs no privileges: the filter's leftovers and refused devices.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import struct
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lxc_notify_plugin import kernel
+from lxc_notify_plugin.caller.thread import CallerThread
+from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
+from lxc_notify_plugin.handlers import Registered, registry
+from lxc_notify_plugin.paths import PACKAGE_PROFILES
+from lxc_notify_plugin.policy.effective import ContainerPolicy
+from lxc_notify_plugin.policy.profile import load_profile
+from lxc_notify_plugin.request import Answer, Notice
+from lxc_notify_plugin.state import ContainerRecord
+from lxc_notify_plugin.transport import lxc as protocol
+from lxc_notify_plugin.transport.lxc import LxcProxy, _Session
+
+COOKIE = b"c" * 64
+X86_64, I386 = kernel.AUDIT_ARCH_X86_64, kernel.AUDIT_ARCH_I386
+CHR = 0o20000
+
+
+def make_container() -> Container:
+    profile = load_profile("default", (PACKAGE_PROFILES,))
+    return Container(ContainerRecord("box", COOKIE.decode(), "default"),
+                     ContainerPolicy.from_profile(profile))
+
+
+def with_handler(handle: object) -> Dispatcher:
+    mknod = registry()["mknod"]
+    return Dispatcher(handlers={"mknod": Registered(mknod.family, handle)})  # type: ignore[arg-type]
+
+
+# --- a second transport: notices over a socketpair ----------------------------------------
+
+_NOTICE = struct.Struct("=QIIi6Q")
+_ANSWER = struct.Struct("=qiB")
+
+
+class FakeTransport:
+    """Reads packed notices from one end of a socketpair and writes answers back,
+    on a thread of its own, through the same Dispatcher the real transports use."""
+
+    def __init__(self, dispatcher: Dispatcher, container: Container) -> None:
+        self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.dispatcher, self.container = dispatcher, container
+        self.thread = threading.Thread(target=self._serve)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        caller = CallerThread()
+        try:
+            while data := self.theirs.recv(_NOTICE.size):
+                notif_id, tid, arch, nr, *args = _NOTICE.unpack(data)
+                notice = Notice(notif_id, tid, arch, nr, tuple(args))
+                answer = self.dispatcher.answer(self.container, notice, caller, os.getpid(),
+                                                listener_fd=-1)
+                self.theirs.send(_ANSWER.pack(answer.val, answer.error, answer.let_kernel_decide))
+        finally:
+            caller.close()
+
+    def ask(self, nr: int, args: tuple[int, ...], arch: int = X86_64) -> Answer:
+        padded = (*args, *(0,) * (6 - len(args)))
+        self.ours.send(_NOTICE.pack(7, os.getpid(), arch, nr, *padded))
+        val, error, let_kernel_decide = _ANSWER.unpack(self.ours.recv(_ANSWER.size))
+        return Answer(val, error, bool(let_kernel_decide))
+
+    def close(self) -> None:
+        self.ours.close()
+        self.thread.join()
+        self.theirs.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeTransport]:
+    transport = FakeTransport(Dispatcher(), make_container())
+    try:
+        yield transport
+    finally:
+        transport.close()
+
+
+def test_a_second_transport_drives_the_real_mknod_handler(fake: FakeTransport) -> None:
+    kernel_decides = Answer(let_kernel_decide=True)
+    # /dev/tty1 is not in the default profile: the kernel's own answer (EPERM there).
+    assert fake.ask(133, (0, CHR | 0o600, os.makedev(4, 1))) == kernel_decides
+    # A whiteout never needs us; a FIFO is not ours to judge.
+    assert fake.ask(259, (0xFFFFFF9C, 0, CHR, 0)) == kernel_decides
+    assert fake.ask(133, (0, 0o10600, 0)) == kernel_decides
+    # An unknown call (mount) and an unknown arch go to the kernel too.
+    assert fake.ask(165, (0, 0, 0)) == kernel_decides
+    assert fake.ask(133, (0, CHR, os.makedev(4, 1)), arch=kernel.AUDIT_ARCH_AARCH64) \
+        == kernel_decides
+    assert fake.container.stats["kernel"] == 5
+
+
+def test_a_handler_bug_is_answered_enosys_and_logged(caplog: pytest.LogCaptureFixture) -> None:
+    def broken(call: Call) -> Answer:
+        raise ZeroDivisionError("a bug")
+
+    transport = FakeTransport(with_handler(broken), make_container())
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert transport.ask(133, (0, CHR, 1)) == Answer(error=errno.ENOSYS)
+    finally:
+        transport.close()
+    assert "supervisor error" in caplog.text and "ZeroDivisionError" in caplog.text
+
+
+def test_errors_are_classified_and_hooks_see_each_request() -> None:
+    seen: list[Outcome] = []
+    raised: list[BaseException] = [OSError(errno.EACCES, "no"), OSError(errno.ESRCH, "gone")]
+
+    def failing(call: Call) -> Answer:
+        raise raised.pop(0)
+
+    dispatcher = with_handler(failing)
+    dispatcher.hooks.append(seen.append)
+    transport = FakeTransport(dispatcher, make_container())
+    try:
+        assert transport.ask(133, (0, CHR, 1)).error == errno.EACCES
+        assert transport.ask(133, (0, CHR, 1)).error == errno.ESRCH
+    finally:
+        transport.close()
+    assert [(o.syscall, o.outcome, o.error) for o in seen] == [
+        ("mknod", "errno", errno.EACCES), ("mknod", "gone", errno.ESRCH)]
+    assert dict(transport.container.stats) == {"errno": 1, "gone": 1}
+
+
+def test_i386_arguments_are_32_bits_wide() -> None:
+    seen: list[tuple[str, tuple[int, ...]]] = []
+
+    def record(call: Call) -> Answer:
+        seen.append((call.request.syscall, call.request.args))
+        return Answer(error=errno.EXDEV)
+
+    transport = FakeTransport(with_handler(record), make_container())
+    try:
+        garbage = 0xDEAD_BEEF_0000_0000
+        assert transport.ask(14, (garbage | 0x1000, CHR, 3), arch=I386).error == errno.EXDEV
+        assert transport.ask(297, (0xFFFFFF9C, 0x2000, CHR, 3), arch=I386).error == errno.EXDEV
+        assert transport.ask(133, (garbage | 0x1000, CHR, 3)).error == errno.EXDEV
+    finally:
+        transport.close()
+    assert seen == [("mknod", (0x1000, CHR, 3, 0, 0, 0)),
+                    ("mknodat", (0xFFFFFF9C, 0x2000, CHR, 3, 0, 0)),
+                    ("mknod", (garbage | 0x1000, CHR, 3, 0, 0, 0))]
+
+
+# --- the LXC transport's own refusals -----------------------------------------------------
+
+
+def lxc_reply(tmp_path: Path, cookie: bytes, datagram: bytes | None = None) -> bytes:
+    container = make_container()
+    sizes = kernel.notif_sizes()
+    proxy = LxcProxy(tmp_path / "s", Dispatcher(), lambda c: container if c == COOKIE else None,
+                     sizes)
+    raw = datagram or protocol.build(9, os.getpid(), 133, X86_64, (0, CHR, os.makedev(4, 1)),
+                                     init_pid=os.getpid(), cookie=cookie, sizes=sizes)
+    result: list[bytes] = []
+
+    def serve() -> None:  # on its own thread: CallerThread unshares its fs state
+        caller = CallerThread()
+        try:
+            result.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller))
+        finally:
+            caller.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join()
+    return result[0]
+
+
+def test_lxc_unknown_cookie_gets_enosys(tmp_path: Path) -> None:
+    reply = lxc_reply(tmp_path, b"x" * 64)
+    assert protocol.unpack_reply(reply) == (9, 0, -errno.ENOSYS, 0)
+
+
+def test_lxc_known_cookie_reaches_the_dispatcher(tmp_path: Path) -> None:
+    reply = lxc_reply(tmp_path, COOKIE)
+    assert protocol.unpack_reply(reply) == (9, 0, 0, kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+
+
+def test_lxc_garbage_gets_the_unparseable_reply(tmp_path: Path) -> None:
+    assert lxc_reply(tmp_path, COOKIE, b"\xff" * 200) == protocol.UNPARSEABLE_REPLY

@@ -22,6 +22,7 @@ changes applies to the very next call.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,7 +44,9 @@ class DeviceException:
                 and self.minor in (None, minor))
 
 
+@functools.lru_cache(maxsize=256)
 def parse_devices_list(text: str) -> tuple[DeviceException, ...]:
+    """Parsed once per distinct text: a container's list rarely changes."""
     entries = []
     for line in text.splitlines():
         parts = line.split()

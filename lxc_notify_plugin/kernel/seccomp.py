@@ -182,9 +182,13 @@ def notif_id_valid(listener_fd: int, notif_id: int) -> bool:
     return True
 
 
-def notif_recv(listener_fd: int) -> seccomp_notif:
-    """Receive one notification from a listener we own (kernel-tier tests, standalone mode)."""
-    notif = seccomp_notif()  # zeroed, as the kernel demands
+def notif_recv(listener_fd: int, into: seccomp_notif | None = None) -> seccomp_notif:
+    """Receive one notification from a listener we own.  ``into`` is a struct to
+    reuse (a serving loop allocates none per request); it is zeroed first, as
+    the kernel demands."""
+    notif = into if into is not None else seccomp_notif()
+    if into is not None:
+        ctypes.memset(ctypes.byref(notif), 0, ctypes.sizeof(notif))
     _recv(listener_fd, SECCOMP_IOCTL_NOTIF_RECV, ctypes.byref(notif))
     return notif
 

@@ -47,6 +47,7 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
     filter ("hangup") or ``stop_fd`` becomes readable ("stopped").  The caller
     owns both fds.  Every notification received gets an answer."""
     caller = CallerThread(proc_root)
+    notif, resp = kernel.seccomp_notif(), kernel.seccomp_notif_resp()  # reused per request
     poller = select.poll()
     poller.register(listener_fd, select.POLLIN)
     poller.register(stop_fd, select.POLLIN)
@@ -58,7 +59,7 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
             if events.get(listener_fd, 0) & (select.POLLHUP | select.POLLERR):
                 return "hangup"
             try:
-                notif = kernel.notif_recv(listener_fd)
+                kernel.notif_recv(listener_fd, into=notif)
             except OSError as err:
                 if err.errno in (errno.ENOENT, errno.EINTR):
                     continue  # the caller left before we received it
@@ -66,9 +67,8 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
             data = notif.data
             notice = Notice(notif.id, notif.pid, data.arch, data.nr, tuple(data.args))
             answer = dispatcher.answer(container, notice, caller, init_pid, listener_fd)
-            resp = kernel.seccomp_notif_resp(
-                notif.id, answer.val, -answer.error,
-                kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE if answer.let_kernel_decide else 0)
+            resp.id, resp.val, resp.error = notif.id, answer.val, -answer.error
+            resp.flags = kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE if answer.let_kernel_decide else 0
             try:
                 kernel.notif_send(listener_fd, resp)
             except OSError as err:

@@ -125,6 +125,7 @@ class CallerThread:
 
     def userns_helper(self, view: ContainerView) -> UsernsHelper:
         """The helper in ``view``'s user namespace, spawned on first use."""
+        assert not self.in_scope, "the helper is never spawned under a caller's root"
         helper = self.helpers.get(view.user_ns)
         if helper is None or not helper.alive:
             if helper is not None:
@@ -304,7 +305,7 @@ class CallerScope:
 
     def _open_in_userns(self, path: bytes, flags: int) -> int:
         request, creds, view = self.request, self.creds, self.request.container
-        helper = self.thread.userns_helper(view)
+        helper = self._helper()
         uids = tuple(view.uid_map.to_inside(u) for u in (*creds.uids, creds.fsuid))
         gids = tuple(view.gid_map.to_inside(g) for g in (*creds.gids, creds.fsgid))
         if None in uids or None in gids:
@@ -326,6 +327,31 @@ class CallerScope:
         finally:
             if root_fd != self.root_fd:
                 os.close(root_fd)
+
+    def _helper(self) -> UsernsHelper:
+        """The helper, spawned if need be with the daemon's whole identity and
+        outside the caller's root: spawned under the chroot, its paths (and the
+        interpreter it execs, as host root) would be the container's to choose."""
+        thread, view = self.thread, self.request.container
+        helper = thread.helpers.get(view.user_ns)
+        if helper is not None and helper.alive:
+            return helper
+        kernel.capset(thread.caps)
+        try:
+            if self.chrooted:
+                os.chroot(".")  # the thread's cwd is the host's /
+            thread.set_ids(0, 0, (), 0o022)
+            thread.in_scope = False
+            try:
+                return thread.userns_helper(view)
+            finally:
+                thread.in_scope = True
+                creds = self.creds
+                thread.set_ids(creds.fsuid, creds.fsgid, creds.groups, creds.umask)
+                if self.chrooted:
+                    os.chroot(f"/proc/thread-self/fd/{self.request.proc_fd}/root")
+        finally:
+            kernel.capset(thread.caps_set(self.caps))
 
     def open_parent(self, path: bytes) -> tuple[int, bytes]:
         """Resolve all but the last component of a path to create; returns (fd, leaf).

@@ -145,9 +145,11 @@ def _serve_one(sock: socket.socket, full_caps: kernel.ThreadCaps) -> bool:
         # are its mounter's.  SECBIT_NO_SETUID_FIXUP keeps our capabilities.
         os.setresgid(rgid, egid, sgid)
         os.setresuid(ruid, euid, suid)
-        kernel.set_dumpable(False)  # an euid change resets it to suid_dumpable
         kernel.setfsgid(fsgid, verify=False)
         kernel.setfsuid(fsuid, verify=False)
+        # Every credential change resets these: set again after the last one.
+        kernel.set_dumpable(False)
+        kernel.set_pdeathsig(signal.SIGKILL)
         if start_fd >= 0:
             os.chroot(f"/proc/self/fd/{root_fd}")
             chrooted = True

@@ -117,7 +117,7 @@ def handle(call: Call) -> Answer:
                 # node of the call it abandoned in its way: undone here.
                 request.ensure_valid()
                 if not nodes.nodes_usable_on(scope, parent_fd, parent):
-                    placeholder = nodes.Placeholder(parent_fd, leaf, dev)
+                    placeholder = nodes.Placeholder(parent_fd, leaf, stat.S_IFMT(mode), dev)
             except BaseException:
                 with scope.with_daemon_caps():
                     nodes.unlink_quietly(parent_fd, leaf)  # no node left behind

@@ -160,11 +160,10 @@ def _store_name(key: str) -> str:
 class Placeholder:
     """The caller's freshly made node, held by an O_PATH fd while a twin is mounted on it."""
 
-    def __init__(self, parent_fd: int, leaf: bytes, dev: int) -> None:
+    def __init__(self, parent_fd: int, leaf: bytes, node_type: int, dev: int) -> None:
         self.fd = os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
         self.stat = os.fstat(self.fd)
-        if not (stat.S_ISCHR(self.stat.st_mode) or stat.S_ISBLK(self.stat.st_mode)) \
-                or self.stat.st_rdev != dev:
+        if stat.S_IFMT(self.stat.st_mode) != node_type or self.stat.st_rdev != dev:
             self.close()
             # The container replaced the node between mknod and now.
             raise OSError(errno.EEXIST, "node replaced while being made")

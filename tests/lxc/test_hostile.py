@@ -199,3 +199,16 @@ def test_restart_test_container_is_unharmed(daemon: Daemon, nodeprobe: Path) -> 
             assert time.monotonic() < deadline
     finally:
         box.destroy()
+
+
+def test_the_first_helper_walk_may_be_relative(daemon: Daemon, nodeprobe: Path) -> None:
+    """The helper is spawned outside the caller's root even when the walk that needs
+    it is relative (under the chroot, its paths would be the container's to choose)."""
+    box = supervised_container(daemon, nodeprobe)
+    try:
+        d = f"/tmp/{unique('rel1000')}"
+        box.sh(f"mkdir -p {d}/sub && chown -R 1000:1000 {d} && chmod -R 0700 {d}")
+        assert box.probe("mknod", "sub/x", "c", "1", "3", cwd=d) == "ok"
+        assert box.probe("stat", f"{d}/sub/x").endswith("major 1 minor 3")
+    finally:
+        box.destroy()

@@ -117,6 +117,10 @@ class CallerThread:
                 os.close(fd)
                 setattr(self, name, -1)
 
+    @property
+    def cached_view(self) -> ContainerView | None:
+        return self._view
+
     def view(self, name: str, init_pid: int) -> ContainerView:
         """The container's view, read again only when its init changes."""
         if self._view is None or self._view.init_pid != init_pid or self._view.name != name:

@@ -178,6 +178,8 @@ def overmount_usable_twin(thread: CallerThread, request: Request, node: Placehol
     """Bind an identical, usable node over ``node``, in the caller's mount namespace.
     Runs as the daemon, outside any caller scope."""
     st = node.stat
+    # The last caller's fs ids, groups and umask must not shape the store.
+    thread.set_ids(0, 0, (), 0o022)
     store = NodeStore.directory(request.container.user_ns)
     try:
         name = NodeStore.next_name()

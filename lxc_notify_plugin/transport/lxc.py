@@ -260,7 +260,13 @@ class LxcProxy:
         finally:
             conn.close()
             if caller is not None:
+                view = caller.cached_view
                 caller.close()
+                if view is not None:
+                    # The container's monitor went: its twins' names go with it.
+                    from ..handlers.nodes import NodeStore
+
+                    NodeStore.forget(view.user_ns)
             # A connection that never named a container is a liveness probe
             # (lxc-notify start, tests): not worth an info line.
             log.log(logging.INFO if session.container else logging.DEBUG,

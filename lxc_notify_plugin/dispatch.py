@@ -103,7 +103,6 @@ class Dispatcher:
         started = time.monotonic_ns()
         syscall, family = self.syscalls.get((notice.arch, notice.nr), ("", ""))
         request: Request | None = None
-        error = 0
         try:
             policy = container.policy  # once: a reload may swap it meanwhile
             if not syscall or not policy.intercepts(family):
@@ -112,7 +111,7 @@ class Dispatcher:
             else:
                 view = thread.view(container.name, init_pid)
                 request = Request(view, notice, syscall, listener_fd, proc_fd,
-                                  thread.proc_root)
+                                  thread.host_proc_fd)
                 answer = self.handlers[family].handle(Call(request, policy, thread, self.host))
                 outcome = "kernel" if answer.let_kernel_decide else "done"
         except RequestGone as gone:

@@ -78,7 +78,7 @@ class Request:
                  "_owns_proc_fd")
 
     def __init__(self, container: ContainerView, notice: Notice, syscall: str,
-                 listener_fd: int, proc_fd: int = -1, proc_root: str = "/proc") -> None:
+                 listener_fd: int, proc_fd: int = -1, proc_root: str | int = "/proc") -> None:
         self.container = container
         self.notice = notice.narrowed()
         self.syscall = syscall
@@ -105,7 +105,12 @@ class Request:
         transport brought one, and then checked to be the caller's."""
         if self._proc_fd < 0:
             try:
-                self._proc_fd = os.open(f"{self._proc_root}/{self.tid}", _DIR_FLAGS)
+                # proc_root is best the serving thread's fd of the host's /proc: a
+                # path would resolve in the caller's root if opened in a scope.
+                if isinstance(self._proc_root, int):
+                    self._proc_fd = os.open(str(self.tid), _DIR_FLAGS, dir_fd=self._proc_root)
+                else:
+                    self._proc_fd = os.open(f"{self._proc_root}/{self.tid}", _DIR_FLAGS)
             except FileNotFoundError:
                 raise self.gone() from None
             self._owns_proc_fd = True

@@ -217,20 +217,29 @@ def host_pid(request: Request, pid: int, proc_root: str = "/proc") -> int:
     finally:
         os.close(caller_ns_fd)
     wanted = str(pid).encode()
-    for entry in os.scandir(proc_root):
-        if not entry.name.isdigit():
-            continue
-        try:
-            for task in os.scandir(f"{proc_root}/{entry.name}/task"):
-                base = f"{proc_root}/{entry.name}/task/{task.name}"
+    with os.scandir(proc_root) as processes:  # closed on return too: no fd left open
+        for entry in processes:
+            if entry.name.isdigit():
+                found = _task_with_id(f"{proc_root}/{entry.name}", wanted, depth, caller_ns)
+                if found is not None:
+                    return found
+    raise OSError(errno.ESRCH, f"no pid {pid} in the caller's pid namespace")
+
+
+def _task_with_id(process: str, wanted: bytes, depth: int,
+                  caller_ns: tuple[int, int]) -> int | None:
+    try:
+        with os.scandir(f"{process}/task") as tasks:
+            for task in tasks:
+                base = f"{process}/task/{task.name}"
                 with open(f"{base}/status", "rb") as status_file:
                     ids = status_field(status_file.read(), b"NSpid").split()
                 if len(ids) > depth and ids[depth] == wanted and \
                         _pid_ns_at_depth(f"{base}/ns/pid", len(ids) - 1 - depth) == caller_ns:
                     return int(task.name)
-        except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
-            continue  # exited while we looked
-    raise OSError(errno.ESRCH, f"no pid {pid} in the caller's pid namespace")
+    except (FileNotFoundError, ProcessLookupError, NotADirectoryError):
+        pass  # exited while we looked
+    return None
 
 
 def _pid_ns_at_depth(ns_path: str, up: int) -> tuple[int, int]:

@@ -261,8 +261,7 @@ def test_the_listener_ends_when_no_task_is_left(tmp_path: Path) -> None:
     with served([(0, 0o022, _mknodat(bytes(tmp_path / "one")))]) as s:
         assert s.step() == 0
         os.kill(s.keeper, signal.SIGKILL)
-        s.channel.send(b"g")  # no step left: the child exits
-        os.waitpid(s.pid, 0)  # a task leaves its filter when it is reaped
+        os.waitpid(s.pid, 0)  # its last step done, the child exits; reaped, it leaves the filter
         s.serving.join(10)
         assert not s.serving.is_alive()
 
@@ -293,3 +292,24 @@ def test_an_interrupted_caller_does_not_meet_its_abandoned_node(
         assert dict(s.container.stats) == {"gone": 1, "done": 1}
         assert len(checks) == 2
     assert stat.S_ISCHR(node.stat().st_mode)
+
+
+def test_pids_translate_from_the_callers_namespace() -> None:
+    """host_pid: 0 is the caller itself; a pid of the caller's namespace (here the
+    host's, one level) maps to its host id; one the namespace lacks is ESRCH."""
+    from lxc_notify_plugin.caller.task import ContainerView, IdMap, host_pid
+    from lxc_notify_plugin.request import Notice, Request
+
+    view = ContainerView("self", os.getpid(), os.readlink("/proc/self/ns/user"),
+                         IdMap(((0, 0, 1 << 32),)), IdMap(((0, 0, 1 << 32),)))
+    proc_fd = os.open(f"/proc/{os.getpid()}", os.O_PATH | os.O_DIRECTORY)
+    try:
+        request = Request(view, Notice(1, os.getpid(), kernel.AUDIT_ARCH_X86_64, 144,
+                                       (0, 0, 0, 0, 0, 0)), "sched_setscheduler", -1, proc_fd)
+        assert host_pid(request, 0) == os.getpid()
+        assert host_pid(request, os.getppid()) == os.getppid()
+        with pytest.raises(OSError) as raised:
+            host_pid(request, 4_000_000)
+        assert raised.value.errno == errno.ESRCH
+    finally:
+        os.close(proc_fd)

@@ -43,7 +43,8 @@ from typing import Final
 from . import _ctypeslib
 
 __all__ = [
-    "PATH_MAX", "iovec", "read_task_memory", "read_task_c_string", "write_task_memory",
+    "PATH_MAX", "iovec", "read_task_memory", "read_task_c_string", "read_task_memory_prefix",
+    "write_task_memory",
     "read_memory", "read_c_string"
 ]
 
@@ -121,6 +122,25 @@ def read_task_memory(tid: int, address: int, size: int) -> bytes:
     if transfer.read(tid, address, size) != size:
         raise _efault("read_task_memory")  # short: a page it needed could not be read
     return ctypes.string_at(transfer.address, size)
+
+
+def read_task_memory_prefix(tid: int, address: int, limit: int) -> bytes:
+    """As much of ``limit`` bytes at ``address`` as can be read (a short read stops
+    at the first unreadable page), as copy_mount_options() reads a mount's data
+    page; EFAULT only when not even the first byte can be read."""
+    if address <= 0 or address >= _ADDRESS_END:
+        raise _efault("read_task_memory_prefix")
+    limit = min(limit, _ADDRESS_END - address)
+    transfer = _transfer_for(limit)
+    try:
+        done = transfer.read(tid, address, limit)
+    except OSError as err:
+        if err.errno != errno.EFAULT:
+            raise
+        done = 0
+    if done <= 0:
+        raise _efault("read_task_memory_prefix")
+    return ctypes.string_at(transfer.address, done)
 
 
 def read_task_c_string(tid: int, address: int, limit: int = PATH_MAX) -> bytes:

@@ -89,6 +89,8 @@ LIBC: Final[Mapping[str, Signature]] = {
     # ssize_t process_vm_writev(...);  the same arguments
     "process_vm_writev": Signature(c_ssize_t,
                                    (c_int, c_void_p, c_ulong, c_void_p, c_ulong, c_ulong)),
+    # int umount2(const char *target, int flags);
+    "umount2": Signature(c_int, (c_char_p, c_int)),
     # int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
     #           unsigned long arg5);
     "prctl": Signature(c_int, (c_int, c_ulong, c_ulong, c_ulong, c_ulong)),

@@ -48,7 +48,8 @@ __all__ = [
     "MOUNT_ATTR_NOEXEC", "MOUNT_ATTR__ATIME", "MOUNT_ATTR_RELATIME", "MOUNT_ATTR_NOATIME",
     "MOUNT_ATTR_STRICTATIME", "MOUNT_ATTR_NODIRATIME", "MOUNT_ATTR_IDMAP",
     "MOUNT_ATTR_NOSYMFOLLOW", "MOUNT_ATTR_SIZE_VER0", "mount_attr", "fsopen", "fspick", "fsconfig",
-    "fsmount", "open_tree", "move_mount", "mount_setattr", "private_tmpfs"
+    "fsmount", "open_tree", "move_mount", "mount_setattr", "private_tmpfs", "MNT_DETACH",
+    "umount2", "fs_context_messages"
 ]
 
 # --- classic mount(2) flags (include/uapi/linux/mount.h) ------------------------------------
@@ -126,6 +127,8 @@ MOUNT_ATTR_NOSYMFOLLOW: Final = 0x00200000
 
 MOUNT_ATTR_SIZE_VER0: Final = 32
 
+MNT_DETACH: Final = 2  # umount2: lazily, even if busy
+
 
 class mount_attr(ctypes.Structure):
     """struct mount_attr {
@@ -150,6 +153,7 @@ _fspick = _ctypeslib.syscall("fspick")
 _open_tree = _ctypeslib.syscall("open_tree")
 _move_mount = _ctypeslib.syscall("move_mount")
 _mount_setattr = _ctypeslib.syscall("mount_setattr")
+_umount2 = _ctypeslib.function("umount2")
 
 
 def fsopen(fs_name: bytes, flags: int = FSOPEN_CLOEXEC) -> int:
@@ -191,6 +195,26 @@ def mount_setattr(dir_fd: int, path: bytes, flags: int, attr_set: int = 0, attr_
     """
     attr = mount_attr(attr_set, attr_clr, propagation, userns_fd)
     _mount_setattr(dir_fd, path, flags, ctypes.byref(attr), ctypes.sizeof(attr))
+
+
+def umount2(target: bytes, flags: int = 0) -> None:
+    _umount2(target, flags)
+
+
+def fs_context_messages(fs_fd: int) -> list[str]:
+    """What a filesystem context said while it was configured: each ``read`` of
+    the fd gives one message ("e ..." for errors, "w ...", "i ..."), ENODATA
+    when none are left.  The reason a CMD_CREATE failed is here, not in errno."""
+    messages = []
+    for _ in range(32):  # the kernel keeps at most 8
+        try:
+            message = os.read(fs_fd, 1024)
+        except OSError:
+            break
+        if not message:
+            break
+        messages.append(message.decode(errors="replace").rstrip("\n"))
+    return messages
 
 
 def private_tmpfs(options: dict[str, str], attrs: int) -> int:

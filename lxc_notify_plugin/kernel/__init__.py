@@ -15,6 +15,7 @@ the call's name in the message) when they fail.  Import from here
 * ``mount``       the new mount API and the mount flags.
 * ``creds``       capabilities, fsuid/fsgid, groups of the calling thread.
 * ``ns``          setns, unshare, the nsfs ioctls, prctl.
+* ``sysinfo``     ``struct sysinfo`` in the 64-bit and compat layouts; the host's.
 
 Each submodule opens with the kernel facts that shaped it.  Importing the
 package does not load libseccomp: decoding LXC's datagrams works without it.
@@ -22,7 +23,7 @@ package does not load libseccomp: decoding LXC's datagrams works without it.
 
 from __future__ import annotations
 
-from . import arch, creds, fs, memory, mount, ns, seccomp
+from . import arch, creds, fs, memory, mount, ns, seccomp, sysinfo
 from .arch import *  # noqa: F403
 from .creds import *  # noqa: F403
 from .fs import *  # noqa: F403
@@ -30,8 +31,9 @@ from .memory import *  # noqa: F403
 from .mount import *  # noqa: F403
 from .ns import *  # noqa: F403
 from .seccomp import *  # noqa: F403
+from .sysinfo import *  # noqa: F403
 
 __all__ = [
     *seccomp.__all__, *arch.__all__, *memory.__all__, *fs.__all__, *mount.__all__,
-    *creds.__all__, *ns.__all__,
+    *creds.__all__, *ns.__all__, *sysinfo.__all__,
 ]

@@ -94,6 +94,8 @@ LIBC: Final[Mapping[str, Signature]] = {
     # int prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
     #           unsigned long arg5);
     "prctl": Signature(c_int, (c_int, c_ulong, c_ulong, c_ulong, c_ulong)),
+    # int sysinfo(struct sysinfo *info);
+    "sysinfo": Signature(c_int, (c_void_p,)),
     # int ioctl(int fd, unsigned long request, void *argp);
     "ioctl": Signature(c_int, (c_int, c_ulong, c_void_p)),
     # int ioctl(int fd, unsigned long request, unsigned long arg);  argument by value

@@ -9,14 +9,18 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <grp.h>
 #include <signal.h>
+#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/sysinfo.h>
+#include <sys/xattr.h>
 #include <sys/time.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
@@ -145,6 +149,102 @@ static int restart(int n, const char *path, unsigned maj, unsigned min) {
     return 0;
 }
 
+/* XATTR flags by name: "-" (0), "create", "replace", or a number. */
+static int xattr_flags(const char *s) {
+    if (!strcmp(s, "create")) return XATTR_CREATE;
+    if (!strcmp(s, "replace")) return XATTR_REPLACE;
+    if (!strcmp(s, "-")) return 0;
+    return num(s, 0);
+}
+
+/* xattr VARIANT PATH NAME VALUE [FLAGS]: VARIANT is set, lset, fset (PATH opened
+ * O_RDONLY) or fset-opath (PATH opened O_PATH, which fsetxattr refuses). */
+static int xattr(const char *variant, const char *path, const char *name, const char *value,
+                 int flags) {
+    size_t size = strlen(value);
+    if (!strcmp(variant, "set")) return result(setxattr(path, name, value, size, flags));
+    if (!strcmp(variant, "lset")) return result(lsetxattr(path, name, value, size, flags));
+    int fd = open(path, !strcmp(variant, "fset-opath") ? O_PATH : O_RDONLY);
+    if (fd < 0) return result(-1);
+    int rc = fsetxattr(fd, name, value, size, flags);
+    int saved = errno;
+    close(fd);
+    errno = saved;
+    return result(rc);
+}
+
+/* xattrbench N PATH NAME: N setxattr calls of a 1-byte value;
+ * prints "calls N ok K median_ns M p99_ns P". */
+static int xattrbench(int n, const char *path, const char *name) {
+    long *ns = calloc(n, sizeof(long));
+    int ok = 0;
+    if (!ns) return 2;
+    for (int i = 0; i < n; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        int rc = setxattr(path, name, "y", 1, 0);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        ns[i] = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+        if (rc == 0) ok++;
+    }
+    qsort(ns, n, sizeof(long), cmp_long);
+    printf("calls %d ok %d median_ns %ld p99_ns %ld\n", n, ok, ns[n / 2], ns[(n * 99) / 100]);
+    return 0;
+}
+
+/* struct compat_sysinfo, as an i386 program sees struct sysinfo: 64 bytes. */
+struct sysinfo32 {
+    int32_t uptime;
+    uint32_t loads[3];
+    uint32_t totalram, freeram, sharedram, bufferram, totalswap, freeswap;
+    uint16_t procs, pad;
+    uint32_t totalhigh, freehigh, mem_unit;
+    char _f[8];
+};
+_Static_assert(sizeof(struct sysinfo32) == 64, "i386 struct sysinfo is 64 bytes");
+
+/* Every field, and the 64-bit struct's padding bytes (which must be 0). */
+static int print_sysinfo(void) {
+    struct sysinfo si;
+    memset(&si, 0xAA, sizeof si);
+    if (sysinfo(&si) < 0) return result(-1);
+    unsigned pad = 0;
+    for (size_t i = offsetof(struct sysinfo, procs) + 4; i < offsetof(struct sysinfo, totalhigh); i++)
+        pad |= ((unsigned char *)&si)[i];
+    printf("uptime %ld loads %lu %lu %lu totalram %lu freeram %lu sharedram %lu bufferram %lu "
+           "totalswap %lu freeswap %lu procs %u pad %u totalhigh %lu freehigh %lu mem_unit %u "
+           "padding %u\n", si.uptime, si.loads[0], si.loads[1], si.loads[2], si.totalram,
+           si.freeram, si.sharedram, si.bufferram, si.totalswap, si.freeswap, si.procs, si.pad,
+           si.totalhigh, si.freehigh, si.mem_unit, pad);
+    return 0;
+}
+
+/* The i386 entry point (sysinfo is 116 there) into a buffer below 4 GiB; the
+ * 48 bytes after the 64-byte struct are a guard that must stay untouched. */
+static unsigned char sysinfo32_buffer[64 + 48];
+static int print_sysinfo32(void) {
+    long rc;
+    memset(sysinfo32_buffer, 0xAA, sizeof sysinfo32_buffer);
+    __asm__ volatile("int $0x80" : "=a"(rc) : "a"(116), "b"(sysinfo32_buffer) : "memory");
+    if (rc < 0) {
+        errno = -rc;
+        return result(-1);
+    }
+    struct sysinfo32 si;
+    memcpy(&si, sysinfo32_buffer, sizeof si);
+    int guard = 1;
+    for (size_t i = 64; i < sizeof sysinfo32_buffer; i++)
+        guard &= sysinfo32_buffer[i] == 0xAA;
+    unsigned f = 0;
+    for (size_t i = 0; i < sizeof si._f; i++) f |= (unsigned char)si._f[i];
+    printf("uptime %d loads %u %u %u totalram %u freeram %u sharedram %u bufferram %u "
+           "totalswap %u freeswap %u procs %u pad %u totalhigh %u freehigh %u mem_unit %u "
+           "padding %u guard %s\n", si.uptime, si.loads[0], si.loads[1], si.loads[2], si.totalram,
+           si.freeram, si.sharedram, si.bufferram, si.totalswap, si.freeswap, si.procs, si.pad,
+           si.totalhigh, si.freehigh, si.mem_unit, f, guard ? "intact" : "overwritten");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) goto usage;
     const char *cmd = argv[1];
@@ -230,8 +330,58 @@ int main(int argc, char **argv) {
             if (mknod(argv[2], S_IFCHR | 0600, makedev(1, 3)) == 0) unlink(argv[2]);
         }
     }
+    if (!strcmp(cmd, "xattr") && argc >= 6)
+        /* xattr set|lset|fset|fset-opath PATH NAME VALUE [FLAGS] */
+        return xattr(argv[2], argv[3], argv[4], argv[5], argc > 6 ? xattr_flags(argv[6]) : 0);
+    if (!strcmp(cmd, "xattr-size") && argc >= 5) {
+        /* xattr-size PATH NAME SIZE: setxattr of SIZE bytes of 'v' */
+        size_t size = num(argv[4], 10);
+        char *value = malloc(size + 1);
+        if (!value) return 2;
+        memset(value, 'v', size);
+        return result(setxattr(argv[2], argv[3], value, size, 0));
+    }
+    if (!strcmp(cmd, "getxattr") && argc >= 4) {
+        /* getxattr PATH NAME: "value V" or the errno */
+        char value[65536];
+        ssize_t n = lgetxattr(argv[2], argv[3], value, sizeof value - 1);
+        if (n < 0) return result(-1);
+        value[n] = 0;
+        printf("value %s\n", value);
+        return 0;
+    }
+    if (!strcmp(cmd, "xattrbench") && argc >= 5)
+        return xattrbench(num(argv[2], 10), argv[3], argv[4]);
+    if (!strcmp(cmd, "sysinfo"))
+        return print_sysinfo();
+    if (!strcmp(cmd, "sysinfo32"))
+        return print_sysinfo32();
+    if (!strcmp(cmd, "sysinfo-null"))
+        return result(syscall(SYS_sysinfo, NULL));
+    if (!strcmp(cmd, "sched") && argc >= 5) {
+        /* sched PID POLICY PRIO: sched_setscheduler; POLICY is other, batch, idle,
+         * fifo, rr or a number */
+        const char *p = argv[3];
+        int policy = !strcmp(p, "other") ? SCHED_OTHER : !strcmp(p, "batch") ? SCHED_BATCH
+                   : !strcmp(p, "idle") ? SCHED_IDLE : !strcmp(p, "fifo") ? SCHED_FIFO
+                   : !strcmp(p, "rr") ? SCHED_RR : (int)num(p, 0);
+        struct sched_param param = {.sched_priority = (int)num(argv[4], 10)};
+        return result(syscall(SYS_sched_setscheduler, (pid_t)num(argv[2], 10), policy, &param));
+    }
+    if (!strcmp(cmd, "schedparam") && argc >= 4) {
+        /* schedparam PID PRIO: sched_setparam */
+        struct sched_param param = {.sched_priority = (int)num(argv[3], 10)};
+        return result(syscall(SYS_sched_setparam, (pid_t)num(argv[2], 10), &param));
+    }
+    if (!strcmp(cmd, "pause")) {
+        /* say "started" and our pid as the container sees it, then wait to be killed */
+        printf("started\n%d\n", getpid());
+        fflush(stdout);
+        for (;;) pause();
+    }
 usage:
     fprintf(stderr, "usage: nodeprobe mknod|mknodat|mknodat-fd|mknod32|badptr|longpath|stat|"
-                    "open|write|bench|once|forever|mknod32hi|protnone|restart|groups ...\n");
+                    "open|write|bench|once|forever|mknod32hi|protnone|restart|groups|xattr|xattr-size|"
+                    "getxattr|xattrbench|sysinfo|sysinfo32|sysinfo-null|sched|schedparam|pause ...\n");
     return 2;
 }

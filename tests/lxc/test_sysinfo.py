@@ -1,0 +1,191 @@
+"""sysinfo emulation in real unprivileged containers: limits, uptime, layouts."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lxc_notify_plugin import kernel
+from tests.conftest import require, require_tools
+from tests.lxc.conftest import Container, Daemon
+
+MiB = 1 << 20
+KEY = "security.syscalls.intercept.sysinfo"
+LIMITED = ("lxc.cgroup.memory.limit_in_bytes = 256M\n"
+           "lxc.cgroup.memory.memsw.limit_in_bytes = 384M\n")
+
+
+def fields(line: str) -> dict[str, int | str]:
+    """nodeprobe's "name value name value ..." line (loads: three values)."""
+    words = line.split()
+    out: dict[str, int | str] = {}
+    i = 0
+    while i < len(words):
+        name = words[i]
+        if name == "loads":
+            for n in range(3):
+                out[f"load{n}"] = int(words[i + 1 + n])
+            i += 4
+            continue
+        value = words[i + 1]
+        out[name] = int(value) if value.lstrip("-").isdigit() else value
+        i += 2
+    return out
+
+
+def sysinfo_container(daemon: Daemon, nodeprobe: Path, extra_config: str = "") -> Container:
+    box = Container()
+    box.daemon = daemon
+    try:
+        box.create(extra_config)
+        box.install(nodeprobe, "/bin/nodeprobe")
+        daemon.cli("enable", box.name, "--profile", "default")
+        daemon.cli("config", "set", box.name, KEY, "true")
+        box.start()
+    except BaseException:
+        box.destroy()
+        raise
+    return box
+
+
+@contextlib.contextmanager
+def host_swap(size_mib: int = 256) -> Iterator[None]:
+    """A swap file on the host for the length of a test (this VM has none), so a
+    container's memsw limit has swap to show."""
+    require_tools("mkswap", "swapon", "swapoff", "fallocate")
+    path = Path(f"/var/tmp/lxc-notify-test-{os.getpid()}.swap")
+    try:
+        subprocess.run(["fallocate", "-l", f"{size_mib}M", str(path)], check=True)
+        path.chmod(0o600)
+        subprocess.run(["mkswap", str(path)], check=True, capture_output=True)
+        on = subprocess.run(["swapon", str(path)], capture_output=True, text=True)
+        require(on.returncode == 0, f"swapon works here ({on.stderr.strip()})")
+        yield
+    finally:
+        subprocess.run(["swapoff", str(path)], capture_output=True)
+        path.unlink(missing_ok=True)
+
+
+def started_seconds_ago(box: Container) -> float:
+    with open(f"/proc/{box.init_pid()}/stat", "rb") as stat:
+        ticks = int(stat.read().rsplit(b")", 1)[1].split()[19])
+    return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+
+
+def pids_current(box: Container) -> int:
+    path = Path(f"/sys/fs/cgroup/pids/lxc.payload.{box.name}/pids.current")
+    require(path.exists(), "a cgroup v1 pids controller for LXC containers")
+    return int(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def limited(daemon: Daemon, nodeprobe: Path) -> Iterator[Container]:
+    require(Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            "cgroup v1 memory controller with swap accounting")
+    box = sysinfo_container(daemon, nodeprobe, LIMITED)
+    try:
+        yield box
+    finally:
+        box.destroy()
+
+
+def test_a_256_mib_container_sees_256_mib_and_its_own_uptime(limited: Container) -> None:
+    info = fields(limited.probe("sysinfo"))
+    assert info["totalram"] == 256 * MiB and info["mem_unit"] == 1
+    assert 0 < int(info["freeram"]) < 256 * MiB
+    assert int(info["sharedram"]) <= 256 * MiB and info["bufferram"] == 0
+    assert info["padding"] == 0 and info["pad"] == 0
+    assert info["totalhigh"] == 0 and info["freehigh"] == 0
+    age = started_seconds_ago(limited)
+    host_uptime = kernel.host_sysinfo().uptime
+    assert age - 2 <= int(info["uptime"]) <= age + 2 < host_uptime
+    # The pids cgroup counts threads, as procs does; nodeprobe and lxc-attach's
+    # shell come and go around the read.
+    assert abs(int(info["procs"]) - pids_current(limited)) <= 3 and int(info["procs"]) >= 1
+
+
+def test_free_and_uptime_commands_show_the_containers_view(limited: Container) -> None:
+    # busybox free prints "Mem:   " and 12-character columns; its "used" and
+    # "buff/cache" take Cached from /proc/meminfo, which is the host's (only a
+    # /proc overlay such as LXCFS changes that), so only the sysinfo columns count.
+    mem = limited.sh("free").splitlines()[1]
+    assert mem.startswith("Mem:") and int(mem[7:19]) == 256 * 1024  # KiB
+    uptime = limited.sh("uptime")
+    assert " up 0 min," in uptime or " up 1 min," in uptime, uptime
+
+
+def test_swap_follows_the_memsw_limit(daemon: Daemon, nodeprobe: Path) -> None:
+    require(Path("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes").exists(),
+            "cgroup v1 memory controller with swap accounting")
+    with host_swap(256):
+        box = sysinfo_container(daemon, nodeprobe, LIMITED)
+        try:
+            info = fields(box.probe("sysinfo"))
+            # memory+swap 384 MiB less memory 256 MiB: 128 MiB of swap, none used yet.
+            assert info["totalswap"] == 128 * MiB
+            assert 0 < int(info["freeswap"]) <= 128 * MiB
+            info32 = fields(box.probe("sysinfo32"))
+            assert int(info32["totalswap"]) * int(info32["mem_unit"]) == 128 * MiB
+        finally:
+            box.destroy()
+
+
+def test_without_swap_on_the_host_a_memsw_limit_shows_none(limited: Container) -> None:
+    require(not Path("/proc/swaps").read_text().splitlines()[1:], "a host without swap")
+    info = fields(limited.probe("sysinfo"))
+    assert info["totalswap"] == 0 and info["freeswap"] == 0
+
+
+def test_an_i386_caller_gets_the_i386_layout(limited: Container) -> None:
+    native = fields(limited.probe("sysinfo"))
+    info = fields(limited.probe("sysinfo32"))
+    assert info["guard"] == "intact", "wrote past the 64-byte i386 struct"
+    assert info["padding"] == 0 and info["pad"] == 0
+    # 256 MiB fits 32 bits: bytes, as the kernel would answer.
+    assert info["mem_unit"] == 1 and info["totalram"] == 256 * MiB
+    assert 0 < int(info["freeram"]) <= 256 * MiB
+    assert abs(int(info["uptime"]) - int(native["uptime"])) <= 2
+    assert abs(int(info["procs"]) - int(native["procs"])) <= 3
+
+
+def test_without_a_limit_the_hosts_totals(daemon: Daemon, nodeprobe: Path) -> None:
+    box = sysinfo_container(daemon, nodeprobe)
+    try:
+        host = kernel.host_sysinfo()
+        info = fields(box.probe("sysinfo"))
+        assert info["totalram"] == host.totalram * host.mem_unit
+        assert info["totalswap"] == host.totalswap * host.mem_unit
+        assert int(info["uptime"]) <= started_seconds_ago(box) + 2 < host.uptime
+        # The i386 answer is the kernel's own scaling of the host's values.
+        own = fields(subprocess.run([str(nodeprobe), "sysinfo32"], capture_output=True,
+                                    text=True, check=True).stdout)
+        info32 = fields(box.probe("sysinfo32"))
+        assert info32["mem_unit"] == own["mem_unit"]
+        assert info32["totalram"] == own["totalram"]
+        assert info32["guard"] == "intact"
+    finally:
+        box.destroy()
+
+
+def test_a_null_buffer_is_efault(limited: Container) -> None:
+    assert limited.probe("sysinfo-null") == "EFAULT"
+
+
+def test_the_family_off_leaves_sysinfo_to_the_kernel(daemon: Daemon, nodeprobe: Path) -> None:
+    box = Container()
+    box.daemon = daemon
+    try:
+        box.create(LIMITED)
+        box.install(nodeprobe, "/bin/nodeprobe")
+        daemon.cli("enable", box.name, "--profile", "default")
+        box.start()
+        info = fields(box.probe("sysinfo"))
+        assert info["totalram"] == kernel.host_sysinfo().totalram  # the problem, untouched
+    finally:
+        box.destroy()

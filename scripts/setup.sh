@@ -9,8 +9,9 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 
+# debootstrap: the Debian root filesystem tests/lxc/test_docker.py runs Docker in.
 packages=(lxc python3-lxc python3-venv busybox-static uidmap udev e2fsprogs fuse2fs
-          gcc libc6-dev procps)
+          gcc libc6-dev procps debootstrap)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

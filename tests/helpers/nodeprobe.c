@@ -374,7 +374,10 @@ int main(int argc, char **argv) {
         return result(syscall(SYS_sched_setparam, (pid_t)num(argv[2], 10), &param));
     }
     if (!strcmp(cmd, "pause")) {
-        /* say "started" and our pid as the container sees it, then wait to be killed */
+        /* pause [UID]: become UID (group too) if given, say "started" and our pid as
+         * the container sees it, then wait to be killed */
+        if (argc > 2 && (setgid(num(argv[2], 10)) < 0 || setuid(num(argv[2], 10)) < 0))
+            return result(-1);
         printf("started\n%d\n", getpid());
         fflush(stdout);
         for (;;) pause();

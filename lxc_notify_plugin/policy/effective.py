@@ -73,7 +73,7 @@ class ContainerPolicy:
             raise ConfigError(file, key, f"{', '.join(sorted(both))} cannot be both in "
                                          "mount.allowed and mount.fuse (profile and keys "
                                          "together)")
-        mount = MountPolicy(allowed, shift, fuse, mount.force_flags)
+        mount = MountPolicy(allowed, shift, fuse, mount.force_flags, mount.unshifted_fallback)
         for name, value, key in (
                 ("mount.allowed", ",".join(allowed), "mount.allowed"),
                 ("mount.shift", str(bool(shift)).lower(), "mount.shift"),

@@ -67,9 +67,6 @@ _PAGE = 4096
 _SOURCE_FLAGS = os.O_PATH | os.O_CLOEXEC
 _TARGET_FLAGS = os.O_PATH | os.O_CLOEXEC
 
-# One per daemon: what each filesystem type was found to shift with.
-SHIFTER = Shifter()
-
 
 def handle(call: Call) -> Answer:
     if call.request.syscall == "fsopen":
@@ -140,7 +137,7 @@ def _mount(call: Call) -> Answer:
                               translated.attrs)
         try:
             if policy.mount.shift:
-                mount_fd = _shift(request, fs_type, mount_fd,
+                mount_fd = _shift(call.host.shifter, request, fs_type, mount_fd,
                                   bool(policy.mount.unshifted_fallback))
             _attach(thread, request, mount_fd, target_fd)
         finally:
@@ -260,10 +257,11 @@ def _new_mount(thread: CallerThread, fs_type: str, dev: int, sb_flags: tuple[byt
         os.close(fs_fd)
 
 
-def _shift(request: Request, fs_type: str, mount_fd: int, fallback: bool) -> int:
+def _shift(shifter: Shifter, request: Request, fs_type: str, mount_fd: int,
+           fallback: bool) -> int:
     userns_fd = os.open("ns/user", os.O_RDONLY | os.O_CLOEXEC, dir_fd=request.proc_fd)
     try:
-        backend, attach_fd = SHIFTER.shift(fs_type, mount_fd, userns_fd)
+        backend, attach_fd = shifter.shift(fs_type, mount_fd, userns_fd)
     except ShiftUnsupported as err:
         if fallback:
             log.info("mount %s unshifted, as the policy allows: %s", fs_type, err)

@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from . import keys as lxd
 from .families import LXD_FAMILIES
 from .mknod import DevicePolicy
+from .mount import ALWAYS_FORCED, DEFAULT_FORCED
 from .profile import KERNEL, MountPolicy, Profile
 
 DEFAULT_SOURCE = "default"
@@ -81,6 +82,13 @@ class ContainerPolicy:
             source = (f"key {lxd.PREFIX}{key}" if lxd.PREFIX + key in config
                       else sources.get(name, profile.source if value else DEFAULT_SOURCE))
             settings.append(Setting(name, value, source))
+        if "mount" in intercept:
+            forced = sorted(set(mount.force_flags or DEFAULT_FORCED) | set(ALWAYS_FORCED))
+            settings.append(Setting("mount.force_flags", ",".join(forced),
+                                    profile.source if mount.force_flags else DEFAULT_SOURCE))
+            settings.append(Setting("mount.unshifted_fallback",
+                                    str(bool(mount.unshifted_fallback)).lower(),
+                                    sources.get("mount.unshifted_fallback", DEFAULT_SOURCE)))
         for rule in profile.devices:
             minor = (str(rule.minor_low) if rule.minor_low == rule.minor_high
                      else f"{rule.minor_low}-{rule.minor_high}")

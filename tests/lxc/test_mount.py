@@ -233,6 +233,9 @@ def test_a_user_without_cap_sys_admin_is_refused(box: Container) -> None:
     box.sh(f"chmod 777 {where}")
     assert mp(box, "mount", "/blk/disk", where, "ext4", "0", "-", uid=1000) == "EPERM"
     assert mp(box, "fsopen", "ext4", uid=1000) == "EPERM"
+    # Root of a user namespace nested in the container holds nothing in the container's.
+    nested = box.sh(f"unshare -U -r /bin/mountprobe mount /blk/disk {where} ext4 0 -")
+    assert nested.strip() == "EPERM"
 
 
 def test_without_shift_the_policy_is_honoured(box: Container, daemon: Daemon) -> None:

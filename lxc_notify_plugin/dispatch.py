@@ -24,6 +24,7 @@ from .caller.thread import CallerThread
 from .errors import RequestGone, SupervisorFault, ThreadIdentityLost
 from .handlers import Registered, registry
 from .host.cgroups import DeviceCgroups
+from .host.shift import Shifter
 from .policy.effective import ContainerPolicy
 from .policy.mknod import HostDevices
 from .request import KERNEL_DECIDES, Answer, Notice, Request
@@ -54,6 +55,7 @@ class HostViews:
 
     devices: HostDevices | None = None  # udev's index, while udev runs
     cgroups: DeviceCgroups = field(default_factory=DeviceCgroups)
+    shifter: Shifter = field(default_factory=Shifter)  # what each fs type shifts with
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,6 +140,10 @@ class Supervisor:
         self._bound = True
         atomic_write(self.paths.pid_file, f"{os.getpid()}\n", mode=0o644)
         log.info("listening on %s (pid %d)", self.paths.socket, os.getpid())
+        for backend in self.dispatcher.host.shifter.backends:
+            why = backend.unavailable()
+            log.info("mount shifting with %s: %s", backend.name,
+                     "available" if why is None else f"unavailable ({why})")
 
     def serve(self) -> None:
         """Accept connections until stop(); then wait for every connection thread."""

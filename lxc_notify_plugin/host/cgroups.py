@@ -58,9 +58,17 @@ def parse_devices_list(text: str) -> tuple[DeviceException, ...]:
     return tuple(entries)
 
 
+def allows_access(entries: tuple[DeviceException, ...], kind: str, major: int, minor: int,
+                  access: str) -> bool:
+    """Every letter of ``access`` (``m``, ``r``, ``w``) allowed for the device: the
+    kernel grants a request only if one exception covers all of it."""
+    return any(e.covers(kind, major, minor) and all(a in e.access for a in access)
+               for e in entries)
+
+
 def allows_mknod(entries: tuple[DeviceException, ...], kind: str, major: int,
                  minor: int) -> bool:
-    return any("m" in e.access and e.covers(kind, major, minor) for e in entries)
+    return allows_access(entries, kind, major, minor, "m")
 
 
 def devices_cgroup(proc_cgroup: bytes) -> str | None:
@@ -96,12 +104,19 @@ class DeviceCgroups:
                      minor: int) -> bool:
         """Whether the cgroup named in ``proc_cgroup`` (the caller's /proc/TID/cgroup)
         lets its tasks make this node."""
+        return self.allows(lists, proc_cgroup, kind, major, minor, "m")
+
+    def allows(self, lists: DeviceLists, proc_cgroup: bytes, kind: str, major: int,
+               minor: int, access: str) -> bool:
+        """Whether that cgroup lets its tasks have ``access`` (letters of "mrw")
+        to the device: "r" or "rw" to open it, as a mount of it does."""
         if not self.enabled:
             return True  # cgroup v2 or no devices controller: see the module's doc
         path = devices_cgroup(proc_cgroup)
         if path is None:
             return True
-        return allows_mknod(parse_devices_list(self._read(lists, path)), kind, major, minor)
+        return allows_access(parse_devices_list(self._read(lists, path)), kind, major, minor,
+                             access)
 
     def _read(self, lists: DeviceLists, path: str) -> str:
         fd = lists.fds.get(path, -1)
@@ -116,3 +131,45 @@ class DeviceCgroups:
         fd = os.open(self.mount / path.lstrip("/") / "devices.list", os.O_RDONLY | os.O_CLOEXEC)
         lists.fds[path] = fd
         return read_whole(fd).decode()
+
+
+def procs_files(proc_cgroup: bytes, mountinfo: str) -> list[str]:
+    """The ``cgroup.procs`` files that put a task into the cgroups of the task whose
+    ``/proc/PID/cgroup`` is ``proc_cgroup``, in every hierarchy the host mounts
+    (``mountinfo``: the host's ``/proc/self/mountinfo``).
+
+    A v1 line ``ID:controllers:path`` belongs to the ``cgroup`` mount whose
+    super options name those controllers (``name=systemd`` for a named one);
+    the v2 line ``0::path`` to the ``cgroup2`` mount.  Only mounts of a
+    hierarchy's root count, where paths in /proc/PID/cgroup start.
+    """
+    v1: dict[frozenset[str], str] = {}
+    v2 = None
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        dash = fields.index("-")
+        root, mount_point = fields[3], fields[4]
+        fs_type, super_options = fields[dash + 1], fields[dash + 3]
+        if root != "/":
+            continue
+        if fs_type == "cgroup2" and v2 is None:
+            v2 = mount_point
+        elif fs_type == "cgroup":
+            names = frozenset(super_options.split(",")) - {"rw", "ro"}
+            v1.setdefault(names, mount_point)
+    files = []
+    for entry in proc_cgroup.decode(errors="replace").splitlines():
+        _, _, rest = entry.partition(":")
+        controllers, _, path = rest.partition(":")
+        if not path:
+            continue
+        if not controllers:
+            where = v2
+        else:
+            wanted = frozenset(controllers.split(","))
+            where = next((point for names, point in v1.items() if wanted <= names), None)
+        if where is not None:
+            files.append(os.path.join(where, path.lstrip("/"), "cgroup.procs"))
+    return files

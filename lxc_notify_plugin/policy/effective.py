@@ -12,6 +12,7 @@ from ..errors import ConfigError
 from . import keys as lxd
 from .families import LXD_FAMILIES
 from .mknod import DevicePolicy
+from .mount import ALWAYS_FORCED, DEFAULT_FORCED
 from .profile import KERNEL, MountPolicy, Profile
 
 DEFAULT_SOURCE = "default"
@@ -73,7 +74,7 @@ class ContainerPolicy:
             raise ConfigError(file, key, f"{', '.join(sorted(both))} cannot be both in "
                                          "mount.allowed and mount.fuse (profile and keys "
                                          "together)")
-        mount = MountPolicy(allowed, shift, fuse, mount.force_flags)
+        mount = MountPolicy(allowed, shift, fuse, mount.force_flags, mount.unshifted_fallback)
         for name, value, key in (
                 ("mount.allowed", ",".join(allowed), "mount.allowed"),
                 ("mount.shift", str(bool(shift)).lower(), "mount.shift"),
@@ -81,6 +82,13 @@ class ContainerPolicy:
             source = (f"key {lxd.PREFIX}{key}" if lxd.PREFIX + key in config
                       else sources.get(name, profile.source if value else DEFAULT_SOURCE))
             settings.append(Setting(name, value, source))
+        if "mount" in intercept:
+            forced = sorted(set(mount.force_flags or DEFAULT_FORCED) | set(ALWAYS_FORCED))
+            settings.append(Setting("mount.force_flags", ",".join(forced),
+                                    profile.source if mount.force_flags else DEFAULT_SOURCE))
+            settings.append(Setting("mount.unshifted_fallback",
+                                    str(bool(mount.unshifted_fallback)).lower(),
+                                    sources.get("mount.unshifted_fallback", DEFAULT_SOURCE)))
         for rule in profile.devices:
             minor = (str(rule.minor_low) if rule.minor_low == rule.minor_high
                      else f"{rule.minor_low}-{rule.minor_high}")

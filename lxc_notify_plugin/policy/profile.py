@@ -82,6 +82,9 @@ class MountPolicy:
     shift: bool | None = None
     fuse: tuple[tuple[str, str], ...] = ()  # (filesystem, FUSE program)
     force_flags: tuple[str, ...] = ()
+    # With shift on and no backend able to shift a filesystem: mount it
+    # unshifted (files show as nobody) rather than refuse.
+    unshifted_fallback: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -225,7 +228,8 @@ def _udev_rule(entry: Any, file: str, key: str) -> UdevRule:
 
 def _mount(table: Any, file: str) -> MountPolicy:
     table = _want(table, dict, file, "mount")
-    _check_keys(table, {"allowed", "shift", "fuse", "force_flags"}, file, "mount.")
+    _check_keys(table, {"allowed", "shift", "fuse", "force_flags", "unshifted_fallback"}, file,
+                "mount.")
     allowed = tuple(check_fs_name(fs, file, "mount.allowed")
                     for fs in _strings(table.get("allowed", []), file, "mount.allowed"))
     shift = table.get("shift")
@@ -243,7 +247,10 @@ def _mount(table: Any, file: str) -> MountPolicy:
         if flag not in _MOUNT_FLAGS:
             raise ConfigError(file, "mount.force_flags",
                               f"{flag!r} is not one of {', '.join(_MOUNT_FLAGS)}")
-    return MountPolicy(allowed, shift, fuse, flags)
+    fallback = table.get("unshifted_fallback")
+    if fallback is not None:
+        fallback = _want(fallback, bool, file, "mount.unshifted_fallback")
+    return MountPolicy(allowed, shift, fuse, flags, fallback)
 
 
 def _deny_answer(value: Any, file: str, key: str) -> str:
@@ -400,6 +407,7 @@ def merge(layers: list[ProfileLayer]) -> Profile:
     deny: dict[str, str] = {}
     fuse: dict[str, str] = {}
     shift: bool | None = None
+    fallback: bool | None = None
     description = ""
     for layer in layers:
         if layer.description is not None:
@@ -416,11 +424,15 @@ def merge(layers: list[ProfileLayer]) -> Profile:
         if layer.mount.shift is not None:
             shift = layer.mount.shift
             sources["mount.shift"] = layer.source
+        if layer.mount.unshifted_fallback is not None:
+            fallback = layer.mount.unshifted_fallback
+            sources["mount.unshifted_fallback"] = layer.source
     mount = MountPolicy(
         allowed=_union(*(layer.mount.allowed for layer in layers)),
         shift=shift,
         fuse=tuple(fuse.items()),
         force_flags=_union(*(layer.mount.force_flags for layer in layers)),
+        unshifted_fallback=fallback,
     )
     both = set(mount.allowed) & set(fuse)
     if both:

@@ -57,10 +57,12 @@ def test_keys_without_a_handler_are_refused_unless_off(key: str) -> None:
     lxd.check_buildable(key, "false", FILE)
 
 
-@pytest.mark.parametrize("key", UNBUILT_LISTS)
-def test_lists_are_refused_without_their_handler(key: str) -> None:
-    with pytest.raises(ConfigError, match=f"no {lxd.KEYS[key].family} handler yet"):
-        lxd.check_buildable(key, "ext4", FILE)
+def test_lists_are_refused_without_their_handler() -> None:
+    # One test over the list (which empties as handlers are built), not a
+    # parameter each: an empty parameter set would be reported as a skip.
+    for key in UNBUILT_LISTS:
+        with pytest.raises(ConfigError, match=f"no {lxd.KEYS[key].family} handler yet"):
+            lxd.check_buildable(key, "ext4", FILE)
 
 
 @pytest.mark.parametrize("key", sorted(spec.name for spec in lxd.KEYS.values()

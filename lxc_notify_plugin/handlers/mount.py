@@ -1,0 +1,315 @@
+"""mount(2) of the filesystems the policy allows, and fsopen(2) of those we emulate.
+
+The mount is made as a privileged container would see it made, by the new
+mount API from host root, in five steps:
+
+1. the **target** is resolved as the caller resolves it (its root and cwd,
+   its rights at every step; a symlink pointing outside the container
+   lands inside), first, as path_mount() does;
+2. the **source** must be a block device node the caller reaches the same
+   way and could open itself, for reading, and writing unless MS_RDONLY:
+   its own permissions on the node (the node's mount not ``nodev``), then
+   its device cgroup.  The device is then mounted by its *number*, through
+   a node of our own in a tmpfs no namespace can see: never a host path the
+   container named;
+3. ``fsopen``, ``fsconfig`` (the source, the superblock flags, each option
+   of the caller's data page), ``fsmount`` with the flags as
+   ``MOUNT_ATTR_*``, the policy's forced flags added; options naming host
+   paths or devices are refused (EPERM);
+4. with ``mount.shift``, the detached mount is shifted into the container's
+   user namespace (``host/shift.py``: idmapped, or shiftfs);
+5. ``move_mount`` onto the target, in the caller's mount namespace (a nested
+   one made with ``unshare -m`` is the one that gets it).
+
+A filesystem redirected to FUSE (``mount.fuse``) is mounted instead by its
+FUSE program, run in the container as the caller (``caller/enter.py``).
+
+Callers without CAP_SYS_ADMIN in the container's user namespace, and every
+filesystem the policy does not name, are handed back to the kernel: its
+answer for them is what a privileged container gives (EPERM), or the
+native mount (tmpfs, proc, fuse...).  When our own step fails, the caller
+gets that errno, never the kernel's second opinion, and the log says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+import os
+import stat
+
+from .. import kernel
+from ..caller import enter
+from ..caller.task import INODE_CAPS, CallerCreds, in_container_userns, read_creds
+from ..caller.thread import AT_FDCWD, CallerThread
+from ..dispatch import Call
+from ..errors import SupervisorFault
+from ..host.cgroups import DeviceLists
+from ..host.shift import Shifter, ShiftUnsupported
+from ..policy.mount import (
+    EMULATE,
+    NOT_NEW,
+    Option,
+    choice,
+    forced_flags,
+    fuse_options,
+    mount_flags,
+    parse_options,
+    refused_option,
+    translate,
+)
+from ..request import DONE, KERNEL_DECIDES, Answer, Request
+
+log = logging.getLogger(__name__)
+
+_PAGE = 4096
+_SOURCE_FLAGS = os.O_PATH | os.O_CLOEXEC
+_TARGET_FLAGS = os.O_PATH | os.O_CLOEXEC
+
+
+def handle(call: Call) -> Answer:
+    if call.request.syscall == "fsopen":
+        return _fsopen(call)
+    return _mount(call)
+
+
+def _fsopen(call: Call) -> Answer:
+    """ENOSYS for a filesystem we emulate, so mount(8) falls back to mount(2)."""
+    request, policy = call.request, call.policy
+    try:
+        name = request.read_string(request.args[0], _PAGE)
+    except OSError:
+        return KERNEL_DECIDES  # the kernel's EFAULT or ENAMETOOLONG
+    if choice(policy.mount, name.decode(errors="replace")) is None:
+        return KERNEL_DECIDES
+    creds = read_creds(request, call.thread.status)
+    if not _privileged(request, creds):
+        return KERNEL_DECIDES
+    return Answer(error=errno.ENOSYS)
+
+
+def _privileged(request: Request, creds: CallerCreds) -> bool:
+    return in_container_userns(request, creds) and creds.has_cap(kernel.CAP_SYS_ADMIN)
+
+
+def _mount(call: Call) -> Answer:
+    request, policy, thread = call.request, call.policy, call.thread
+    source_address, target_address, type_address, raw_flags, data_address = request.args[:5]
+    flags = mount_flags(raw_flags)
+    if flags & NOT_NEW or not type_address:
+        return KERNEL_DECIDES  # not a new superblock (a filter without argument checks)
+    try:
+        fs_type = request.read_string(type_address, _PAGE).decode(errors="replace")
+    except OSError:
+        return KERNEL_DECIDES
+    decided = choice(policy.mount, fs_type)
+    if decided is None:
+        return KERNEL_DECIDES
+    creds = read_creds(request, thread.status)
+    if not _privileged(request, creds):
+        log.debug("mount %s: caller lacks CAP_SYS_ADMIN in the container", fs_type)
+        return KERNEL_DECIDES
+    # Everything the call names is read before anything is looked at, as the
+    # kernel copies its strings first; then checked still valid.
+    target = request.read_string(target_address)
+    source = request.read_string(source_address) if source_address else None
+    data = _read_data(request, data_address)
+    request.ensure_valid()
+    options = parse_options(data)
+    bad = refused_option(options)
+    if bad is not None:
+        log.info("mount %s: option %s is refused (it would act outside the container)",
+                 fs_type, bad)
+        raise PermissionError(errno.EPERM, f"mount option {bad} is refused")
+    forced = forced_flags(policy.mount)
+    kind, program = decided
+    if kind != EMULATE:
+        return _redirect(call, creds, program, fs_type, source, target, flags | forced, options)
+    if source is None:
+        raise OSError(errno.EINVAL, "no source")  # get_tree_bdev: "No source specified"
+    translated = translate(flags, forced)
+    target_fd = _open_target(call, creds, target)
+    try:
+        dev = _source_device(call, creds, source, writable=not translated.flags
+                             & kernel.MS_RDONLY)
+        mount_fd = _new_mount(thread, fs_type, dev, translated.sb_flags, options,
+                              translated.attrs)
+        try:
+            if policy.mount.shift:
+                mount_fd = _shift(call.host.shifter, request, fs_type, mount_fd,
+                                  bool(policy.mount.unshifted_fallback))
+            _attach(thread, request, mount_fd, target_fd)
+        finally:
+            os.close(mount_fd)
+    finally:
+        os.close(target_fd)
+    log.debug("mounted %s %d:%d on %s for host uid %d (flags %#x)", fs_type, os.major(dev),
+              os.minor(dev), os.fsdecode(target), creds.fsuid, translated.flags)
+    return DONE
+
+
+def _read_data(request: Request, address: int) -> bytes:
+    """The data page: up to a page, as much as is readable (copy_mount_options),
+    as a string up to its NUL; a fault on its first byte is EFAULT."""
+    if not address:
+        return b""
+    page = kernel.read_task_memory_prefix(request.tid, address, _PAGE)
+    return page.split(b"\0", 1)[0]
+
+
+def _open_target(call: Call, creds: CallerCreds, target: bytes) -> int:
+    """The mount point, as the caller's walk reaches it (an O_PATH fd)."""
+    request = call.request
+    with call.thread.as_caller(request, creds, creds.cap_effective & INODE_CAPS,
+                               dir_fd=AT_FDCWD, relative=not target.startswith(b"/")) as scope:
+        if not target:
+            raise OSError(errno.ENOENT, "empty target")
+        return scope.open_exactly(target, _TARGET_FLAGS)
+
+
+def _source_device(call: Call, creds: CallerCreds, source: bytes, *, writable: bool) -> int:
+    """The device number of the block node ``source``, if the caller may use it."""
+    request, thread = call.request, call.thread
+    with thread.as_caller(request, creds, creds.cap_effective & INODE_CAPS, dir_fd=AT_FDCWD,
+                          relative=not source.startswith(b"/")) as scope:
+        if not source:
+            raise OSError(errno.ENOENT, "empty source")
+        node_fd = scope.open_exactly(source, _SOURCE_FLAGS)
+        try:
+            st = os.fstat(node_fd)
+            if not stat.S_ISBLK(st.st_mode):
+                raise OSError(errno.ENOTBLK, "source is not a block device")
+            # Opened as the caller would open it: its DAC capabilities count on
+            # the node only if the node's owner is mapped; a node on a nodev
+            # mount is EACCES; a device that does not exist ENXIO.
+            scope.set_caps(creds.caps_over(request.container, st.st_uid, st.st_gid)
+                           & INODE_CAPS)
+            mode = os.O_RDWR if writable else os.O_RDONLY
+            opened = os.open(f"thread-self/fd/{node_fd}", mode | os.O_CLOEXEC | os.O_NONBLOCK,
+                             dir_fd=thread.host_proc_fd)
+            os.close(opened)
+        finally:
+            os.close(node_fd)
+    lists = thread.resource("device-lists", DeviceLists)
+    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
+    if not call.host.cgroups.allows(lists, thread.cgroup.read(request), "b", major, minor,
+                                    "rw" if writable else "r"):
+        log.debug("b %d:%d is not allowed by the caller's device cgroup", major, minor)
+        raise PermissionError(errno.EPERM, "device cgroup refuses the source")  # bdev_permission
+    return st.st_rdev
+
+
+class SourceNodes:
+    """One thread's block nodes by device number, in a tmpfs mounted nowhere:
+    the only path the kernel resolves for a mount's source is one of ours."""
+
+    def __init__(self) -> None:
+        self.root_fd = kernel.private_tmpfs({"mode": "0700", "size": "64k"}, 0)
+        self.made: set[int] = set()
+
+    def path(self, dev: int) -> bytes:
+        name = f"b{os.major(dev)}_{os.minor(dev)}"
+        if dev not in self.made:
+            with contextlib.suppress(FileExistsError):
+                os.mknod(name, stat.S_IFBLK | 0o600, dev, dir_fd=self.root_fd)
+            self.made.add(dev)
+        return f"/proc/thread-self/fd/{self.root_fd}/{name}".encode()
+
+    def close(self) -> None:
+        os.close(self.root_fd)
+
+
+def _new_mount(thread: CallerThread, fs_type: str, dev: int, sb_flags: tuple[bytes, ...],
+               options: tuple[Option, ...], attrs: int) -> int:
+    """A detached mount of a new (or shared, as the kernel decides) superblock."""
+    thread.set_ids(0, 0, (), 0o022)  # the last caller's fs ids must not reach the new sb
+    sources = thread.resource("mount-sources", SourceNodes)
+    try:
+        fs_fd = kernel.fsopen(fs_type.encode())
+    except OSError as err:
+        raise SupervisorFault(f"open a {fs_type} context", err) from err
+    try:
+        try:
+            # The order of do_new_mount(): the source, then the caller's options.
+            kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, b"source", sources.path(dev))
+            for name in sb_flags:
+                kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_FLAG, name)
+            for option in options:
+                if option.value is None:
+                    kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_FLAG, option.key)
+                else:
+                    kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, option.key,
+                                    option.value)
+            kernel.fsconfig(fs_fd, kernel.FSCONFIG_CMD_CREATE)
+        except OSError as err:
+            # The filesystem's own answer (EINVAL for a bad image, EBUSY for a
+            # device mounted with other flags): the caller's, as the kernel gives it.
+            said = "; ".join(kernel.fs_context_messages(fs_fd))
+            log.info("mount %s %d:%d: %s%s", fs_type, os.major(dev), os.minor(dev),
+                     err.strerror, f" ({said})" if said else "")
+            raise
+        try:
+            return kernel.fsmount(fs_fd, kernel.FSMOUNT_CLOEXEC, attrs)
+        except OSError as err:
+            raise SupervisorFault(f"mount the {fs_type} superblock", err) from err
+    finally:
+        os.close(fs_fd)
+
+
+def _shift(shifter: Shifter, request: Request, fs_type: str, mount_fd: int,
+           fallback: bool) -> int:
+    userns_fd = os.open("ns/user", os.O_RDONLY | os.O_CLOEXEC, dir_fd=request.proc_fd)
+    try:
+        backend, attach_fd = shifter.shift(fs_type, mount_fd, userns_fd)
+    except ShiftUnsupported as err:
+        if fallback:
+            log.info("mount %s unshifted, as the policy allows: %s", fs_type, err)
+            return mount_fd
+        log.warning("mount %s refused: %s", fs_type, err)
+        raise PermissionError(errno.EPERM, str(err)) from err
+    except OSError as err:
+        raise SupervisorFault(f"shift the {fs_type} mount", err) from err
+    finally:
+        os.close(userns_fd)
+    if attach_fd != mount_fd:
+        os.close(mount_fd)
+    log.debug("%s mount shifted with %s", fs_type, backend)
+    return attach_fd
+
+
+def _attach(thread: CallerThread, request: Request, mount_fd: int, target_fd: int) -> None:
+    """move_mount onto the target, in the caller's mount namespace; undone if the
+    caller stopped waiting meanwhile (its restarted call would mount again)."""
+    request.ensure_valid()
+    with thread.mount_namespace_of(request):
+        try:
+            kernel.move_mount(mount_fd, b"", target_fd, b"",
+                              kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+        except OSError as err:
+            if err.errno in (errno.ENOTDIR, errno.EINVAL, errno.ENOENT):
+                raise  # the target's fault (a file, a deleted directory): the kernel's answer
+            raise SupervisorFault("attach the mount in the caller's namespace", err) from err
+        try:
+            request.ensure_valid()
+        except BaseException:
+            try:
+                kernel.umount2(f"/proc/thread-self/fd/{mount_fd}".encode(), kernel.MNT_DETACH)
+            except OSError as err:
+                log.warning("could not undo a mount for a caller that left: %s", err)
+            raise
+
+
+def _redirect(call: Call, creds: CallerCreds, program: str, fs_type: str, source: bytes | None,
+              target: bytes, flags: int, options: tuple[Option, ...]) -> Answer:
+    """The policy's FUSE program mounts it, in the container, as the caller."""
+    if source is None:
+        raise OSError(errno.EINVAL, "no source")
+    argv = [program, os.fsdecode(source), os.fsdecode(target)]
+    words = fuse_options(flags, options)
+    if words:
+        argv += ["-o", words]
+    enter.run_in_container(call.thread, call.request, creds, argv,
+                           missing_errno=errno.ENODEV, what=f"FUSE program for {fs_type}")
+    log.debug("mounted %s on %s with %s", fs_type, os.fsdecode(target), program)
+    return DONE

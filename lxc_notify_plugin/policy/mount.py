@@ -1,0 +1,183 @@
+"""The mount family: which filesystems a container may have the supervisor mount.
+
+Declares the family (``mount`` and ``fsopen``), its filter rules and the
+decisions that need no kernel: which filesystem a call asks for and what we
+do with it, the flags to force, the options to refuse, and the translation
+of ``mount(2)``'s ``MS_*`` flags into the new mount API's superblock flags
+and ``MOUNT_ATTR_*`` mount attributes.
+
+Only ``mount(2)`` calls that make a new superblock reach us: a bind mount,
+a remount, a move or a propagation change never leaves the kernel (the
+filter tests the flags).  Of those, a filesystem the policy neither allows
+nor redirects to FUSE (tmpfs, proc, sysfs, overlay, fuse itself) is handed
+back untouched.  ``fsopen`` is trapped so that a filesystem we emulate
+answers ENOSYS there, which makes util-linux's mount(8) fall back to
+``mount(2)``; every other ``fsopen``, and ``fsconfig``, ``fsmount``,
+``open_tree``, ``move_mount`` and ``openat2``, stay the kernel's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Final
+
+from .. import kernel
+from .families import Family
+from .filter import ArgMatch, Rule
+
+if TYPE_CHECKING:
+    from .profile import MountPolicy
+
+# Flags that make mount(2) something other than a new superblock.
+NOT_NEW: Final = (kernel.MS_BIND | kernel.MS_REMOUNT | kernel.MS_MOVE | kernel.MS_SHARED
+                  | kernel.MS_PRIVATE | kernel.MS_SLAVE | kernel.MS_UNBINDABLE)
+
+# Always forced, whatever the profile says: a device node on an image would
+# reach the host's devices (with shifting, as an owner the container maps).
+ALWAYS_FORCED: Final = ("nodev",)
+DEFAULT_FORCED: Final = ("nosuid", "nodev")
+
+# Options whose value names a host path or a device number, or that act on
+# the whole host: the kernel would resolve them in the supervisor's context,
+# not the caller's.  Refused (EPERM) for every filesystem.
+FORBIDDEN_OPTIONS: Final = frozenset({
+    "journal_path", "journal_dev",  # ext3/ext4: an external journal on a host device
+    "logdev", "rtdev",  # xfs: log and realtime devices by host path
+    "device",  # btrfs: extra devices by host path
+    "dax",  # direct access to host persistent memory
+})
+FORBIDDEN_VALUES: Final = frozenset({("errors", "panic")})  # a bad image would panic the host
+
+_FORCED_FLAG_BITS: Final = {
+    "nosuid": kernel.MS_NOSUID, "nodev": kernel.MS_NODEV, "noexec": kernel.MS_NOEXEC,
+    "noatime": kernel.MS_NOATIME, "nodiratime": kernel.MS_NODIRATIME,
+    "relatime": kernel.MS_RELATIME, "ro": kernel.MS_RDONLY,
+}
+
+# MS_* -> the superblock flag fsconfig(FSCONFIG_SET_FLAG) names (vfs_parse_sb_flag).
+_SB_FLAGS: Final = ((kernel.MS_RDONLY, b"ro"), (kernel.MS_SYNCHRONOUS, b"sync"),
+                    (kernel.MS_DIRSYNC, b"dirsync"), (kernel.MS_LAZYTIME, b"lazytime"))
+# MS_* -> MOUNT_ATTR_* of the mount itself (fsmount's attr_flags).
+_MOUNT_ATTRS: Final = ((kernel.MS_RDONLY, kernel.MOUNT_ATTR_RDONLY),
+                       (kernel.MS_NOSUID, kernel.MOUNT_ATTR_NOSUID),
+                       (kernel.MS_NODEV, kernel.MOUNT_ATTR_NODEV),
+                       (kernel.MS_NOEXEC, kernel.MOUNT_ATTR_NOEXEC),
+                       (kernel.MS_NODIRATIME, kernel.MOUNT_ATTR_NODIRATIME),
+                       (kernel.MS_NOSYMFOLLOW, kernel.MOUNT_ATTR_NOSYMFOLLOW))
+# Flags do_mount() accepts and we translate; others (MS_POSIXACL, MS_KERNMOUNT...)
+# are the kernel's own and are dropped by it for mount(2) too.
+_KNOWN: Final = (kernel.MS_RDONLY | kernel.MS_NOSUID | kernel.MS_NODEV | kernel.MS_NOEXEC
+                 | kernel.MS_SYNCHRONOUS | kernel.MS_MANDLOCK | kernel.MS_DIRSYNC
+                 | kernel.MS_NOSYMFOLLOW | kernel.MS_NOATIME | kernel.MS_NODIRATIME
+                 | kernel.MS_REC | kernel.MS_SILENT | kernel.MS_RELATIME
+                 | kernel.MS_I_VERSION | kernel.MS_STRICTATIME | kernel.MS_LAZYTIME)
+
+EMULATE = "emulate"  # mount it ourselves
+REDIRECT = "fuse"  # run the policy's FUSE program in the container instead
+
+
+def mount_flags(raw: int) -> int:
+    """The flags as do_mount() sees them: the old magic in the top half dropped."""
+    flags = raw & 0xFFFFFFFF  # an unsigned long, but every flag lives in 32 bits
+    if flags & kernel.MS_MGC_MSK == kernel.MS_MGC_VAL:
+        flags &= ~kernel.MS_MGC_MSK
+    return flags
+
+
+def choice(policy: MountPolicy, fs_type: str) -> tuple[str, str] | None:
+    """(EMULATE, "") or (REDIRECT, program) for ``fs_type``; None: the kernel's."""
+    if fs_type in policy.allowed:
+        return EMULATE, ""
+    program = dict(policy.fuse).get(fs_type)
+    if program is not None:
+        return REDIRECT, program
+    return None
+
+
+def forced_flags(policy: MountPolicy) -> int:
+    names = set(policy.force_flags or DEFAULT_FORCED) | set(ALWAYS_FORCED)
+    bits = 0
+    for name in names:
+        bits |= _FORCED_FLAG_BITS[name]
+    return bits
+
+
+@dataclass(frozen=True)
+class Option:
+    key: bytes
+    value: bytes | None  # None: a flag option (no "=")
+
+
+def parse_options(data: bytes) -> tuple[Option, ...]:
+    """A mount(2) data string as vfs_parse_monolithic_sep() splits it: on commas,
+    each ``key[=value]``, empty pieces skipped."""
+    options = []
+    for piece in data.split(b","):
+        if not piece:
+            continue
+        key, sep, value = piece.partition(b"=")
+        options.append(Option(key, value if sep else None))
+    return tuple(options)
+
+
+def refused_option(options: tuple[Option, ...]) -> str | None:
+    """The first option the policy forbids, as text for the log; None if none."""
+    for option in options:
+        key = option.key.decode(errors="replace")
+        value = None if option.value is None else option.value.decode(errors="replace")
+        if key in FORBIDDEN_OPTIONS or (key, value) in FORBIDDEN_VALUES:
+            return key if value is None else f"{key}={value}"
+    return None
+
+
+@dataclass(frozen=True)
+class Translated:
+    """A mount(2) call's flags for the new API."""
+
+    sb_flags: tuple[bytes, ...]  # fsconfig(FSCONFIG_SET_FLAG) names
+    attrs: int  # fsmount's MOUNT_ATTR_* flags
+    flags: int  # the MS_* flags, forced ones included (for logs and the FUSE program)
+
+
+def translate(flags: int, forced: int) -> Translated:
+    """MS_* (with the policy's forced flags) as superblock flags and mount attributes.
+
+    The atime setting is one of three (relatime, the default; noatime;
+    strictatime), as do_mount() picks it: MS_NOATIME wins over MS_STRICTATIME.
+    """
+    flags = (flags & _KNOWN) | forced
+    sb_flags = tuple(name for bit, name in _SB_FLAGS if flags & bit)
+    attrs = 0
+    for bit, attr in _MOUNT_ATTRS:
+        if flags & bit:
+            attrs |= attr
+    if flags & kernel.MS_NOATIME:
+        attrs |= kernel.MOUNT_ATTR_NOATIME
+    elif flags & kernel.MS_STRICTATIME:
+        attrs |= kernel.MOUNT_ATTR_STRICTATIME
+    return Translated(sb_flags, attrs, flags)
+
+
+def fuse_options(flags: int, options: tuple[Option, ...]) -> str:
+    """The ``-o`` list for a FUSE program: the mount flags as option words, then
+    the caller's own options as it gave them."""
+    words = [name for name, bit in (("ro", kernel.MS_RDONLY), ("nosuid", kernel.MS_NOSUID),
+                                    ("nodev", kernel.MS_NODEV), ("noexec", kernel.MS_NOEXEC),
+                                    ("noatime", kernel.MS_NOATIME), ("sync", kernel.MS_SYNCHRONOUS),
+                                    ("dirsync", kernel.MS_DIRSYNC))
+             if flags & bit]
+    for option in options:
+        key = option.key.decode(errors="replace")
+        words.append(key if option.value is None
+                     else f"{key}={option.value.decode(errors='replace')}")
+    return ",".join(words)
+
+
+def filter_rules(policy: object) -> tuple[Rule, ...]:
+    """mount(2) only when it makes a new superblock; every fsopen (its
+    filesystem name is a string, which a filter cannot read)."""
+    return (Rule("mount", None, (ArgMatch(3, 0, mask=NOT_NEW),)),
+            Rule("fsopen", None))
+
+
+FAMILY = Family("mount", ("mount", "fsopen"), filter_rules)

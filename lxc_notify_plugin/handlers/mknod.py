@@ -129,6 +129,11 @@ def handle(call: Call) -> Answer:
         if placeholder is not None:
             try:
                 nodes.overmount_usable_twin(thread, request, placeholder)
+            except nodes.Detached:
+                # A cwd on a lazily unmounted filesystem: the node is made, as the
+                # kernel would make it, but stays unusable (no mount can reach it).
+                log.warning("%s %d:%d made on a detached mount: it cannot be made usable",
+                            kind, major, minor)
             except BaseException:
                 nodes.unlink_quietly(parent_fd, leaf)
                 raise

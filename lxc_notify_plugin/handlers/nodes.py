@@ -157,6 +157,13 @@ def _store_name(key: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in key)
 
 
+class Detached(SupervisorFault):
+    """The caller's node lies on a mount detached from every namespace."""
+
+    def __init__(self, cause: OSError) -> None:
+        super().__init__("bind its node over the caller's (detached mount)", cause)
+
+
 class Placeholder:
     """The caller's freshly made node, held by an O_PATH fd while a twin is mounted on it."""
 
@@ -199,6 +206,10 @@ def overmount_usable_twin(thread: CallerThread, request: Request, node: Placehol
                                       kernel.MOVE_MOUNT_F_EMPTY_PATH
                                       | kernel.MOVE_MOUNT_T_EMPTY_PATH)
                 except OSError as err:
+                    if err.errno in (errno.ENOENT, errno.EINVAL):
+                        # The node's mount is in no namespace (lazily unmounted,
+                        # the caller's cwd kept it alive): nothing can be bound there.
+                        raise Detached(err) from err
                     raise SupervisorFault("bind its node over the caller's", err) from err
         finally:
             os.close(tree_fd)

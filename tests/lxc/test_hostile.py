@@ -163,6 +163,15 @@ def test_a_twin_is_a_node_like_any_other(container: Container) -> None:
         container.sh(f"umount {target}; umount {node}; true")
 
 
+def test_a_cwd_on_a_lazily_unmounted_filesystem(container: Container) -> None:
+    """The kernel makes the node there (no mount reaches it any more); so do we."""
+    m = f"/tmp/{unique('lazy')}"
+    out = container.sh(f"mkdir -p {m} && mount -t tmpfs tmpfs {m} && cd {m}"
+                       f" && umount -l {m} && /bin/nodeprobe mknod ./w c 0 0"
+                       f" && /bin/nodeprobe mknod ./null c 1 3 && ls {m}")
+    assert out.split() == ["ok", "ok"]  # made (kernel, us), and nothing left in the namespace
+
+
 @pytest.fixture(scope="module")
 def denied_null(daemon: Daemon, nodeprobe: Path) -> Iterator[Container]:
     """A container whose device cgroup does not allow c 1:9 (/dev/urandom): deny

@@ -46,6 +46,9 @@ def oci_ready() -> None:
 def daemon(oci_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     daemon = Daemon(tmp_path_factory.mktemp("oci-daemon"))
     daemon.start()
+    # An answered status means serve() runs, its udev thread started: fd and
+    # thread counts taken from now on are the daemon's settled ones.
+    daemon.cli("status")
     try:
         yield daemon
     finally:

@@ -18,7 +18,8 @@ DEFAULTS = Paths()
 def _paths(args: argparse.Namespace) -> Paths:
     return Paths(socket=Path(args.socket), state_dir=Path(args.state_dir),
                  admin_profiles=Path(args.profile_dir), lxc_path=args.lxc_path,
-                 udev_control=Path(args.udev_control))
+                 udev_control=Path(args.udev_control),
+                 oci_agent=Path(args.agent_socket) if args.agent_socket else None)
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
@@ -133,6 +134,44 @@ def cmd_reload(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_oci_seccomp(args: argparse.Namespace) -> int:
+    """An OCI seccomp profile (``linux.seccomp``) whose notifications reach this daemon."""
+    import json
+
+    from .errors import ConfigError
+    from .policy import oci_profile
+    from .policy.effective import ContainerPolicy
+    from .policy.profile import load_profile
+    from .transport.agent import PROFILE_KEY, profile_name_ok
+
+    paths = _paths(args)
+    if not profile_name_ok(args.profile):
+        raise ConfigError("<command line>", "--profile", f"{args.profile!r} is not a profile "
+                          "name (the runtime's state names it; files are not accepted)")
+    policy = ContainerPolicy.from_profile(load_profile(args.profile, paths.profile_search_path))
+    base_file = args.base
+    if base_file is None and Path(oci_profile.DISTRIBUTION_BASE).is_file():
+        base_file = oci_profile.DISTRIBUTION_BASE
+    if base_file in (None, "minimal"):
+        base, source = oci_profile.minimal_base(), "<minimal base>"
+    else:
+        try:
+            base, source = json.loads(Path(base_file).read_text()), base_file
+        except (OSError, ValueError) as err:
+            raise ConfigError(base_file, None, f"cannot read a JSON base: {err}") from err
+        if not isinstance(base, dict):
+            raise ConfigError(base_file, None, "not a JSON object")
+    flags = (oci_profile.WAIT_KILLABLE_RECV,) if args.wait_killable else ()
+    rendered = oci_profile.render(policy, base, listener_path=str(paths.agent_socket),
+                                  metadata=f"{PROFILE_KEY}={args.profile}", flags=flags,
+                                  source=source)
+    for note in rendered.notes:
+        print(f"lxc-notify: not trapped: {note}", file=sys.stderr)
+    json.dump(rendered.profile, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .tools.demo import run
 
@@ -195,6 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--udev-control", default=str(DEFAULTS.udev_control),
                         help="udevd's control socket, whose presence means udev runs "
                              "(default %(default)s)")
+    parser.add_argument("--agent-socket", default=None,
+                        help="the OCI runtimes' seccomp agent socket (default: beside --socket, "
+                             f"{DEFAULTS.agent_socket})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -242,6 +284,17 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--effective", action="store_true",
                       help="the merged policy, and where each value came from")
     show.set_defaults(func=cmd_config_show)
+    oci = sub.add_parser("oci", help="OCI runtimes (runc, crun, podman)"
+                         ).add_subparsers(dest="action", required=True)
+    oci_seccomp = oci.add_parser("seccomp", help="print an OCI seccomp profile that hands "
+                                 "the profile's calls to this daemon")
+    oci_seccomp.add_argument("--profile", default="default")
+    oci_seccomp.add_argument("--base", default=None, help="the OCI seccomp JSON to add to "
+                             f"(default {'/usr/share/containers/seccomp.json'} if present; "
+                             "'minimal': allow by default)")
+    oci_seccomp.add_argument("--wait-killable", action="store_true", help=(
+        "set SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (crun; runc 1.1.5 refuses every flag)"))
+    oci_seccomp.set_defaults(func=cmd_oci_seccomp)
     sub.add_parser("reload", help="make the running supervisor re-read policy (SIGHUP)"
                    ).set_defaults(func=cmd_reload)
     sub.add_parser("status", help="containers, connections and request counts (SIGUSR1)"

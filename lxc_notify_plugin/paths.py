@@ -34,11 +34,18 @@ class Paths:
     shipped_profiles: Path = PACKAGE_PROFILES
     lxc_path: str | None = None  # python-lxc's default (/var/lib/lxc) when None
     udev_control: Path = Path("/run/udev/control")  # present while systemd-udevd runs
+    oci_agent: Path | None = None  # the OCI runtimes' socket; None: beside ``socket``
 
     @property
     def profile_search_path(self) -> tuple[Path, ...]:
         # Admin profiles override shipped ones of the same name.
         return (self.admin_profiles, self.shipped_profiles)
+
+    @property
+    def agent_socket(self) -> Path:
+        """Where OCI runtimes hand over listeners (``linux.seccomp.listenerPath``);
+        in the socket's root-only directory unless set."""
+        return self.oci_agent or self.socket.parent / "oci-agent.sock"
 
     @property
     def pid_file(self) -> Path:

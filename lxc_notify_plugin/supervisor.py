@@ -1,6 +1,7 @@
 """The supervisor: the daemon's life, its containers, and what admins ask of it.
 
-It owns the transports (today LXC's proxy socket, ``transport/lxc.py``), the
+It owns the transports (LXC's proxy socket, ``transport/lxc.py``, and the OCI
+runtimes' seccomp agent socket, ``transport/agent.py``), the
 one dispatcher they all hand requests to, the registry of containers it
 serves (by the cookie LXC sends), the udev watcher, and the wake pipe that
 signals turn into work on the main thread: stop, reload, status.
@@ -24,6 +25,7 @@ from .host.udev import HostDeviceIndex, UdevWatcher
 from .paths import Paths, atomic_write
 from .state import StateStore
 from .transport import lxc as protocol
+from .transport.agent import OciAgent, StatePolicies
 from .transport.lxc import LxcProxy
 
 log = logging.getLogger(__name__)
@@ -128,6 +130,8 @@ class Supervisor:
         self.dispatcher = Dispatcher(HostViews(devices=self.host_devices))
         self.lxc = LxcProxy(paths.socket, self.dispatcher, self.registry.lookup, self.sizes,
                             proc_root)
+        self.oci_policies = StatePolicies(paths)
+        self.agent = OciAgent(paths.agent_socket, self.dispatcher, self.oci_policies, proc_root)
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
         self._reloads = 0
         self._udev = UdevWatcher(self.host_devices, paths.udev_control)
@@ -137,9 +141,11 @@ class Supervisor:
 
     def bind(self) -> None:
         self.lxc.bind()
+        self.agent.bind()
         self._bound = True
         atomic_write(self.paths.pid_file, f"{os.getpid()}\n", mode=0o644)
-        log.info("listening on %s (pid %d)", self.paths.socket, os.getpid())
+        log.info("listening on %s, OCI agent on %s (pid %d)", self.paths.socket,
+                 self.paths.agent_socket, os.getpid())
         for backend in self.dispatcher.host.shifter.backends:
             why = backend.unavailable()
             log.info("mount shifting with %s: %s", backend.name,
@@ -151,6 +157,7 @@ class Supervisor:
             self.bind()
         poller = select.poll()
         poller.register(self.lxc.fileno(), select.POLLIN)
+        poller.register(self.agent.fileno(), select.POLLIN)
         poller.register(self._wake_r, select.POLLIN)
         try:
             self._udev.start()
@@ -165,9 +172,13 @@ class Supervisor:
                     if b"s" in wanted:
                         self._write_status()
                     continue
-                self.lxc.accept()
+                if self.agent.fileno() in ready:
+                    self.agent.accept()
+                if self.lxc.fileno() in ready:
+                    self.lxc.accept()
         finally:
             self.lxc.close()
+            self.agent.close()
             self.paths.pid_file.unlink(missing_ok=True)
             self.paths.reload_file.unlink(missing_ok=True)
             self.paths.status_file.unlink(missing_ok=True)
@@ -180,6 +191,7 @@ class Supervisor:
         started = time.monotonic_ns()
         try:
             refused = self.registry.reload()
+            self.agent.reload(self.oci_policies.rebuild)
         except Exception:
             log.exception("reload failed; every container keeps its policy")
             refused = ["*"]
@@ -196,7 +208,7 @@ class Supervisor:
                 "name": c.record.name, "profile": c.record.profile,
                 "connected": c.connections > 0,
                 "intercept": sorted(c.policy.intercept), "requests": dict(c.stats),
-            } for c in self.registry.containers()],
+            } for c in [*self.registry.containers(), *self.agent.containers()]],
         })
 
     def _answer_admin(self, path: Path, stamp_ns: int, body: dict[str, object]) -> None:

@@ -10,8 +10,11 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # debootstrap: the Debian root filesystem tests/lxc/test_docker.py runs Docker in.
+# runc, crun: the OCI runtimes tests/oci hands listeners from; containers-common
+# ships /usr/share/containers/seccomp.json, the base `lxc-notify oci seccomp` extends;
+# podman runs tests/oci/test_podman.py with the generated profile.
 packages=(lxc python3-lxc python3-venv busybox-static uidmap udev e2fsprogs fuse2fs
-          gcc libc6-dev procps debootstrap)
+          gcc libc6-dev procps debootstrap runc crun golang-github-containers-common podman)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

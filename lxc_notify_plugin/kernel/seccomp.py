@@ -36,7 +36,7 @@ __all__ = [
     "SECCOMP_IOCTL_NOTIF_RECV", "SECCOMP_IOCTL_NOTIF_SEND", "SECCOMP_IOCTL_NOTIF_ID_VALID",
     "SECCOMP_IOCTL_NOTIF_ADDFD", "SECCOMP_IOCTL_NOTIF_SET_FLAGS", "NotifSizes", "notif_sizes",
     "check_struct_sizes", "notif_id_valid", "notif_recv", "notif_send", "notif_addfd",
-    "notif_set_flags"
+    "notif_set_flags", "is_listener"
 ]
 
 
@@ -208,3 +208,18 @@ def notif_addfd(listener_fd: int, notif_id: int, srcfd: int, flags: int = 0, new
 def notif_set_flags(listener_fd: int, flags: int) -> None:
     """SET_FLAGS takes its argument by value, not through a pointer."""
     _set_flags(listener_fd, SECCOMP_IOCTL_NOTIF_SET_FLAGS, flags)
+
+
+# What /proc/self/fd/N says of a listener: anon inodes carry no type of their
+# own (fstat shows the one anon inode every such fd shares), only this name.
+_LISTENER_LINK: Final = "anon_inode:seccomp notify"
+
+
+def is_listener(fd: int, proc_root: str = "/proc") -> bool:
+    """Whether ``fd`` (ours) is a seccomp listener, before any ioctl on it: an
+    fd sent by another process could be anything, and an ioctl number means
+    something else to another kind of file."""
+    try:
+        return os.readlink(f"{proc_root}/self/fd/{fd}") == _LISTENER_LINK
+    except OSError:
+        return False

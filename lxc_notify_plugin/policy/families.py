@@ -61,3 +61,13 @@ def built() -> dict[str, Family]:
 def family_of_syscalls() -> dict[str, str]:
     """syscall name -> the family that owns it."""
     return {syscall: family.name for family in built().values() for syscall in family.syscalls}
+
+
+def notify_rules(policy: ContainerPolicy) -> list[Rule]:
+    """Every rule the families intercepted by ``policy`` ask of the filter, in
+    family order: what LXC's policy text and an OCI profile both render."""
+    found: list[Rule] = []
+    for family in built().values():
+        if policy.intercepts(family.name):
+            found += family.filter_rules(policy)
+    return found

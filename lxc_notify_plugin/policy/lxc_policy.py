@@ -20,7 +20,7 @@ import pyseccomp
 
 from ..errors import ConfigError
 from .effective import ContainerPolicy
-from .families import built
+from .families import notify_rules
 from .filter import EQ, MASKED_EQ, NE, ArgMatch, Rule
 
 SECCOMP_SET_MODE_FILTER = 1
@@ -28,23 +28,19 @@ SECCOMP_FILTER_FLAG_NEW_LISTENER = 8
 
 # LXC's /usr/share/lxc/config/common.seccomp, which a container that sets its
 # own lxc.seccomp.profile would otherwise lose.
-_LXC_DEFAULT_DENY = tuple(Rule(name, errno.EPERM) for name in (
+LXC_DEFAULT_DENY = tuple(Rule(name, errno.EPERM) for name in (
     "kexec_load", "open_by_handle_at", "init_module", "finit_module", "delete_module"))
 
 # A filter with a listener cannot be stacked under ours (the kernel says EBUSY);
 # answering in the filter keeps the request away from us and the kernel alike.
-_NO_NESTED_LISTENER = Rule("seccomp", errno.EBUSY, (
+NO_NESTED_LISTENER = Rule("seccomp", errno.EBUSY, (
     ArgMatch(0, SECCOMP_SET_MODE_FILTER, mask=0xFFFFFFFF),
     ArgMatch(1, SECCOMP_FILTER_FLAG_NEW_LISTENER, mask=SECCOMP_FILTER_FLAG_NEW_LISTENER)))
 
 
 def rules(policy: ContainerPolicy) -> list[Rule]:
     """LXC's defaults, then each intercepted family's own rules."""
-    found = [*_LXC_DEFAULT_DENY, _NO_NESTED_LISTENER]
-    for family in built().values():
-        if policy.intercepts(family.name):
-            found += family.filter_rules(policy)
-    return found
+    return [*LXC_DEFAULT_DENY, NO_NESTED_LISTENER, *notify_rules(policy)]
 
 
 def compile_policy(policy: ContainerPolicy) -> str:

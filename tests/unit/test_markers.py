@@ -22,12 +22,19 @@ def collected(marker: str) -> list[str]:
 
 
 def test_not_kernel_and_not_lxc_selects_the_unit_tier_only() -> None:
-    items = collected("not kernel and not lxc")
+    items = collected("not kernel and not lxc and not oci")
     assert any(item.startswith("tests/unit/") for item in items), items
-    assert not [item for item in items if item.startswith(("tests/kernel/", "tests/lxc/"))]
+    assert not [item for item in items
+                if item.startswith(("tests/kernel/", "tests/lxc/", "tests/oci/"))]
 
 
 def test_kernel_selects_the_kernel_tier_only() -> None:
     items = collected("kernel")
     assert items
     assert all(item.startswith("tests/kernel/") for item in items), items
+
+
+def test_oci_selects_the_oci_tier_only() -> None:
+    items = collected("oci")
+    assert items
+    assert all(item.startswith("tests/oci/") for item in items), items

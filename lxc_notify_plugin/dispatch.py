@@ -18,6 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Final
 
 from . import kernel
 from .caller.thread import CallerThread
@@ -75,9 +76,24 @@ class Outcome:
     container: str
     tid: int
     syscall: str  # "" when the call was not one we know
-    outcome: str  # done, kernel, errno, gone, fault, error
+    outcome: str  # see OUTCOMES
     error: int  # the errno answered, 0 for none
     duration_ns: int
+    arguments: dict[str, object] = field(default_factory=dict)  # decoded, paths as text
+
+    @property
+    def audited(self) -> bool:
+        """Whether this is a decision (the audit log records those), not "not ours"."""
+        return self.outcome not in ("ignored", "unknown")
+
+
+# What can happen to a request: done (emulated), kernel (handed back after a
+# judgement: the policy or the caller's own privileges say the kernel answers),
+# errno (refused or failed with the kernel's errno), gone (the caller left),
+# fault (a host-side failure, logged), error (our bug, ENOSYS), ignored (a call
+# of an intercepted family the policy has no opinion on), unknown (an arch or
+# syscall we do not handle, or a family this container does not intercept).
+OUTCOMES: Final = ("done", "kernel", "errno", "gone", "fault", "error", "ignored", "unknown")
 
 
 Hook = Callable[[Outcome], None]
@@ -109,13 +125,16 @@ class Dispatcher:
             policy = container.policy  # once: a reload may swap it meanwhile
             if not syscall or not policy.intercepts(family):
                 # An arch or call we do not handle: the kernel decides, never a guess.
-                answer, outcome = KERNEL_DECIDES, "kernel"
+                answer, outcome = KERNEL_DECIDES, "unknown"
             else:
                 view = thread.view(container.name, init_pid)
                 request = Request(view, notice, syscall, listener_fd, proc_fd,
                                   thread.host_proc_fd)
                 answer = self.handlers[family].handle(Call(request, policy, thread, self.host))
-                outcome = "kernel" if answer.let_kernel_decide else "done"
+                if not answer.ours:
+                    outcome = "ignored"
+                else:
+                    outcome = "kernel" if answer.let_kernel_decide else "done"
         except RequestGone as gone:
             log.debug("%s", gone)
             answer, outcome = Answer(error=errno.ESRCH), "gone"
@@ -142,12 +161,13 @@ class Dispatcher:
                 request.close()
         error = answer.error
         container.stats[outcome] += 1
-        if log.isEnabledFor(logging.DEBUG) and outcome in ("done", "kernel"):
+        if log.isEnabledFor(logging.DEBUG) and outcome in ("done", "kernel", "ignored"):
             log.debug("%s: pid %d %s -> %s", container.name, notice.tid, syscall or notice.nr,
                       outcome)
         if self.hooks:
             event = Outcome(container.name, notice.tid, syscall, outcome, error,
-                            time.monotonic_ns() - started)
+                            time.monotonic_ns() - started,
+                            request.details if request is not None else {})
             for hook in self.hooks:
                 try:
                     hook(event)

@@ -46,10 +46,14 @@ class Answer:
     val: int = 0
     error: int = 0
     let_kernel_decide: bool = False  # SECCOMP_USER_NOTIF_FLAG_CONTINUE
+    ours: bool = True  # False: a call the policy has no opinion on (not audited)
 
 
 DONE: Final = Answer()
 KERNEL_DECIDES: Final = Answer(let_kernel_decide=True)
+# Handed back because it is none of our business (a user.* xattr, a device no
+# rule names, a filesystem we do not emulate): counted, never audited.
+NOT_OURS: Final = Answer(let_kernel_decide=True, ours=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +78,8 @@ class Request:
     """One notification being served.  The transport owns the listener and any
     ``proc_fd`` it passes in; a ``/proc/TID`` fd opened here is closed by ``close``."""
 
-    __slots__ = ("container", "notice", "syscall", "listener_fd", "_proc_fd", "_proc_root",
-                 "_owns_proc_fd")
+    __slots__ = ("container", "notice", "syscall", "listener_fd", "details", "_proc_fd",
+                 "_proc_root", "_owns_proc_fd")
 
     def __init__(self, container: ContainerView, notice: Notice, syscall: str,
                  listener_fd: int, proc_fd: int = -1, proc_root: str | int = "/proc") -> None:
@@ -83,6 +87,8 @@ class Request:
         self.notice = notice.narrowed()
         self.syscall = syscall
         self.listener_fd = listener_fd
+        # The call's arguments as the handler decoded them (paths as text), for the audit log.
+        self.details: dict[str, object] = {}
         self._proc_fd = proc_fd
         self._proc_root = proc_root
         self._owns_proc_fd = False
@@ -122,6 +128,12 @@ class Request:
             os.close(self._proc_fd)
         self._proc_fd = -1
         self._owns_proc_fd = False
+
+    def note(self, **details: object) -> None:
+        """Record decoded arguments (``path="/dev/null"``, ``dev="c 1:3"``) for the audit
+        log; bytes become text, undecodable bytes escaped, never raise."""
+        for key, value in details.items():
+            self.details[key] = os.fsdecode(value) if isinstance(value, bytes) else value
 
     # --- the caller's memory ------------------------------------------------------
 

@@ -23,7 +23,7 @@ from ..host.cgroups import DeviceLists
 from ..policy.effective import ContainerPolicy
 from ..policy.mknod import choose, mknod_rules, needs_path
 from ..policy.profile import KERNEL
-from ..request import DONE, KERNEL_DECIDES, Answer
+from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer
 from . import nodes
 
 log = logging.getLogger(__name__)
@@ -48,11 +48,12 @@ def handle(call: Call) -> Answer:
     elif stat.S_ISBLK(mode):
         kind = "b"
     else:  # the filter traps only these two; anything else is not ours to judge
-        return KERNEL_DECIDES
+        return NOT_OURS
     major, minor = os.major(dev), os.minor(dev)
     rules = mknod_rules(policy.devices, kind, major, minor, call.host.devices)
     if rules is None:
-        return KERNEL_DECIDES
+        return NOT_OURS  # a whiteout (c 0:0): the kernel allows it itself
+    request.note(dev=f"{kind} {major}:{minor}", mode=f"{stat.S_IMODE(mode):04o}")
     if not rules:
         log.debug("%s %d:%d is not in the profile", kind, major, minor)
         return refused(policy)
@@ -69,6 +70,7 @@ def handle(call: Call) -> Answer:
         log.debug("%s %d:%d is not allowed by the caller's device cgroup", kind, major, minor)
         return KERNEL_DECIDES
     path = request.read_string(path_address)
+    request.note(path=path, **({} if dir_fd == AT_FDCWD else {"dirfd": dir_fd}))
     request.ensure_valid()  # read everything, then check, then act
     dir_fd, path = rebase_self_path(path, dir_fd, creds)
 

@@ -59,7 +59,7 @@ from ..policy.mount import (
     refused_option,
     translate,
 )
-from ..request import DONE, KERNEL_DECIDES, Answer, Request
+from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ def _fsopen(call: Call) -> Answer:
     except OSError:
         return KERNEL_DECIDES  # the kernel's EFAULT or ENAMETOOLONG
     if choice(policy.mount, name.decode(errors="replace")) is None:
-        return KERNEL_DECIDES
+        return NOT_OURS
+    request.note(fstype=name)
     creds = read_creds(request, call.thread.status)
     if not _privileged(request, creds):
         return KERNEL_DECIDES
@@ -105,7 +106,8 @@ def _mount(call: Call) -> Answer:
         return KERNEL_DECIDES
     decided = choice(policy.mount, fs_type)
     if decided is None:
-        return KERNEL_DECIDES
+        return NOT_OURS
+    request.note(fstype=fs_type, flags=f"{raw_flags & 0xFFFFFFFF:#x}")
     creds = read_creds(request, thread.status)
     if not _privileged(request, creds):
         log.debug("mount %s: caller lacks CAP_SYS_ADMIN in the container", fs_type)
@@ -115,6 +117,7 @@ def _mount(call: Call) -> Answer:
     target = request.read_string(target_address)
     source = request.read_string(source_address) if source_address else None
     data = _read_data(request, data_address)
+    request.note(source=source, target=target)
     request.ensure_valid()
     options = parse_options(data)
     bad = refused_option(options)

@@ -44,8 +44,10 @@ def handle(call: Call) -> Answer:
         return KERNEL_DECIDES  # EINVAL, before the pid is looked up
     # struct sched_param { int sched_priority; }
     priority = int.from_bytes(request.read_bytes(param_address, 4), sys.byteorder, signed=True)
+    request.note(pid=pid, priority=priority, **({} if policy is None else {"policy": policy}))
     request.ensure_valid()
     target = host_pid(request, pid, thread.proc_root)
+    request.note(host_pid=target)
     check_in_container(request, thread.host_proc_fd, target)
     request.ensure_valid()
     param = os.sched_param(priority)

@@ -49,7 +49,7 @@ from ..policy.setxattr import (
     XATTR_SIZE_MAX,
     name_allowed,
 )
-from ..request import DONE, KERNEL_DECIDES, Answer, Request
+from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def handle(call: Call) -> Answer:
             return KERNEL_DECIDES  # EFAULT or ERANGE, after any EBADF
         raise
     if not name or not name_allowed(policy.profile.xattrs, name):
-        return KERNEL_DECIDES
+        return NOT_OURS
+    request.note(name=name, size=size, flags=flags)
     if size > XATTR_SIZE_MAX:
         return KERNEL_DECIDES  # E2BIG
     creds = read_creds(request, thread.status)
@@ -78,6 +79,7 @@ def handle(call: Call) -> Answer:
         log.debug("caller lacks CAP_SYS_ADMIN in the container: the kernel decides")
         return KERNEL_DECIDES
     if request.syscall == "fsetxattr":
+        request.note(fd=to_int(target))
         file_fd = open_callers_fd(request, to_int(target))  # EBADF comes first for it
         try:
             value = request.read_bytes(value_address, size) if size else b""
@@ -89,6 +91,7 @@ def handle(call: Call) -> Answer:
         return DONE
     value = request.read_bytes(value_address, size) if size else b""
     path = request.read_string(target)
+    request.note(path=path)
     request.ensure_valid()
     dir_fd, path = rebase_self_path(path, AT_FDCWD, creds)
     relative = not path.startswith(b"/")

@@ -92,10 +92,15 @@ class Daemon:
         self.paths = Paths(socket=root / "lxc-notify.sock", state_dir=root / "state",
                            admin_profiles=root / "profiles")
         self.log_path = root / "daemon.log"
+        # As a service runs it (audit log and metrics on), with its files under root.
+        self.config_path = root / "daemon.toml"
+        self.config_path.write_text(f'[audit]\npath = "{root}/audit.log"\n'
+                                    f'[metrics]\npath = "{root}/metrics.prom"\n')
         self.process: subprocess.Popen[bytes] | None = None
 
     def global_args(self) -> list[str]:
-        return ["--socket", str(self.paths.socket), "--state-dir", str(self.paths.state_dir),
+        return ["--config", str(self.config_path),
+                "--socket", str(self.paths.socket), "--state-dir", str(self.paths.state_dir),
                 "--profile-dir", str(self.paths.admin_profiles)]
 
     def cli(self, *args: str) -> str:

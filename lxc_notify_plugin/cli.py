@@ -4,29 +4,79 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
+from dataclasses import replace
 from pathlib import Path
+from typing import Final
 
 from .errors import LxcNotifyError
 from .paths import Paths
+from .service import config as daemon_config
+from .service.config import DaemonConfig
 from .start import lxc as lxc_config
 
 DEFAULTS = Paths()
 
 
+def _settings(args: argparse.Namespace) -> DaemonConfig:
+    """daemon.toml (``--config``, or the default file if present) with the command
+    line's options laid over it; read once per command."""
+    cached: DaemonConfig | None = getattr(args, "_settings", None)
+    if cached is not None:
+        return cached
+    config = daemon_config.load(Path(args.config) if getattr(args, "config", None) else None)
+    paths = config.paths
+    overrides = {field: Path(value) for option, field in (
+        ("socket", "socket"), ("state_dir", "state_dir"), ("profile_dir", "admin_profiles"),
+        ("udev_control", "udev_control"), ("agent_socket", "oci_agent"))
+        if (value := getattr(args, option, None)) is not None}
+    if getattr(args, "lxc_path", None) is not None:
+        paths = replace(paths, lxc_path=args.lxc_path)
+    level = getattr(args, "log_level", None) or ("debug" if getattr(args, "verbose", False)
+                                                  else config.log_level)
+    config = replace(config, paths=replace(paths, **overrides), log_level=level)
+    args._settings = config
+    return config
+
+
 def _paths(args: argparse.Namespace) -> Paths:
-    return Paths(socket=Path(args.socket), state_dir=Path(args.state_dir),
-                 admin_profiles=Path(args.profile_dir), lxc_path=args.lxc_path,
-                 udev_control=Path(args.udev_control),
-                 oci_agent=Path(args.agent_socket) if args.agent_socket else None)
+    return _settings(args).paths
+
+
+class _JournalFormatter(logging.Formatter):
+    """Under systemd, stderr goes to journald: a ``<N>`` prefix gives each line its
+    priority (sd-daemon(3)) and journald adds the time itself."""
+
+    _PRIORITY: Final = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
+                        logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self._PRIORITY.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def configure_logging(level: str) -> None:
+    """Logs go to stderr, with levels; to journald with priorities under systemd."""
+    handler = logging.StreamHandler()
+    if os.environ.get("JOURNAL_STREAM"):  # set by systemd for a service's stderr
+        handler.setFormatter(_JournalFormatter("%(threadName)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(daemon_config.LOG_LEVELS[level])
 
 
 def cmd_daemon(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
-    supervisor = Supervisor(_paths(args))
-    # Handlers before bind(): once the pid file exists, a SIGHUP may come.
+    supervisor = Supervisor(_settings(args))
+    # Handlers before bind(): once the pid file exists, a SIGHUP may come.  Each
+    # only writes a byte to the supervisor's wake pipe: the work is done by serve().
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: supervisor.stop())
     signal.signal(signal.SIGHUP, lambda *_: supervisor.request_reload())
@@ -37,9 +87,17 @@ def cmd_daemon(args: argparse.Namespace) -> int:
 
 
 def cmd_enable(args: argparse.Namespace) -> int:
-    record = lxc_config.enable(args.name, args.profile, _paths(args))
+    paths = _paths(args)
+    record = lxc_config.enable(args.name, args.profile, paths)
     print(f"{args.name}: interception enabled with profile {record.profile!r}; "
-          f"lxc-start -n {args.name} is now supervised (run `lxc-notify daemon`)")
+          f"lxc-start -n {args.name} is now supervised")
+    if not lxc_config.daemon_running(paths):
+        # LXC then reports the start as a success while the container stays
+        # STOPPED ("Failed to connect to seccomp proxy" in its log).
+        print(f"lxc-notify: WARNING: no supervisor listens on {paths.socket}: until one "
+              f"does, lxc-start -n {args.name} exits 0 but the container stays STOPPED. "
+              "Run it as a service: `lxc-notify service install` (or `lxc-notify daemon`).",
+              file=sys.stderr)
     return 0
 
 
@@ -50,7 +108,8 @@ def cmd_disable(args: argparse.Namespace) -> int:
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    lxc_config.start(args.name, args.profile, _paths(args), Path(args.log_file))
+    lxc_config.start(args.name, args.profile, _paths(args), Path(args.log_file),
+                     _settings(args).file)
     print(f"{args.name}: started, supervised")
     return 0
 
@@ -110,14 +169,53 @@ def cmd_status(args: argparse.Namespace) -> int:
     if status is None:
         print("lxc-notify: no running supervisor answered", file=sys.stderr)
         return 1
-    udev = status["udev"]
+    udev, audit = status["udev"], status.get("audit") or {}
     print(f"supervisor pid {status['pid']}, {status['reloads']} reloads, udev "
           + (f"followed ({udev['devices']} device nodes)" if udev["running"] else "not running"))
-    print(f"{'container':28} {'connected':9} {'profile':12} {'intercepts':12} requests")
-    for c in sorted(status["containers"], key=lambda c: c["name"]):
+    print(f"audit log {audit.get('path') or 'off'} ({audit.get('written', 0)} lines, "
+          f"{audit.get('dropped', 0)} dropped); metrics {status.get('metrics') or 'off'}")
+    print(f"{'container':24} {'state':26} {'profile':10} {'intercepts':12} "
+          f"{'p50/p99 us':>13}  requests")
+    for c in sorted(status["containers"], key=lambda c: (c["name"], c["state"])):
         requests = ", ".join(f"{k} {v}" for k, v in sorted(c["requests"].items())) or "-"
-        print(f"{c['name']:28} {'yes' if c['connected'] else 'no':9} "
-              f"{Path(c['profile']).stem:12} {','.join(c['intercept']) or '-':12} {requests}")
+        latency = c.get("latency_us") or {}
+        p50, p99 = latency.get("p50"), latency.get("p99")
+        quantiles = f"{p50:.0f}/{p99:.0f}" if p50 is not None and p99 is not None else "-"
+        intercept = ",".join(c["intercept"]) if c["intercept"] is not None else "?"
+        print(f"{c['name']:24} {c['state']:26} {Path(c['profile']).stem:10} "
+              f"{intercept or '-':12} {quantiles:>13}  {requests}")
+    if any(c["state"] in (lxc_config.DESTROYED, lxc_config.NOT_ENABLED)
+           for c in status["containers"]):
+        print("(destroyed and not-enabled containers' state is removed by `lxc-notify prune`)")
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace) -> int:
+    paths = _paths(args)
+    removed = lxc_config.prune(paths)
+    for name, why in removed:
+        print(f"{name}: {why}: state removed")
+    if removed and lxc_config.signal_reload(paths) is None:
+        print("(no supervisor running: nothing else to tell)")
+    if not removed:
+        print("nothing to prune")
+    return 0
+
+
+def cmd_service(args: argparse.Namespace) -> int:
+    from .service import unit
+
+    if args.action == "unit":
+        sys.stdout.write(unit.render())
+    elif args.action == "capabilities":
+        for name, why in unit.CAPABILITIES.items():
+            print(f"{name:20} {why}")
+    elif args.action == "install":
+        for line in unit.install(Path(args.unit_dir), start=not args.no_start):
+            print(line)
+    else:
+        for line in unit.remove(Path(args.unit_dir)):
+            print(line)
     return 0
 
 
@@ -221,23 +319,45 @@ def cmd_udev_install(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subparsers_with(common: argparse.ArgumentParser) -> type[argparse.Action]:
+    """A subparsers action whose every parser, at any depth, takes ``common``'s options."""
+
+    class WithCommon(argparse._SubParsersAction):  # type: ignore[type-arg]
+        def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
+            kwargs["parents"] = [*kwargs.get("parents", ()), common]  # type: ignore[misc]
+            parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
+            parser.register("action", "parsers", WithCommon)
+            return parser
+
+    return WithCommon
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lxc-notify", description=(
+    # The common options are accepted before and after the subcommand
+    # (``lxc-notify -v daemon`` and ``lxc-notify daemon -v``): every parser gets
+    # them with no default, so a later one never resets an earlier one's value.
+    common = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    options = common.add_argument_group("common options (before or after the command)")
+    options.add_argument("--config", help=f"daemon configuration (default "
+                         f"{daemon_config.DEFAULT_FILE}, if present)")
+    options.add_argument("--socket", help=f"the supervisor's socket (default {DEFAULTS.socket})")
+    options.add_argument("--state-dir", help=f"per-container state (default "
+                         f"{DEFAULTS.state_dir})")
+    options.add_argument("--profile-dir", help="admin profiles, which override shipped ones "
+                         f"(default {DEFAULTS.admin_profiles})")
+    options.add_argument("--lxc-path", help="LXC's container directory")
+    options.add_argument("--udev-control", help="udevd's control socket, whose presence "
+                         f"means udev runs (default {DEFAULTS.udev_control})")
+    options.add_argument("--agent-socket", help="the OCI runtimes' seccomp agent socket "
+                         f"(default: beside --socket, {DEFAULTS.agent_socket})")
+    options.add_argument("--log-level", choices=sorted(daemon_config.LOG_LEVELS),
+                         help="log what is at least this severe (default info)")
+    options.add_argument("-v", "--verbose", action="store_true",
+                         help="log every decision (--log-level debug)")
+    parser = argparse.ArgumentParser(prog="lxc-notify", parents=[common], description=(
         "Supervise unprivileged LXC containers through seccomp user notification."))
-    parser.add_argument("--socket", default=str(DEFAULTS.socket),
-                        help="the supervisor's socket (default %(default)s)")
-    parser.add_argument("--state-dir", default=str(DEFAULTS.state_dir),
-                        help="per-container state (default %(default)s)")
-    parser.add_argument("--profile-dir", default=str(DEFAULTS.admin_profiles),
-                        help="admin profiles, which override shipped ones (default %(default)s)")
-    parser.add_argument("--lxc-path", default=None, help="LXC's container directory")
-    parser.add_argument("--udev-control", default=str(DEFAULTS.udev_control),
-                        help="udevd's control socket, whose presence means udev runs "
-                             "(default %(default)s)")
-    parser.add_argument("--agent-socket", default=None,
-                        help="the OCI runtimes' seccomp agent socket (default: beside --socket, "
-                             f"{DEFAULTS.agent_socket})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every decision")
+    # Every subparser below takes the common options too.
+    parser.register("action", "parsers", _subparsers_with(common))
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("daemon", help="run the supervisor in the foreground").set_defaults(
@@ -297,8 +417,24 @@ def build_parser() -> argparse.ArgumentParser:
     oci_seccomp.set_defaults(func=cmd_oci_seccomp)
     sub.add_parser("reload", help="make the running supervisor re-read policy (SIGHUP)"
                    ).set_defaults(func=cmd_reload)
-    sub.add_parser("status", help="containers, connections and request counts (SIGUSR1)"
-                   ).set_defaults(func=cmd_status)
+    sub.add_parser("status", help="containers, their state, request counts and latency "
+                   "(SIGUSR1)").set_defaults(func=cmd_status)
+    sub.add_parser("prune", help="remove the state of destroyed containers and of those "
+                   "no longer enabled").set_defaults(func=cmd_prune)
+    service = sub.add_parser("service", help="the systemd unit").add_subparsers(
+        dest="action", required=True)
+    for action, help_ in (("install", "install, enable and start the unit"),
+                          ("remove", "stop, disable and remove the unit")):
+        parser_ = service.add_parser(action, help=help_)
+        parser_.add_argument("--unit-dir", default="/etc/systemd/system")
+        if action == "install":
+            parser_.add_argument("--no-start", action="store_true",
+                                 help="enable only; start at next boot")
+        parser_.set_defaults(func=cmd_service)
+    service.add_parser("unit", help="print the unit as install writes it").set_defaults(
+        func=cmd_service)
+    service.add_parser("capabilities", help="the unit's capabilities, and why each"
+                       ).set_defaults(func=cmd_service)
     udev = sub.add_parser("udev", help="udev rules for delegable devices"
                           ).add_subparsers(dest="action", required=True)
     udev.add_parser("list", help="delegable devices present now").set_defaults(
@@ -311,9 +447,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(threadName)s %(name)s: %(message)s")
     try:
+        configure_logging(_settings(args).log_level)
         return int(args.func(args))
     except LxcNotifyError as err:
         print(f"lxc-notify: {err}", file=sys.stderr)

@@ -18,6 +18,10 @@ class ConfigError(LxcNotifyError):
         super().__init__(f"{where}: {reason}")
 
 
+class DaemonError(LxcNotifyError):
+    """The daemon cannot run: its socket is taken (one per host), a file cannot be opened."""
+
+
 class ProtocolError(LxcNotifyError):
     """A datagram from the LXC monitor that does not follow the seccomp proxy protocol."""
 

@@ -10,20 +10,29 @@ signals turn into work on the main thread: stop, reload, status.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
 import select
+import socket
 import threading
 import time
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from . import kernel
 from .dispatch import Container, Dispatcher, HostViews
-from .errors import ConfigError
+from .errors import ConfigError, DaemonError
 from .host.udev import HostDeviceIndex, UdevWatcher
 from .paths import Paths, atomic_write
-from .state import StateStore
+from .service import config as daemon_config
+from .service.audit import AuditLog
+from .service.config import DaemonConfig
+from .service.metrics import Metrics
+from .start import lxc as lxc_config
+from .state import ContainerRecord, StateStore
 from .transport import lxc as protocol
 from .transport.agent import OciAgent, StatePolicies
 from .transport.lxc import LxcProxy
@@ -38,6 +47,7 @@ class ContainerRegistry:
         self._paths = paths
         self._by_cookie: dict[bytes, Container] = {}
         self._lock = threading.Lock()
+        self.forgotten: list[str] = []  # names dropped by a rescan, for the metrics to forget
 
     def lookup(self, cookie: bytes) -> Container | None:
         with self._lock:
@@ -57,14 +67,26 @@ class ContainerRegistry:
                 return container
         return None
 
-    def _rescan(self) -> None:
+    def refresh(self) -> list[ContainerRecord]:
+        """Re-read the state directory: serve new records, forget records that are
+        gone (disabled, pruned) once nothing is connected for them; every record read."""
+        with self._lock:
+            return self._rescan()
+
+    def _rescan(self) -> list[ContainerRecord]:
         try:
             records, errors = self._store.all()
         except OSError as err:
             log.error("cannot read container state: %s", err)
-            return
+            return []
         for error in errors:
             log.error("container state refused: %s", error)
+        current = {record.cookie.encode() for record in records}
+        for cookie, container in list(self._by_cookie.items()):
+            # A container still connected keeps the cookie it started with.
+            if cookie not in current and container.connections <= 0:
+                del self._by_cookie[cookie]
+                self.forgotten.append(container.name)
         for record in records:
             cookie = record.cookie.encode()
             if cookie in self._by_cookie:
@@ -79,6 +101,7 @@ class ContainerRegistry:
                 log.exception("container %s: policy could not be built", record.name)
                 continue
             self._by_cookie[cookie] = Container(record, policy)
+        return records
 
     def reload(self) -> list[str]:
         """Re-read every known container's record and profiles.
@@ -119,40 +142,75 @@ class ContainerRegistry:
 
 
 class Supervisor:
-    def __init__(self, paths: Paths, registry: ContainerRegistry | None = None,
-                 proc_root: str = "/proc") -> None:
-        self.paths = paths
+    def __init__(self, config: DaemonConfig | None = None,
+                 registry: ContainerRegistry | None = None, proc_root: str = "/proc") -> None:
+        self.config = config or DaemonConfig()
+        paths = self.paths = self.config.paths
         self.registry = registry or ContainerRegistry(paths)
         self.proc_root = proc_root
         self.sizes = kernel.notif_sizes()
         kernel.check_struct_sizes(self.sizes)
+        audit = self.config.audit
+        self.audit = AuditLog(audit.path, audit.max_bytes, audit.backups, audit.queue) \
+            if audit.path is not None and audit.max_bytes > 0 else None
+        self.metrics = Metrics(self.config.metrics.path, self.config.metrics.interval,
+                               audit_dropped=self._audit_dropped)
+        hooks = (self.metrics.record,) + ((self.audit.record,) if self.audit else ())
         self.host_devices = HostDeviceIndex()
-        self.dispatcher = Dispatcher(HostViews(devices=self.host_devices))
+        self.dispatcher = Dispatcher(HostViews(devices=self.host_devices), hooks=hooks)
+        limit = self.config.connections
         self.lxc = LxcProxy(paths.socket, self.dispatcher, self.registry.lookup, self.sizes,
-                            proc_root)
+                            proc_root, max_connections=limit)
         self.oci_policies = StatePolicies(paths)
-        self.agent = OciAgent(paths.agent_socket, self.dispatcher, self.oci_policies, proc_root)
-        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC)
+        self.agent = OciAgent(paths.agent_socket, self.dispatcher, self.oci_policies, proc_root,
+                              max_connections=limit)
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._reloads = 0
         self._udev = UdevWatcher(self.host_devices, paths.udev_control)
         self._bound = False
+        self._started = time.time()
+
+    def _audit_dropped(self) -> int:
+        return self.audit.dropped if self.audit is not None else 0
 
     # --- lifecycle ------------------------------------------------------------------
 
     def bind(self) -> None:
-        self.lxc.bind()
-        self.agent.bind()
+        """Take the sockets (one daemon per host: a second one is refused) and
+        open the audit log, so that what fails, fails before anything is served."""
+        for transport, path in ((self.lxc, self.paths.socket),
+                                (self.agent, self.paths.agent_socket)):
+            try:
+                transport.bind()
+            except OSError as err:
+                self.lxc.close()
+                if err.errno == errno.EADDRINUSE:
+                    pid = _pid_in(self.paths.pid_file)
+                    raise DaemonError(f"a supervisor{f' (pid {pid})' if pid else ''} already "
+                                      f"listens on {path}: one per host") from None
+                raise DaemonError(f"cannot listen on {path}: {err.strerror or err}") from None
         self._bound = True
+        try:
+            if self.audit is not None:
+                self.audit.start()
+            self.metrics.start()
+        except OSError as err:
+            self.lxc.close()
+            self.agent.close()
+            raise DaemonError(f"cannot open {err.filename or 'the audit log'}: "
+                              f"{err.strerror or err}") from None
         atomic_write(self.paths.pid_file, f"{os.getpid()}\n", mode=0o644)
-        log.info("listening on %s, OCI agent on %s (pid %d)", self.paths.socket,
-                 self.paths.agent_socket, os.getpid())
+        log.info("listening on %s, OCI agent on %s (pid %d); audit log %s; metrics %s",
+                 self.paths.socket, self.paths.agent_socket, os.getpid(),
+                 self.config.audit.path if self.audit else "off",
+                 self.config.metrics.path or "off")
         for backend in self.dispatcher.host.shifter.backends:
             why = backend.unavailable()
             log.info("mount shifting with %s: %s", backend.name,
                      "available" if why is None else f"unavailable ({why})")
 
     def serve(self) -> None:
-        """Accept connections until stop(); then wait for every connection thread."""
+        """Accept connections until stop(); then answer what is in flight, and end."""
         if not self._bound:
             self.bind()
         poller = select.poll()
@@ -161,10 +219,15 @@ class Supervisor:
         poller.register(self._wake_r, select.POLLIN)
         try:
             self._udev.start()
+            self.registry.refresh()  # status shows enabled containers before their first call
+            sd_notify("READY=1")
             while True:
                 ready = {fd for fd, _ in poller.poll()}
                 if self._wake_r in ready:
-                    wanted = os.read(self._wake_r, 64)
+                    try:
+                        wanted = os.read(self._wake_r, 64)
+                    except BlockingIOError:
+                        wanted = b""
                     if b"x" in wanted:
                         break
                     if b"r" in wanted:
@@ -177,39 +240,107 @@ class Supervisor:
                 if self.lxc.fileno() in ready:
                     self.lxc.accept()
         finally:
+            sd_notify("STOPPING=1")
+            # Each transport stops taking requests, answers what it holds, and waits
+            # for its threads: no caller is left to LXC's 30 s timeout.
             self.lxc.close()
             self.agent.close()
             self.paths.pid_file.unlink(missing_ok=True)
             self.paths.reload_file.unlink(missing_ok=True)
             self.paths.status_file.unlink(missing_ok=True)
             self._udev.stop()
+            self.metrics.close()
+            if self.audit is not None:
+                self.audit.close()
             os.close(self._wake_r)
             os.close(self._wake_w)
             log.info("stopped")
 
     def _reload(self) -> None:
         started = time.monotonic_ns()
+        sd_notify("RELOADING=1")
+        refused: list[str] = []
         try:
-            refused = self.registry.reload()
+            refused += self._reload_config()
+            refused += self.registry.reload()
+            self.registry.refresh()
+            self._forget_gone()
             self.agent.reload(self.oci_policies.rebuild)
         except Exception:
             log.exception("reload failed; every container keeps its policy")
             refused = ["*"]
         self._reloads += 1
+        sd_notify("READY=1")
         self._answer_admin(self.paths.reload_file, started,
                            {"reloads": self._reloads, "refused": refused})
 
+    def _reload_config(self) -> list[str]:
+        """daemon.toml again: what can change live changes, the rest waits for a restart."""
+        if self.config.file is None and not daemon_config.DEFAULT_FILE.exists():
+            return []
+        file = Path(self.config.file) if self.config.file else None
+        try:
+            new = daemon_config.load(file)
+        except ConfigError as err:
+            log.error("daemon configuration refused, the old one is kept: %s", err)
+            return [str(file or daemon_config.DEFAULT_FILE)]
+        # The command line's paths still win over the file's.
+        new = replace(new, paths=self.config.paths)
+        for key in self.config.restart_needed(new):
+            log.warning("daemon configuration: %s changed; it applies at the next start", key)
+        logging.getLogger().setLevel(daemon_config.LOG_LEVELS[new.log_level])
+        if self.audit is not None:
+            self.audit.max_bytes, self.audit.backups = new.audit.max_bytes, new.audit.backups
+        self.metrics.interval = new.metrics.interval
+        self.config = replace(new, paths=self.config.paths, audit=replace(
+            self.config.audit, max_bytes=new.audit.max_bytes, backups=new.audit.backups))
+        return []
+
+    def _forget_gone(self) -> None:
+        while self.registry.forgotten:
+            self.metrics.forget(self.registry.forgotten.pop())
+
     def _write_status(self) -> None:
-        """What an admin sees with `lxc-notify status`."""
+        """What an admin sees with `lxc-notify status`: one row per container, every
+        enabled one included, with its state and its latency from the metrics."""
+        records = self.registry.refresh()
+        self._forget_gone()
+        served: dict[str, list[Container]] = {}
+        for container in self.registry.containers():
+            served.setdefault(container.name, []).append(container)
+        rows = []
+        for record in records:
+            containers = served.pop(record.name, [])
+            connected = any(c.connections > 0 for c in containers)
+            current = [c for c in containers if c.record.cookie == record.cookie]
+            rows.append(self._row(record.name, record.profile,
+                                  lxc_config.container_state(record, connected, self.paths),
+                                  connected, current[0].policy.intercept if current else None,
+                                  containers))
+        for name, containers in served.items():  # disabled, still running with the old cookie
+            rows.append(self._row(name, containers[0].record.profile, "disabled (running)",
+                                  True, containers[0].policy.intercept, containers))
+        for container in self.agent.containers():
+            rows.append(self._row(container.name, container.record.profile, "oci", True,
+                                  container.policy.intercept, [container]))
         self._answer_admin(self.paths.status_file, time.monotonic_ns(), {
-            "pid": os.getpid(), "reloads": self._reloads,
+            "pid": os.getpid(), "reloads": self._reloads, "since": self._started,
             "udev": {"running": self._udev.running, "devices": len(self.host_devices)},
-            "containers": [{
-                "name": c.record.name, "profile": c.record.profile,
-                "connected": c.connections > 0,
-                "intercept": sorted(c.policy.intercept), "requests": dict(c.stats),
-            } for c in [*self.registry.containers(), *self.agent.containers()]],
+            "audit": {"path": str(self.config.audit.path) if self.audit else None,
+                      "written": self.audit.written if self.audit else 0,
+                      "dropped": self._audit_dropped()},
+            "metrics": str(self.config.metrics.path) if self.config.metrics.path else None,
+            "containers": rows,
         })
+
+    def _row(self, name: str, profile: str, state: str, connected: bool,
+             intercept: frozenset[str] | None, containers: list[Container]) -> dict[str, object]:
+        requests: Counter[str] = Counter()
+        for container in containers:
+            requests.update(container.stats)
+        return {"name": name, "profile": profile, "state": state, "connected": connected,
+                "intercept": sorted(intercept) if intercept is not None else None,
+                "requests": dict(requests), "latency_us": self.metrics.latency_quantiles(name)}
 
     def _answer_admin(self, path: Path, stamp_ns: int, body: dict[str, object]) -> None:
         """Answer a signal from `lxc-notify`: JSON beside the socket, stamped with
@@ -227,7 +358,8 @@ class Supervisor:
             os.write(self._wake_w, b"s")
 
     def request_reload(self) -> None:
-        """Ask serve() to reload every container's policy (signal-safe: SIGHUP)."""
+        """Ask serve() to reload the configuration and every container's policy
+        (signal-safe: SIGHUP)."""
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"r")
 
@@ -235,3 +367,25 @@ class Supervisor:
         """Ask serve() to finish (signal-safe); serve() then ends every connection."""
         with contextlib.suppress(OSError):  # already stopping: the pipe may be closed
             os.write(self._wake_w, b"x")
+
+
+def _pid_in(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def sd_notify(state: str) -> None:
+    """Tell systemd (Type=notify) where the daemon is; nothing outside systemd.
+
+    The protocol is one datagram on $NOTIFY_SOCKET (sd_notify(3)); an abstract
+    socket is named with a leading '@'."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or address[0] not in "/@":
+        return
+    if address[0] == "@":
+        address = "\0" + address[1:]
+    with contextlib.suppress(OSError), \
+            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        sock.sendto(state.encode(), address)

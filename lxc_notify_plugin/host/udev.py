@@ -17,6 +17,7 @@ import errno
 import logging
 import os
 import select
+import socket
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -109,7 +110,7 @@ class UdevWatcher:
             context = pyudev.Context()
             monitor = pyudev.Monitor.from_netlink(context, source="udev")
             # A re-trigger of every device sends hundreds of events at once.
-            monitor.set_receive_buffer_size(_RECEIVE_BUFFER)
+            _grow_receive_buffer(monitor)
             monitor.start()
             self._enumerate(context)
         except Exception:
@@ -180,3 +181,20 @@ class UdevWatcher:
             self._thread.join()
         os.close(self._stop_r)
         os.close(self._stop_w)
+
+
+def _grow_receive_buffer(monitor: pyudev.Monitor) -> None:
+    """A re-trigger of every device sends hundreds of events at once: ask for room.
+
+    pyudev sets SO_RCVBUFFORCE, which needs CAP_NET_ADMIN, which the service's
+    bounding set leaves out; then the plain SO_RCVBUF (capped by
+    net.core.rmem_max) does.  Events lost to a full buffer are recovered
+    anyway: the watcher re-reads the whole database when the socket overflows.
+    """
+    try:
+        monitor.set_receive_buffer_size(_RECEIVE_BUFFER)
+    except OSError as err:
+        if err.errno != errno.EPERM:
+            raise
+        with socket.socket(fileno=os.dup(monitor.fileno())) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, _RECEIVE_BUFFER)

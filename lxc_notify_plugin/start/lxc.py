@@ -127,6 +127,65 @@ def disable(name: str, paths: Paths) -> bool:
     return found or had_state
 
 
+# --- containers that come and go -------------------------------------------------------
+
+DESTROYED = "destroyed"  # its LXC config is gone
+NOT_ENABLED = "not enabled"  # its LXC config no longer sends its calls to us
+
+
+def _lxc_path(record: ContainerRecord, paths: Paths) -> Path:
+    if record.lxc_path or paths.lxc_path:
+        return Path(record.lxc_path or paths.lxc_path or "")
+    try:
+        import lxc
+
+        return Path(lxc.default_config_path)
+    except ImportError:  # the daemon does not need python-lxc to tell
+        return Path("/var/lib/lxc")
+
+
+def container_state(record: ContainerRecord, connected: bool, paths: Paths) -> str:
+    """What `status` says of an enabled container: running or stopped (as far as the
+    supervisor knows: connected or not), or destroyed / not enabled (prunable)."""
+    config = _lxc_path(record, paths) / record.name / "config"
+    try:
+        text = config.read_text(errors="replace")
+    except FileNotFoundError:
+        return "running, destroyed" if connected else DESTROYED
+    except OSError:
+        text = ""
+    ours = f"lxc.seccomp.notify.cookie = {record.cookie}" in text.splitlines()
+    if connected:
+        return "running" if ours else "running (this start only)"
+    return "stopped" if ours else NOT_ENABLED
+
+
+def prune(paths: Paths) -> list[tuple[str, str]]:
+    """Remove the state of containers that were destroyed or no longer point at us
+    and are not running; (name, why) for each one removed."""
+    store = StateStore(paths)
+    records, _ = store.all()
+    removed = []
+    for record in records:
+        state = container_state(record, False, paths)
+        if state not in (DESTROYED, NOT_ENABLED):
+            continue
+        if state == NOT_ENABLED and _running(record, paths):
+            continue  # started by `lxc-notify start` and still running: not stale
+        store.remove(record.name)
+        removed.append((record.name, state))
+    return removed
+
+
+def _running(record: ContainerRecord, paths: Paths) -> bool:
+    try:
+        import lxc
+
+        return bool(lxc.Container(record.name, str(_lxc_path(record, paths))).running)
+    except Exception:
+        return True  # cannot tell: keep it
+
+
 def daemon_running(paths: Paths) -> bool:
     probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
@@ -138,14 +197,17 @@ def daemon_running(paths: Paths) -> bool:
         probe.close()
 
 
-def ensure_daemon(paths: Paths, log_file: Path, timeout: float = 10.0) -> None:
-    """Start ``lxc-notify daemon`` in the background unless one already answers."""
+def ensure_daemon(paths: Paths, log_file: Path, timeout: float = 10.0,
+                  config_file: str | None = None) -> None:
+    """Start ``lxc-notify daemon`` in the background unless one already answers;
+    it reads the same daemon.toml as this command."""
     if daemon_running(paths):
         return
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "ab") as out:
         subprocess.Popen(
-            [sys.executable, "-m", "lxc_notify_plugin", *global_args(paths), "daemon"],
+            [sys.executable, "-m", "lxc_notify_plugin", *global_args(paths),
+             *(["--config", config_file] if config_file else []), "daemon"],
             stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
             close_fds=True)
     deadline = time.monotonic() + timeout
@@ -177,7 +239,8 @@ def _set_config_item(container: Any, key: str, value: str) -> bool:
     return bool(lxc._lxc.Container.set_config_item(container, key, value))
 
 
-def start(name: str, profile_name: str | None, paths: Paths, log_file: Path) -> None:
+def start(name: str, profile_name: str | None, paths: Paths, log_file: Path,
+          config_file: str | None = None) -> None:
     """Start ``name`` supervised for this start only (its config file is not changed)."""
     container = _container(name, paths)
     if container.running:
@@ -186,7 +249,7 @@ def start(name: str, profile_name: str | None, paths: Paths, log_file: Path) -> 
     for key, value in config_items(record, policy_path, paths).items():
         if not _set_config_item(container, key, value):
             raise ContainerError(name, f"LXC refused {key} = {value}")
-    ensure_daemon(paths, log_file)
+    ensure_daemon(paths, log_file, config_file=config_file)
     if not container.start():
         raise ContainerError(name, "LXC could not start it (see lxc-start --logfile)")
     if not container.wait("RUNNING", 10):

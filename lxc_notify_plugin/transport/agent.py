@@ -224,10 +224,11 @@ class OciAgent:
     """
 
     def __init__(self, path: Path, dispatcher: Dispatcher, resolve: Resolve,
-                 proc_root: str = "/proc") -> None:
+                 proc_root: str = "/proc", max_connections: int = 1024) -> None:
         self.path = path
         self.dispatcher = dispatcher
         self.resolve = resolve
+        self.max_connections = max_connections  # daemon.toml's limits.connections
         self.proc_root = proc_root
         self.sock: socket.socket | None = None
         self._stop_r = self._stop_w = -1  # made by bind(): every listener thread polls it
@@ -274,6 +275,15 @@ class OciAgent:
         if uid != 0:
             log.warning("agent: refused a connection from pid %d uid %d: only root's runtime "
                         "may hand over a listener", pid, uid)
+            conn.close()
+            return
+        with self._lock:
+            full = len(self._threads) >= self.max_connections
+        if full:
+            # Closing the connection closes the listener we were given: the
+            # container's trapped calls then get ENOSYS from the kernel.
+            log.error("agent: refused pid %d: %d listeners already (limits.connections)",
+                      pid, self.max_connections)
             conn.close()
             return
         with self._lock:

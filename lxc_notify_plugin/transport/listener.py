@@ -29,6 +29,8 @@ from ..request import Notice
 
 log = logging.getLogger(__name__)
 
+_DRAIN_AT_STOP = 1000  # requests answered after the stop at most, per listener
+
 
 def set_sync_wake_up(listener_fd: int) -> bool:
     """Ask for same-CPU wake-ups where the kernel has them (6.6+)."""
@@ -51,13 +53,23 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
     poller = select.poll()
     poller.register(listener_fd, select.POLLIN)
     poller.register(stop_fd, select.POLLIN)
+    stopping, drain_left = False, 0
     try:
         while True:
-            events = dict(poller.poll())
-            if stop_fd in events:
-                return "stopped"
+            # Once stopping, a poll that finds nothing pending ends the loop: every
+            # request already waiting is answered first (a caller left waiting on
+            # a closed listener gets ENOSYS from the kernel), and the bound keeps a
+            # process that calls without pause from holding the stop up.
+            events = dict(poller.poll(0 if stopping else None))
+            if stop_fd in events and not stopping:
+                stopping, drain_left = True, _DRAIN_AT_STOP
+                events = dict(poller.poll(0))
             if events.get(listener_fd, 0) & (select.POLLHUP | select.POLLERR):
                 return "hangup"
+            if stopping:
+                drain_left -= 1
+                if not events.get(listener_fd, 0) & select.POLLIN or drain_left < 0:
+                    return "stopped"
             try:
                 kernel.notif_recv(listener_fd, into=notif)
             except OSError as err:

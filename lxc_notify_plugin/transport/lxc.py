@@ -164,10 +164,11 @@ class LxcProxy:
     """
 
     def __init__(self, path: Path, dispatcher: Dispatcher, lookup: Lookup, sizes: NotifSizes,
-                 proc_root: str = "/proc") -> None:
+                 proc_root: str = "/proc", max_connections: int = 1024) -> None:
         self.path = path
         self.dispatcher = dispatcher
         self.lookup = lookup
+        self.max_connections = max_connections  # daemon.toml's limits.connections
         self.sizes = sizes
         self.proc_root = proc_root
         self.sock: socket.socket | None = None
@@ -209,6 +210,14 @@ class LxcProxy:
         if uid != 0:
             log.warning("refused a connection from pid %d uid %d: only root's LXC may connect",
                         pid, uid)
+            conn.close()
+            return
+        with self._lock:
+            full = len(self._threads) >= self.max_connections
+        if full:
+            # The monitor's send fails, LXC reconnects once, then answers ENOSYS.
+            log.error("refused monitor pid %d: %d connections already (limits.connections)",
+                      pid, self.max_connections)
             conn.close()
             return
         thread = threading.Thread(target=self._serve_connection, args=(conn, pid),

@@ -27,6 +27,37 @@ from lxc_notify_plugin.tools.sandbox import Sandbox, lxc_attach_error
 from tests.conftest import require, require_root, require_tools
 
 UDEV_CONTROL = Paths().udev_control
+UNDER_UNIT = "LXC_NOTIFY_TEST_UNDER_UNIT"  # set: daemons start under the unit's restrictions
+
+
+def unit_settings() -> dict[str, str]:
+    """The [Service] settings of the unit as `lxc-notify service install` writes it."""
+    from lxc_notify_plugin.service import unit
+
+    settings = {}
+    for line in unit.render().splitlines():
+        if "=" in line and not line.startswith("#"):
+            key, value = line.split("=", 1)
+            settings[key] = value
+    return settings
+
+
+def unit_capability_mask() -> int:
+    from lxc_notify_plugin import kernel
+
+    return sum(1 << getattr(kernel, name)
+               for name in unit_settings()["CapabilityBoundingSet"].split())
+
+
+def unit_wrapper() -> list[str]:
+    """The unit's restrictions as a command prefix, for machines where systemd is
+    not init: the same bounding set (setpriv), no_new_privs and umask."""
+    settings = unit_settings()
+    caps = ",".join("+" + name.removeprefix("CAP_").lower()
+                    for name in settings["CapabilityBoundingSet"].split())
+    assert settings["NoNewPrivileges"] == "yes"
+    return ["sh", "-c", f'umask {settings["UMask"]} && exec "$@"', "unit",
+            "setpriv", f"--bounding-set=-all,{caps}", "--no-new-privs", "--"]
 HELPER_SOURCE = Path(__file__).resolve().parent.parent / "helpers" / "nodeprobe.c"
 
 
@@ -62,6 +93,13 @@ class Daemon:
         self.paths = Paths(socket=self.run_dir / "seccomp.sock", state_dir=root / "state",
                            admin_profiles=root / "profiles", udev_control=udev_control)
         self.log_path = root / "daemon.log"
+        self.audit_path = root / "audit" / "audit.log"
+        self.metrics_path = root / "metrics" / "lxc-notify.prom"
+        self.config_path = root / "daemon.toml"
+        # Everything the daemon writes stays under root: nothing in /var/log.
+        self.config_path.write_text(
+            f'[audit]\npath = "{self.audit_path}"\nmax_bytes = 1048576\nbackups = 2\n'
+            f'[metrics]\npath = "{self.metrics_path}"\ninterval = 0.5\n')
         self.process: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -69,20 +107,29 @@ class Daemon:
                                *args], capture_output=True, text=True, check=check)
 
     def global_args(self) -> list[str]:
-        return ["--socket", str(self.paths.socket), "--state-dir", str(self.paths.state_dir),
+        return ["--config", str(self.config_path),
+                "--socket", str(self.paths.socket), "--state-dir", str(self.paths.state_dir),
                 "--profile-dir", str(self.paths.admin_profiles),
                 "--udev-control", str(self.paths.udev_control)]
 
     def start(self) -> None:
+        # Under test_service.py's bounded run, every daemon starts as the systemd
+        # unit starts it: its capability bounding set, no_new_privs and umask.
+        wrapper = unit_wrapper() if os.environ.get(UNDER_UNIT) else []
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "lxc_notify_plugin", *self.global_args(), "-v", "daemon"],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                [*wrapper, sys.executable, "-m", "lxc_notify_plugin", *self.global_args(),
+                 "daemon", "-v"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while not daemon_running(self.paths):
             assert self.process.poll() is None, self.log()
             assert time.monotonic() < deadline, "daemon did not start:\n" + self.log()
             time.sleep(0.05)
+        if wrapper:
+            status = Path(f"/proc/{self.pid}/status").read_text()
+            fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+            assert int(fields["CapBnd"], 16) == unit_capability_mask(), fields["CapBnd"]
+            assert fields["NoNewPrivs"].strip() == "1"
 
     @property
     def pid(self) -> int:

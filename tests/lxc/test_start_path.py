@@ -78,8 +78,11 @@ def test_start_supervises_one_start_and_starts_the_daemon(stopped_container: Con
                   admin_profiles=tmp_path / "profiles")
     original = stopped_container.config_file.read_bytes()
     assert not daemon_running(paths)
+    config = tmp_path / "daemon.toml"  # the started daemon's audit log and metrics stay here
+    config.write_text(f'[audit]\npath = "{tmp_path}/audit.log"\n'
+                      f'[metrics]\npath = "{tmp_path}/metrics.prom"\n')
     args = ["--socket", str(paths.socket), "--state-dir", str(paths.state_dir),
-            "--profile-dir", str(paths.admin_profiles)]
+            "--profile-dir", str(paths.admin_profiles), "--config", str(config)]
     log = tmp_path / "daemon.log"
     try:
         subprocess.run([sys.executable, "-m", "lxc_notify_plugin", *args, "start",
@@ -98,3 +101,4 @@ def test_start_supervises_one_start_and_starts_the_daemon(stopped_container: Con
         while daemon_running(paths) and time.monotonic() < deadline:
             time.sleep(0.05)
     assert "Traceback" not in log.read_text()
+    assert (tmp_path / "audit.log").exists()

@@ -1,0 +1,355 @@
+"""The daemon as a service: its unit, config, stop and restart, containers that come and go,
+audit log and metrics, against real containers."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from lxc_notify_plugin.service import unit
+from tests.lxc.conftest import (
+    UNDER_UNIT,
+    Container,
+    Daemon,
+    supervised_container,
+    unit_wrapper,
+)
+
+REPO = Path(__file__).resolve().parent.parent.parent
+
+
+def _settle(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def own_daemon(lxc_ready: None, udev_ready: None,
+               tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Daemons of the test's own (fresh state, own socket), stopped at the end."""
+    made: list[Daemon] = []
+
+    def make(config: str = "", start: bool = True) -> Daemon:
+        root = tmp_path / f"d{len(made)}"
+        root.mkdir()
+        daemon = Daemon(root)
+        if config:
+            daemon.config_path.write_text(daemon.config_path.read_text() + config)
+        made.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    try:
+        yield make
+    finally:
+        for daemon in made:
+            if daemon.process is not None:
+                daemon.stop()
+
+
+def _threads(daemon: Daemon) -> int:
+    return len(os.listdir(f"/proc/{daemon.pid}/task"))
+
+
+def _status(daemon: Daemon) -> dict[str, dict[str, object]]:
+    """`lxc-notify status` rows by container name, read from the daemon's JSON answer."""
+    result = daemon.cli("status")
+    body = json.loads(daemon.paths.status_file.read_text())
+    assert result.returncode == 0, result.stderr
+    return {row["name"]: row for row in body["containers"]}
+
+
+# --- the unit --------------------------------------------------------------------------
+
+
+def test_the_unit_is_valid_and_install_writes_it(tmp_path: Path) -> None:
+    rendered = tmp_path / unit.UNIT_NAME
+    rendered.write_text(unit.render())
+    verify = subprocess.run(["systemd-analyze", "verify", str(rendered)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    text = rendered.read_text()
+    assert "Before=lxc.service" in text and "Type=notify" in text
+    assert f"ExecStart={sys.executable} -m lxc_notify_plugin daemon" in text
+    cli = [sys.executable, "-m", "lxc_notify_plugin", "service"]
+    unit_dir = tmp_path / "units"
+    installed = subprocess.run([*cli, "install", "--unit-dir", str(unit_dir)],
+                               capture_output=True, text=True, check=True)
+    assert (unit_dir / unit.UNIT_NAME).read_text() == text
+    if not unit.systemd_is_init():  # these machines: said, not pretended
+        assert "systemd is not this system's init" in installed.stdout
+    subprocess.run([*cli, "remove", "--unit-dir", str(unit_dir)], check=True)
+    assert not (unit_dir / unit.UNIT_NAME).exists()
+
+
+def test_a_daemon_under_the_units_restrictions_serves(own_daemon: Callable[..., Daemon],
+                                                      nodeprobe: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """systemd is not init here: the unit's ExecStart runs under the same bounding set,
+    no_new_privs and umask (setpriv), and the real tests of every handler run against it."""
+    monkeypatch.setenv(UNDER_UNIT, "1")
+    daemon = own_daemon()  # Daemon.start checks CapBnd and NoNewPrivs of the process
+    assert unit_wrapper()[0] == "sh"
+    container = supervised_container(daemon, nodeprobe)
+    try:
+        assert container.probe("mknod", "/dev/null", "c", "1", "3") == "ok"
+        assert container.sh("cat /dev/null && echo readable").strip() == "readable"
+    finally:
+        container.destroy()
+    # The handlers' own tests, each daemon they start bounded the same way.
+    tests = ["test_mknod.py", "test_hostile.py", "test_mount.py", "test_setxattr.py",
+             "test_sysinfo.py", "test_sched.py"]
+    nested = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+         *(str(REPO / "tests" / "lxc" / name) for name in tests)],
+        cwd=REPO, capture_output=True, text=True, env={**os.environ, UNDER_UNIT: "1"})
+    assert nested.returncode == 0, nested.stdout[-6000:] + nested.stderr[-3000:]
+    assert " passed" in nested.stdout.splitlines()[-1]
+
+
+# --- one daemon, its configuration ---------------------------------------------------------
+
+
+def test_a_second_daemon_is_refused(daemon: Daemon) -> None:
+    second = subprocess.run([sys.executable, "-m", "lxc_notify_plugin", *daemon.global_args(),
+                             "daemon"], capture_output=True, text=True, timeout=30)
+    assert second.returncode == 1
+    assert f"(pid {daemon.pid}) already listens on {daemon.paths.socket}" in second.stderr
+    assert "Traceback" not in second.stderr
+    assert daemon.alive()
+
+
+def test_a_bad_daemon_toml_starts_nothing(own_daemon: Callable[..., Daemon]) -> None:
+    daemon = own_daemon("[limits]\nconnections = 'many'\n", start=False)
+    result = daemon.cli("daemon", check=False)
+    assert result.returncode == 1
+    assert result.stderr == (f"lxc-notify: {daemon.config_path}: limits.connections: 'many' "
+                             "is not an integer\n")
+    assert not daemon.paths.socket.exists()
+
+
+def test_sighup_rereads_daemon_toml_and_refuses_a_bad_one(own_daemon: Callable[..., Daemon]
+                                                          ) -> None:
+    daemon = own_daemon()
+    good = daemon.config_path.read_text()
+    daemon.config_path.write_text(good + "[daemon]\nlog_level = 'warning'\n")
+    assert daemon.cli("reload").returncode == 0
+    daemon.config_path.write_text(good + "[daemon]\nlog_level = 'chatty'\n")
+    refused = daemon.cli("reload", check=False)
+    assert refused.returncode == 1 and str(daemon.config_path) in refused.stderr
+    assert "daemon configuration refused, the old one is kept" in daemon.log()
+    assert "'chatty' is not a log level" in daemon.log()
+
+
+# --- stop, kill, restart ---------------------------------------------------------------------
+
+
+def test_sigterm_answers_the_request_in_flight(own_daemon: Callable[..., Daemon],
+                                               nodeprobe: Path) -> None:
+    daemon = own_daemon()
+    container = supervised_container(daemon, nodeprobe)
+    try:
+        assert container.probe("mknod", "/tmp/warm", "c", "1", "3") == "ok"
+        os.kill(daemon.pid, signal.SIGSTOP)  # the next request waits in our socket
+        try:
+            with container.background("once", "/tmp/in-flight") as probe:
+                time.sleep(0.5)  # its mknod has reached the stopped daemon by now
+                os.kill(daemon.pid, signal.SIGTERM)
+                os.kill(daemon.pid, signal.SIGCONT)
+                assert probe.stdout is not None
+                assert probe.stdout.readline().strip() == b"ok"
+        finally:
+            os.kill(daemon.pid, signal.SIGCONT)
+        assert daemon.stop() == 0
+        assert not daemon.paths.socket.exists() and not daemon.paths.agent_socket.exists()
+    finally:
+        container.destroy()
+
+
+def test_sigkill_and_restart_serve_a_running_container(own_daemon: Callable[..., Daemon],
+                                                       nodeprobe: Path) -> None:
+    daemon = own_daemon()
+    container = supervised_container(daemon, nodeprobe)
+    try:
+        assert container.probe("mknod", "/tmp/before", "c", "1", "3") == "ok"
+        assert daemon.process is not None
+        daemon.process.kill()
+        daemon.process.wait()
+        # The gap: LXC's monitor finds no supervisor and answers ENOSYS itself.
+        assert container.probe("mknod", "/tmp/during", "c", "1", "3") == "ENOSYS"
+        daemon.start()  # the same socket, state and cookies; the container untouched
+        assert container.probe("mknod", "/tmp/after", "c", "1", "3") == "ok"
+        assert container.probe("mknod", "/tmp/after2", "c", "1", "3") == "ok"
+    finally:
+        container.destroy()
+
+
+# --- containers come and go ------------------------------------------------------------------
+
+
+def test_status_and_prune_follow_containers_that_come_and_go(
+        own_daemon: Callable[..., Daemon], nodeprobe: Path) -> None:
+    daemon = own_daemon()
+    kept, gone, unhooked = Container(), Container(), Container()
+    try:
+        for container in (kept, gone, unhooked):
+            container.create()
+            daemon.cli("enable", container.name)
+        rows = _status(daemon)
+        # Enabled and never started: a row already, before any request.
+        assert {rows[c.name]["state"] for c in (kept, gone, unhooked)} == {"stopped"}
+        daemon.cli("disable", kept.name)
+        daemon.cli("enable", kept.name)  # a new cookie: still one row
+        subprocess.run(["lxc-destroy", "-n", gone.name, "-P", gone.lxc_path], check=True)
+        config = unhooked.config_file.read_text()
+        unhooked.config_file.write_text(config.split("# BEGIN lxc-notify")[0])
+        rows = _status(daemon)
+        assert rows[kept.name]["state"] == "stopped"
+        assert rows[gone.name]["state"] == "destroyed"
+        assert rows[unhooked.name]["state"] == "not enabled"
+        pruned = daemon.cli("prune").stdout
+        assert f"{gone.name}: destroyed: state removed" in pruned
+        assert f"{unhooked.name}: not enabled: state removed" in pruned
+        rows = _status(daemon)
+        assert kept.name in rows and gone.name not in rows and unhooked.name not in rows
+        assert daemon.cli("prune").stdout.strip() == "nothing to prune"
+    finally:
+        for container in (kept, gone, unhooked):
+            container.destroy()
+
+
+def test_fifty_start_stop_cycles_leave_no_thread_or_fd(own_daemon: Callable[..., Daemon],
+                                                       nodeprobe: Path) -> None:
+    daemon = own_daemon()
+    container = supervised_container(daemon, nodeprobe)
+    try:
+        assert container.probe("mknod", "/tmp/warm", "c", "1", "3") == "ok"
+        container.stop()
+        baseline = (daemon.fd_count(), _threads(daemon))
+        for cycle in range(50):
+            container.start()
+            assert container.probe("mknod", f"/tmp/n{cycle}", "c", "1", "3") == "ok"
+            container.stop()
+        _settle(lambda: (daemon.fd_count(), _threads(daemon)) == baseline,
+                f"fds and threads back to {baseline}, now "
+                f"{(daemon.fd_count(), _threads(daemon))}")
+        assert _status(daemon)[container.name]["requests"]["done"] == 51
+    finally:
+        container.destroy()
+
+
+def test_enable_without_a_daemon_says_so(own_daemon: Callable[..., Daemon]) -> None:
+    daemon = own_daemon(start=False)
+    with Container() as container:
+        container.create()
+        result = daemon.cli("enable", container.name)
+        assert "WARNING: no supervisor listens" in result.stderr
+        assert "stays STOPPED" in result.stderr and "lxc-notify service install" in result.stderr
+
+
+# --- audit log and metrics -------------------------------------------------------------------
+
+
+def _audit_lines(daemon: Daemon, container: str) -> list[dict[str, object]]:
+    lines = []
+    for path in sorted(daemon.audit_path.parent.glob("audit.log*")):
+        for line in path.read_text().splitlines():
+            record = json.loads(line)  # every line whole and valid
+            if record.get("container") == container:
+                lines.append(record)
+    return lines
+
+
+def test_audit_lines_for_allowed_refused_and_failed_calls(container: Container,
+                                                          daemon: Daemon) -> None:
+    leaf = uuid.uuid4().hex[:8]
+    assert container.probe("mknod", f"/tmp/a-{leaf}", "c", "1", "3") == "ok"
+    assert container.probe("mknod", f"/tmp/r-{leaf}", "c", "1", "1") == "EPERM"
+    assert container.probe("mknod", f"/no/such/f-{leaf}", "c", "1", "3") == "ENOENT"
+
+    def mine() -> dict[str, dict[str, object]]:
+        return {str(line["args"].get("path", "")): line  # type: ignore[attr-defined]
+                for line in _audit_lines(daemon, container.name)
+                if leaf in str(line.get("args"))}
+
+    _settle(lambda: len(mine()) == 3, "three audit lines")
+    lines = mine()
+    allowed, refused, failed = (lines[f"/tmp/a-{leaf}"], lines[f"/tmp/r-{leaf}"],
+                                lines[f"/no/such/f-{leaf}"])
+    assert allowed["decision"] == "done" and allowed["errno"] is None
+    assert allowed["args"]["dev"] == "c 1:3"  # type: ignore[index]
+    assert refused["decision"] == "kernel"  # not in the profile: the kernel's own EPERM
+    assert failed["decision"] == "errno" and failed["errno"] == "ENOENT"
+    for line in (allowed, refused, failed):
+        assert line["syscall"] in ("mknod", "mknodat") and isinstance(line["pid"], int)
+        assert isinstance(line["latency_us"], int | float) and str(line["time"]).endswith("Z")
+
+
+def test_the_audit_log_rotates_at_its_size(own_daemon: Callable[..., Daemon],
+                                           nodeprobe: Path) -> None:
+    daemon = own_daemon()
+    daemon.config_path.write_text(daemon.config_path.read_text().replace(
+        "max_bytes = 1048576", "max_bytes = 4096"))
+    assert daemon.cli("reload").returncode == 0  # rotation settings apply live
+    container = supervised_container(daemon, nodeprobe)
+    try:
+        # 200 allowed mknods in one process: nodeprobe's bench command.
+        assert container.probe("bench", "200", "/tmp/rot", "c", "1", "3").startswith(
+            "calls 200 ok 200 ")
+    finally:
+        container.destroy()
+    _settle(lambda: len(_audit_lines(daemon, container.name)) >= 200, "200 audit lines")
+    files = sorted(p.name for p in daemon.audit_path.parent.iterdir())
+    assert files == ["audit.log", "audit.log.1", "audit.log.2"], files  # backups = 2
+    for path in daemon.audit_path.parent.iterdir():
+        assert path.stat().st_size <= 4096 + 1024
+
+
+def test_metrics_file_parses_and_counts_match(own_daemon: Callable[..., Daemon],
+                                              nodeprobe: Path) -> None:
+    daemon = own_daemon()
+    container = supervised_container(daemon, nodeprobe)
+    try:
+        for n in range(5):
+            assert container.probe("mknod", f"/tmp/m{n}", "c", "1", "3") == "ok"
+        for n in range(3):
+            assert container.probe("mknod", f"/tmp/r{n}", "c", "1", "1") == "EPERM"
+        assert container.probe("mknod", "/no/such/dir", "c", "1", "3") == "ENOENT"
+
+        def counts() -> dict[str, float]:
+            with contextlib.suppress(FileNotFoundError):
+                found: dict[str, float] = {}
+                for family in text_string_to_metric_families(daemon.metrics_path.read_text()):
+                    for sample in family.samples:
+                        if (sample.name == "lxc_notify_requests_total"
+                                and sample.labels.get("container") == container.name):
+                            outcome = sample.labels["outcome"]
+                            found[outcome] = found.get(outcome, 0) + sample.value
+                return found
+            return {}
+
+        _settle(lambda: counts() == {"done": 5, "kernel": 3, "errno": 1},
+                f"metrics to count the calls (now {counts()})")
+        text = daemon.metrics_path.read_text()
+        assert "lxc_notify_request_duration_seconds_bucket" in text
+        row = _status(daemon)[container.name]
+        latency = row["latency_us"]
+        assert isinstance(latency, dict) and 0 < latency["p50"] <= latency["p99"]
+        status = daemon.cli("status").stdout
+        assert container.name in status and "p50/p99 us" in status
+    finally:
+        container.destroy()

@@ -118,6 +118,8 @@ class AuditLog:
         if not self._accepting or not outcome.audited:
             return
         try:
+            # The Outcome itself, formatted later by the writer: its arguments are the
+            # request's own dict, which nothing touches once the hooks have run.
             self._queue.put_nowait((time.time_ns(), outcome))
         except queue.Full:
             with self._dropped_lock:

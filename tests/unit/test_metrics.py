@@ -78,15 +78,17 @@ def test_the_writer_rewrites_every_interval_and_never_leaves_a_temporary_file(
                 found = samples(path)
                 assert found[("lxc_notify_start_time_seconds", frozenset())] > 0
                 seen.append(found.get(("lxc_notify_requests_total", box_done), 0))
+                time.sleep(0.0002)  # leave the writer the GIL now and then
             except Exception as err:  # reported below, on the test's thread
                 broken.append(err)
                 return
 
     reader = threading.Thread(target=read_while_written)
     reader.start()
-    recorded, until = 0, time.monotonic() + 0.15  # some 15 rewrites
+    recorded, deadline = 0, time.monotonic() + 2
     try:
-        while time.monotonic() < until:
+        # Until the reads have seen several rewrites (some 20 ms at 10 ms each).
+        while len(set(seen)) < 4 and not broken and time.monotonic() < deadline:
             metrics.record(outcome())
             recorded += 1
             time.sleep(0.001)
@@ -95,7 +97,7 @@ def test_the_writer_rewrites_every_interval_and_never_leaves_a_temporary_file(
         reader.join()
     assert metrics.close()
     assert not broken
-    assert len(set(seen)) >= 3, "the reads overlapped several rewrites"
+    assert len(set(seen)) >= 4, "the reads overlapped several rewrites"
     assert requests(samples(path), "box", "mknodat", "done") == recorded
     assert os.listdir(tmp_path) == [path.name]
 

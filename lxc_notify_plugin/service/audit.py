@@ -1,0 +1,244 @@
+"""The audit log: one JSON line per decision, written off the request's thread.
+
+``record`` runs on the request's thread before the caller is answered, so it
+only stamps the time and queues the Outcome (``put_nowait`` on a bounded
+queue); formatting and I/O are the writer thread's.  When the writer falls
+behind (a slow or full disk) the queue fills, and decisions are dropped and
+counted rather than delaying callers; the next write puts the loss on record
+as ``{"time": ..., "dropped": n}``.
+
+Lines stay whole: the file is rotated (path -> path.1 -> ... -> path.N)
+before a line that would take it past ``max_bytes``, and a write that fails
+half way is cut back to the last whole line.  The writer is the only one
+appending, so it knows the file's size without asking.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ..dispatch import Outcome
+
+log = logging.getLogger(__name__)
+
+_Entry = tuple[int, Outcome] | None  # (time_ns, outcome); None asks the writer to stop
+
+
+def _timestamp(time_ns: int) -> str:
+    """RFC 3339 in UTC with microseconds, e.g. 2024-05-01T12:00:00.123456Z."""
+    seconds, micros = divmod(time_ns // 1000, 1_000_000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{micros:06d}Z"
+
+
+def _latency_us(duration_ns: int) -> int | float:
+    tenths = round(duration_ns / 100)
+    return tenths // 10 if tenths % 10 == 0 else tenths / 10
+
+
+def _encode(entry: dict[str, object]) -> bytes:
+    # ensure_ascii: a path's undecodable bytes arrive as lone surrogates
+    # (surrogateescape), which UTF-8 cannot encode; as \udcXX escapes they stay
+    # valid JSON and a reader can restore the bytes.  default=str: an argument
+    # of an unexpected type is still logged, as text, rather than lost.
+    return (json.dumps(entry, ensure_ascii=True, separators=(",", ":"), default=str)
+            + "\n").encode("ascii")
+
+
+def _line(time_ns: int, outcome: Outcome) -> bytes:
+    code = outcome.error
+    return _encode({"time": _timestamp(time_ns), "container": outcome.container,
+                    "pid": outcome.tid, "syscall": outcome.syscall, "args": outcome.arguments,
+                    "decision": outcome.outcome,
+                    "errno": errno.errorcode.get(code, str(code)) if code else None,
+                    "latency_us": _latency_us(outcome.duration_ns)})
+
+
+class AuditLog:
+    """JSON lines of every audited decision, size-rotated; ``record`` is the dispatcher hook."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int, queue_size: int) -> None:
+        if max_bytes < 0 or backups < 0 or queue_size < 1:
+            raise ValueError(f"audit log {path}: max_bytes {max_bytes}, backups {backups}, "
+                             f"queue_size {queue_size}")
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self._queue: queue.Queue[_Entry] = queue.Queue(queue_size)
+        self._accepting = False  # set while the writer runs; record() is a no-op otherwise
+        self._thread: threading.Thread | None = None
+        self._fd = -1  # the writer's from start() until it exits
+        self._size = 0
+        self._dropped_lock = threading.Lock()  # request threads add, the writer reads
+        self._dropped = self._reported = self._written = self._errors = 0
+        self._failing = False  # in a burst of I/O errors, logged once
+
+    @classmethod
+    def disabled(cls) -> AuditLog:
+        return cls(Path(os.devnull), 0, 0, 1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_bytes > 0
+
+    @property
+    def written(self) -> int:
+        return self._written
+
+    @property
+    def dropped(self) -> int:
+        with self._dropped_lock:
+            return self._dropped
+
+    @property
+    def errors(self) -> int:
+        """Failed writes, rotations and lines that could not be serialised."""
+        return self._errors
+
+    def start(self) -> None:
+        """Open the file (raising if it cannot be: a configuration error) and start the writer."""
+        if not self.enabled or self._thread is not None:
+            return
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._fd = self._open()
+        self._size = os.fstat(self._fd).st_size
+        # Not a daemon thread: close() joins it, so queued decisions reach the file.
+        self._thread = threading.Thread(target=self._run, name=f"audit {self.path.name}")
+        self._accepting = True
+        self._thread.start()
+
+    def record(self, outcome: Outcome) -> None:
+        """Queue one decision; never blocks: when the queue is full it is dropped and counted."""
+        if not self._accepting or not outcome.audited:
+            return
+        try:
+            # The Outcome itself, formatted later by the writer: its arguments are the
+            # request's own dict, which nothing touches once the hooks have run.
+            self._queue.put_nowait((time.time_ns(), outcome))
+        except queue.Full:
+            with self._dropped_lock:
+                self._dropped += 1
+
+    def close(self, timeout: float = 5.0) -> bool:
+        """Write what is queued and stop the writer; False if it did not finish in time."""
+        thread = self._thread
+        if thread is None:
+            return True
+        self._accepting = False
+        deadline = time.monotonic() + timeout
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            log.error("audit log %s: writer stuck, %d lines unwritten", self.path,
+                      self._queue.qsize())
+            return False
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            log.error("audit log %s: writer did not finish in %.1fs", self.path, timeout)
+            return False
+        self._thread = None
+        return True
+
+    def _open(self) -> int:
+        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+
+    def _run(self) -> None:
+        stopping = False
+        try:
+            while not (stopping and self._queue.empty()):  # one reader: empty() is reliable
+                batch = [self._queue.get()]
+                with contextlib.suppress(queue.Empty):  # drain: a burst costs one write
+                    while True:
+                        batch.append(self._queue.get_nowait())
+                stopping = stopping or None in batch
+                try:
+                    self._write_batch([entry for entry in batch if entry is not None])
+                except Exception:
+                    # Our bug: log it and go on, so one bad batch cannot end the audit.
+                    self._errors += 1
+                    log.exception("audit log %s: batch of %d lost", self.path, len(batch))
+        finally:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _write_batch(self, entries: list[tuple[int, Outcome]]) -> None:
+        lines = []
+        for time_ns, outcome in entries:
+            try:
+                lines.append(_line(time_ns, outcome))
+            except (TypeError, ValueError) as err:  # e.g. a dict key json cannot write
+                self._errors += 1
+                log.error("audit log %s: %s pid %d %s not serialisable: %s", self.path,
+                          outcome.container, outcome.tid, outcome.syscall, err)
+        # Read after draining, so the count covers every drop before these lines were taken.
+        dropped = self.dropped - self._reported
+        if dropped:
+            lines.append(_encode({"time": _timestamp(time.time_ns()), "dropped": dropped}))
+        written = self._write_lines(lines)
+        self._written += min(written, len(entries))
+        if dropped and written == len(lines):
+            self._reported += dropped  # else it is reported, with any later drops, next time
+
+    def _write_lines(self, lines: list[bytes]) -> int:
+        """Append whole lines, rotating before one would overflow; how many were written."""
+        done, chunk, chunk_size = 0, list[bytes](), 0
+        for line in lines:
+            if self._size + chunk_size + len(line) > self.max_bytes and self._size + chunk_size:
+                if chunk and not self._append(chunk):
+                    return done
+                done, chunk, chunk_size = done + len(chunk), [], 0
+                self._rotate()
+            chunk.append(line)
+            chunk_size += len(line)
+        return done + len(chunk) if chunk and self._append(chunk) else done
+
+    def _append(self, chunk: list[bytes]) -> bool:
+        joined = b"".join(chunk)
+        data = memoryview(joined)
+        try:
+            while data:
+                data = data[os.write(self._fd, data):]
+        except OSError as err:
+            self._failed(err)
+            # Cut a half-written line back off, so the file holds whole lines only.  Best
+            # effort (a device cannot be truncated): the failure is already on record.
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
+            return False
+        self._size += len(joined)
+        if self._failing:
+            self._failing = False
+            log.warning("audit log %s: writing again (%d errors so far)", self.path, self._errors)
+        return True
+
+    def _rotate(self) -> None:
+        try:
+            for number in range(self.backups - 1, 0, -1):
+                older = Path(f"{self.path}.{number}")
+                if older.exists():
+                    os.replace(older, f"{self.path}.{number + 1}")  # over the oldest
+            if self.backups:
+                os.replace(self.path, f"{self.path}.1")
+            else:
+                os.unlink(self.path)
+            fd = self._open()
+        except OSError as err:
+            # Keep appending to the open file: an oversized log beats lost lines.  Retry
+            # after another max_bytes rather than before every line.
+            self._failed(err)
+            self._size = 0
+            return
+        os.close(self._fd)
+        self._fd, self._size = fd, 0
+
+    def _failed(self, err: OSError) -> None:
+        self._errors += 1
+        if not self._failing:
+            self._failing = True
+            log.error("audit log %s: %s; counting errors until a write succeeds", self.path, err)

@@ -9,7 +9,7 @@ import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 from .errors import LxcNotifyError
 from .paths import Paths
@@ -28,7 +28,7 @@ def _settings(args: argparse.Namespace) -> DaemonConfig:
         return cached
     config = daemon_config.load(Path(args.config) if getattr(args, "config", None) else None)
     paths = config.paths
-    overrides = {field: Path(value) for option, field in (
+    overrides: dict[str, Any] = {field: Path(value) for option, field in (
         ("socket", "socket"), ("state_dir", "state_dir"), ("profile_dir", "admin_profiles"),
         ("udev_control", "udev_control"), ("agent_socket", "oci_agent"))
         if (value := getattr(args, option, None)) is not None}
@@ -74,7 +74,8 @@ def configure_logging(level: str) -> None:
 def cmd_daemon(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
-    supervisor = Supervisor(_settings(args))
+    given = bool(getattr(args, "log_level", None) or getattr(args, "verbose", False))
+    supervisor = Supervisor(_settings(args), log_level_given=given)
     # Handlers before bind(): once the pid file exists, a SIGHUP may come.  Each
     # only writes a byte to the supervisor's wake pipe: the work is done by serve().
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -323,8 +324,8 @@ def _subparsers_with(common: argparse.ArgumentParser) -> type[argparse.Action]:
     """A subparsers action whose every parser, at any depth, takes ``common``'s options."""
 
     class WithCommon(argparse._SubParsersAction):  # type: ignore[type-arg]
-        def add_parser(self, name: str, **kwargs: object) -> argparse.ArgumentParser:
-            kwargs["parents"] = [*kwargs.get("parents", ()), common]  # type: ignore[misc]
+        def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+            kwargs["parents"] = [*kwargs.get("parents", ()), common]
             parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
             parser.register("action", "parsers", WithCommon)
             return parser

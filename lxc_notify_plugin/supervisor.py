@@ -143,8 +143,10 @@ class ContainerRegistry:
 
 class Supervisor:
     def __init__(self, config: DaemonConfig | None = None,
-                 registry: ContainerRegistry | None = None, proc_root: str = "/proc") -> None:
+                 registry: ContainerRegistry | None = None, proc_root: str = "/proc",
+                 log_level_given: bool = False) -> None:
         self.config = config or DaemonConfig()
+        self._log_level_given = log_level_given  # on the command line: a reload keeps it
         paths = self.paths = self.config.paths
         self.registry = registry or ContainerRegistry(paths)
         self.proc_root = proc_root
@@ -288,7 +290,10 @@ class Supervisor:
         new = replace(new, paths=self.config.paths)
         for key in self.config.restart_needed(new):
             log.warning("daemon configuration: %s changed; it applies at the next start", key)
-        logging.getLogger().setLevel(daemon_config.LOG_LEVELS[new.log_level])
+        if not self._log_level_given:
+            logging.getLogger().setLevel(daemon_config.LOG_LEVELS[new.log_level])
+        else:
+            new = replace(new, log_level=self.config.log_level)
         if self.audit is not None:
             self.audit.max_bytes, self.audit.backups = new.audit.max_bytes, new.audit.backups
         self.metrics.interval = new.metrics.interval

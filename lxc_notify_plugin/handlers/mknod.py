@@ -10,6 +10,7 @@ privileges then give exactly the answer the container would get without us.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -56,6 +57,8 @@ def handle(call: Call) -> Answer:
     request.note(dev=f"{kind} {major}:{minor}", mode=f"{stat.S_IMODE(mode):04o}")
     if not rules:
         log.debug("%s %d:%d is not in the profile", kind, major, minor)
+        with contextlib.suppress(OSError):  # for the audit log; the kernel reads it again
+            request.note(path=request.read_string(path_address))
         return refused(policy)
     creds = read_creds(request, thread.status)
     if not (in_container_userns(request, creds) and creds.has_cap(kernel.CAP_MKNOD)):

@@ -106,6 +106,9 @@ class Metrics:
         self._started.set(time.time())
         if self.path is None:
             return
+        with contextlib.suppress(OSError):  # else counted as a failed write, and logged
+            # 0755: node_exporter reads the file as another user.
+            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         self.write_now()
         self._thread = threading.Thread(target=self._run, name=f"metrics {self.path.name}")
         self._thread.start()

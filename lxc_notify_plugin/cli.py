@@ -206,13 +206,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
 def cmd_service(args: argparse.Namespace) -> int:
     from .service import unit
 
+    config = Path(args.config) if getattr(args, "config", None) else None
     if args.action == "unit":
-        sys.stdout.write(unit.render())
+        sys.stdout.write(unit.render(config=config))
+        sys.stdout.write("\n" + unit.render_socket(_paths(args)))
     elif args.action == "capabilities":
         for name, why in unit.CAPABILITIES.items():
             print(f"{name:20} {why}")
     elif args.action == "install":
-        for line in unit.install(Path(args.unit_dir), start=not args.no_start):
+        _settings(args)  # a bad daemon.toml fails here, before anything is written
+        for line in unit.install(_paths(args), Path(args.unit_dir), start=not args.no_start,
+                                 config=config):
             print(line)
     else:
         for line in unit.remove(Path(args.unit_dir)):
@@ -432,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
             parser_.add_argument("--no-start", action="store_true",
                                  help="enable only; start at next boot")
         parser_.set_defaults(func=cmd_service)
-    service.add_parser("unit", help="print the unit as install writes it").set_defaults(
+    service.add_parser("unit", help="print the units as install writes them").set_defaults(
         func=cmd_service)
     service.add_parser("capabilities", help="the unit's capabilities, and why each"
                        ).set_defaults(func=cmd_service)

@@ -27,6 +27,7 @@ from .dispatch import Container, Dispatcher, HostViews
 from .errors import ConfigError, DaemonError
 from .host.udev import HostDeviceIndex, UdevWatcher
 from .paths import Paths, atomic_write
+from .service import activation
 from .service import config as daemon_config
 from .service.audit import AuditLog
 from .service.config import DaemonConfig
@@ -180,10 +181,15 @@ class Supervisor:
     def bind(self) -> None:
         """Take the sockets (one daemon per host: a second one is refused) and
         open the audit log, so that what fails, fails before anything is served."""
-        for transport, path in ((self.lxc, self.paths.socket),
-                                (self.agent, self.paths.agent_socket)):
+        inherited = activation.inherited_sockets()  # under lxc-notify.socket
+        for transport, path, kind in (
+                (self.lxc, self.paths.socket, socket.SOCK_SEQPACKET),
+                (self.agent, self.paths.agent_socket, socket.SOCK_STREAM)):
+            held = activation.take(inherited, path, kind)
+            if held is not None:
+                log.info("serving %s, held by systemd across restarts", path)
             try:
-                transport.bind()
+                transport.bind(held)
             except OSError as err:
                 self.lxc.close()
                 if err.errno == errno.EADDRINUSE:
@@ -191,6 +197,7 @@ class Supervisor:
                     raise DaemonError(f"a supervisor{f' (pid {pid})' if pid else ''} already "
                                       f"listens on {path}: one per host") from None
                 raise DaemonError(f"cannot listen on {path}: {err.strerror or err}") from None
+        activation.close_unused(inherited)
         self._bound = True
         try:
             if self.audit is not None:

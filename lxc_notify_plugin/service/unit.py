@@ -14,8 +14,10 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from ..paths import Paths
+
 UNIT_NAME: Final = "lxc-notify.service"
-UNIT_TEMPLATE: Final = Path(__file__).with_name(UNIT_NAME)
+SOCKET_NAME: Final = "lxc-notify.socket"
 UNIT_DIR: Final = Path("/etc/systemd/system")
 
 CAPABILITIES: Final = {
@@ -40,10 +42,21 @@ def exec_start() -> str:
     return f"{shlex.quote(sys.executable)} -m lxc_notify_plugin"
 
 
-def render(command: str | None = None) -> str:
-    return (UNIT_TEMPLATE.read_text()
-            .replace("@EXEC_START@", command or exec_start())
+def render(command: str | None = None, config: Path | None = None) -> str:
+    """The service unit; ``config`` is a daemon.toml other than the default one."""
+    start = command or exec_start()
+    if config is not None:
+        start += f" --config {shlex.quote(str(config))}"
+    return (Path(__file__).with_name(UNIT_NAME).read_text()
+            .replace("@EXEC_START@", start)
             .replace("@CAPABILITIES@", " ".join(CAPABILITIES)))
+
+
+def render_socket(paths: Paths) -> str:
+    """The socket unit, listening where the daemon's configuration says."""
+    return (Path(__file__).with_name(SOCKET_NAME).read_text()
+            .replace("@SOCKET@", str(paths.socket))
+            .replace("@AGENT_SOCKET@", str(paths.agent_socket)))
 
 
 def systemd_is_init() -> bool:
@@ -51,34 +64,38 @@ def systemd_is_init() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def install(unit_dir: Path = UNIT_DIR, start: bool = True) -> list[str]:
-    """Write the unit, then enable and start it where systemd is init; what was done."""
+def install(paths: Paths, unit_dir: Path = UNIT_DIR, start: bool = True,
+            config: Path | None = None) -> list[str]:
+    """Write the units, then enable and start them where systemd is init; what was done."""
     unit_dir.mkdir(parents=True, exist_ok=True)
-    target = unit_dir / UNIT_NAME
-    target.write_text(render())
-    target.chmod(0o644)
-    done = [f"installed {target}"]
+    done = []
+    for name, text in ((UNIT_NAME, render(config=config)), (SOCKET_NAME, render_socket(paths))):
+        target = unit_dir / name
+        target.write_text(text)
+        target.chmod(0o644)
+        done.append(f"installed {target}")
     if not systemd_is_init():
         done.append("systemd is not this system's init: run the unit's ExecStart yourself "
                     f"({exec_start()} daemon)")
         return done
     subprocess.run(["systemctl", "daemon-reload"], check=True)
-    subprocess.run(["systemctl", "enable", *(["--now"] if start else []), UNIT_NAME],
-                   check=True)
-    done.append(f"enabled{' and started' if start else ''} {UNIT_NAME}")
+    subprocess.run(["systemctl", "enable", *(["--now"] if start else []), SOCKET_NAME,
+                    UNIT_NAME], check=True)
+    done.append(f"enabled{' and started' if start else ''} {SOCKET_NAME} and {UNIT_NAME}")
     return done
 
 
 def remove(unit_dir: Path = UNIT_DIR) -> list[str]:
-    """Undo install: stop and disable, remove the file."""
-    target = unit_dir / UNIT_NAME
+    """Undo install: stop and disable, remove the files."""
     done = []
     if systemd_is_init():
-        subprocess.run(["systemctl", "disable", "--now", UNIT_NAME], check=False)
-        done.append(f"stopped and disabled {UNIT_NAME}")
-    if target.exists():
-        target.unlink()
-        done.append(f"removed {target}")
+        subprocess.run(["systemctl", "disable", "--now", UNIT_NAME, SOCKET_NAME], check=False)
+        done.append(f"stopped and disabled {UNIT_NAME} and {SOCKET_NAME}")
+    for name in (UNIT_NAME, SOCKET_NAME):
+        target = unit_dir / name
+        if target.exists():
+            target.unlink()
+            done.append(f"removed {target}")
     if systemd_is_init():
         subprocess.run(["systemctl", "daemon-reload"], check=True)
-    return done or [f"{target} was not installed"]
+    return done or [f"{unit_dir / UNIT_NAME} was not installed"]

@@ -231,6 +231,7 @@ class OciAgent:
         self.max_connections = max_connections  # daemon.toml's limits.connections
         self.proc_root = proc_root
         self.sock: socket.socket | None = None
+        self._owns_path = False  # we bound it (not systemd): we remove it
         self._stop_r = self._stop_w = -1  # made by bind(): every listener thread polls it
         self._threads: set[threading.Thread] = set()
         self._reading: set[socket.socket] = set()  # connections still sending their state
@@ -238,7 +239,13 @@ class OciAgent:
         self._lock = threading.Lock()
         self._serial = 0
 
-    def bind(self) -> None:
+    def bind(self, inherited: socket.socket | None = None) -> None:
+        """Listen on ``path``; or on ``inherited``, a listening socket systemd holds
+        for us (lxc-notify.socket), which is then never unlinked: it outlives us."""
+        if inherited is not None:
+            self.sock, self._owns_path = inherited, False
+            self._make_stop_pipe()
+            return
         path = self.path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path.parent, 0o700)
@@ -254,7 +261,10 @@ class OciAgent:
         except BaseException:
             sock.close()
             raise
-        self.sock = sock
+        self.sock, self._owns_path = sock, True
+        self._make_stop_pipe()
+
+    def _make_stop_pipe(self) -> None:
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
 
     def fileno(self) -> int:
@@ -308,7 +318,8 @@ class OciAgent:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
-            self.path.unlink(missing_ok=True)
+            if self._owns_path:
+                self.path.unlink(missing_ok=True)
         if self._stop_w < 0:
             return  # never bound: no thread was started
         with contextlib.suppress(OSError):

@@ -172,10 +172,16 @@ class LxcProxy:
         self.sizes = sizes
         self.proc_root = proc_root
         self.sock: socket.socket | None = None
+        self._owns_path = False  # we bound it (not systemd): we remove it
         self._threads: dict[threading.Thread, socket.socket] = {}
         self._lock = threading.Lock()
 
-    def bind(self) -> None:
+    def bind(self, inherited: socket.socket | None = None) -> None:
+        """Listen on ``path``; or on ``inherited``, a listening socket systemd holds
+        for us (lxc-notify.socket), which is then never unlinked: it outlives us."""
+        if inherited is not None:
+            self.sock, self._owns_path = inherited, False
+            return
         path = self.path
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(path.parent, 0o700)
@@ -191,7 +197,7 @@ class LxcProxy:
         except BaseException:
             sock.close()
             raise
-        self.sock = sock
+        self.sock, self._owns_path = sock, True
 
     def fileno(self) -> int:
         assert self.sock is not None
@@ -231,7 +237,8 @@ class LxcProxy:
         finished and answered first) and wait for their threads."""
         if self.sock is not None:
             self.sock.close()
-            self.path.unlink(missing_ok=True)
+            if self._owns_path:
+                self.path.unlink(missing_ok=True)
         with self._lock:
             threads = list(self._threads.items())
         for _, conn in threads:

@@ -12,6 +12,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +29,22 @@ from tests.conftest import require, require_root, require_tools
 
 UDEV_CONTROL = Paths().udev_control
 UNDER_UNIT = "LXC_NOTIFY_TEST_UNDER_UNIT"  # set: daemons start under the unit's restrictions
+
+
+# Put the given fds at 3, 4, ..., set LISTEN_PID to this pid, exec the rest.
+_ACTIVATE = """
+import fcntl, os, sys
+split = sys.argv.index("--")
+given = [int(fd) for fd in sys.argv[1:split]]
+moved = [fcntl.fcntl(fd, fcntl.F_DUPFD, 100) for fd in given]  # out of the way first
+for fd in given:
+    os.close(fd)
+for target, fd in enumerate(moved, start=3):
+    os.dup2(fd, target)
+    os.close(fd)
+os.environ["LISTEN_PID"] = str(os.getpid())
+os.execv(sys.argv[split + 1], sys.argv[split + 1:])
+"""
 
 
 def unit_settings() -> dict[str, str]:
@@ -112,16 +129,39 @@ class Daemon:
                 "--profile-dir", str(self.paths.admin_profiles),
                 "--udev-control", str(self.paths.udev_control)]
 
-    def start(self) -> None:
+    def hold_sockets(self) -> list[socket.socket]:
+        """The daemon's two sockets, bound and listening here, as lxc-notify.socket
+        has systemd hold them; pass them to start()."""
+        held = []
+        for path, kind in ((self.paths.socket, socket.SOCK_SEQPACKET),
+                           (self.paths.agent_socket, socket.SOCK_STREAM)):
+            sock = socket.socket(socket.AF_UNIX, kind)
+            sock.bind(str(path))
+            os.chmod(path, 0o600)
+            sock.listen(64)
+            held.append(sock)
+        return held
+
+    def start(self, held: list[socket.socket] | None = None) -> None:
         # Under test_service.py's bounded run, every daemon starts as the systemd
         # unit starts it: its capability bounding set, no_new_privs and umask.
         wrapper = unit_wrapper() if os.environ.get(UNDER_UNIT) else []
+        activated: list[str] = []
+        env = dict(os.environ)
+        if held:
+            # As systemd passes sockets (sd_listen_fds): fds 3, 4, ... in the
+            # process that LISTEN_PID names; exec keeps the pid.
+            fds = [sock.fileno() for sock in held]
+            activated = [sys.executable, "-c", _ACTIVATE, *map(str, fds), "--"]
+            env["LISTEN_FDS"] = str(len(held))
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [*wrapper, sys.executable, "-m", "lxc_notify_plugin", *self.global_args(),
-                 "daemon", "-v"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                [*wrapper, *activated, sys.executable, "-m", "lxc_notify_plugin",
+                 *self.global_args(), "daemon", "-v"], stdout=log, stderr=log,
+                stdin=subprocess.DEVNULL, env=env, pass_fds=[s.fileno() for s in held or ()])
         deadline = time.monotonic() + 10
-        while not daemon_running(self.paths):
+        # Held sockets answer before the daemon runs: its pid file says it does.
+        while not (self._pid_file_is_ours() if held else daemon_running(self.paths)):
             assert self.process.poll() is None, self.log()
             assert time.monotonic() < deadline, "daemon did not start:\n" + self.log()
             time.sleep(0.05)
@@ -130,6 +170,12 @@ class Daemon:
             fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
             assert int(fields["CapBnd"], 16) == unit_capability_mask(), fields["CapBnd"]
             assert fields["NoNewPrivs"].strip() == "1"
+
+    def _pid_file_is_ours(self) -> bool:
+        try:
+            return self.paths.pid_file.read_text().strip() == str(self.pid)
+        except OSError:
+            return False
 
     @property
     def pid(self) -> int:

@@ -77,24 +77,24 @@ def _status(daemon: Daemon) -> dict[str, dict[str, Any]]:
 # --- the unit --------------------------------------------------------------------------
 
 
-def test_the_unit_is_valid_and_install_writes_it(tmp_path: Path) -> None:
-    rendered = tmp_path / unit.UNIT_NAME
-    rendered.write_text(unit.render())
-    verify = subprocess.run(["systemd-analyze", "verify", str(rendered)],
-                            capture_output=True, text=True)
-    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
-    text = rendered.read_text()
-    assert "Before=lxc.service" in text and "Type=notify" in text
-    assert f"ExecStart={sys.executable} -m lxc_notify_plugin daemon" in text
+def test_the_units_are_valid_and_install_writes_them(tmp_path: Path) -> None:
     cli = [sys.executable, "-m", "lxc_notify_plugin", "service"]
     unit_dir = tmp_path / "units"
     installed = subprocess.run([*cli, "install", "--unit-dir", str(unit_dir)],
                                capture_output=True, text=True, check=True)
-    assert (unit_dir / unit.UNIT_NAME).read_text() == text
+    service, sockets = unit_dir / unit.UNIT_NAME, unit_dir / unit.SOCKET_NAME
+    verify = subprocess.run(["systemd-analyze", "verify", str(service), str(sockets)],
+                            capture_output=True, text=True)
+    assert verify.returncode == 0 and not verify.stderr.strip(), verify.stderr
+    text = service.read_text()
+    assert text == unit.render()
+    assert "Before=lxc.service" in text and "Type=notify" in text
+    assert f"ExecStart={sys.executable} -m lxc_notify_plugin daemon" in text
+    assert "ListenSequentialPacket=/run/lxc-notify/seccomp.sock" in sockets.read_text()
     if not unit.systemd_is_init():  # these machines: said, not pretended
         assert "systemd is not this system's init" in installed.stdout
     subprocess.run([*cli, "remove", "--unit-dir", str(unit_dir)], check=True)
-    assert not (unit_dir / unit.UNIT_NAME).exists()
+    assert not service.exists() and not sockets.exists()
 
 
 def test_a_daemon_under_the_units_restrictions_serves(own_daemon: Callable[..., Daemon],
@@ -204,6 +204,39 @@ def test_sigkill_and_restart_serve_a_running_container(own_daemon: Callable[...,
         assert container.probe("mknod", "/tmp/after2", "c", "1", "3") == "ok"
     finally:
         container.destroy()
+
+
+def test_under_socket_activation_a_restart_loses_no_caller(own_daemon: Callable[..., Daemon],
+                                                          nodeprobe: Path) -> None:
+    """As under lxc-notify.socket: the sockets outlive the daemon, so a call made while
+    no daemon runs waits in them and is served by the next one, not answered ENOSYS."""
+    daemon = own_daemon(start=False)
+    held = daemon.hold_sockets()
+    try:
+        daemon.start(held)
+        container = supervised_container(daemon, nodeprobe)
+        try:
+            assert container.probe("mknod", "/tmp/before", "c", "1", "3") == "ok"
+            assert daemon.process is not None
+            daemon.process.kill()
+            daemon.process.wait()
+            with container.background("once", "/tmp/during") as gap:
+                time.sleep(0.5)  # its datagram waits in the socket systemd would hold
+                assert gap.poll() is None  # still waiting: not answered ENOSYS
+                daemon.start(held)
+                assert gap.stdout is not None
+                assert gap.stdout.readline().strip() == b"ok"
+            assert container.probe("mknod", "/tmp/after", "c", "1", "3") == "ok"
+        finally:
+            container.destroy()
+        assert daemon.process is not None
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(20) == 0
+        assert daemon.paths.socket.exists()  # the holder's, not the daemon's to remove
+        assert "held by systemd across restarts" in daemon.log()
+    finally:
+        for sock in held:
+            sock.close()
 
 
 # --- containers come and go ------------------------------------------------------------------

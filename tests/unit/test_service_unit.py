@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lxc_notify_plugin import kernel
+from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.service import unit
 
 
@@ -26,11 +27,33 @@ def test_the_unit_grants_exactly_the_listed_capabilities() -> None:
 def test_install_without_systemd_writes_the_unit_only(tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(unit, "systemd_is_init", lambda: False)
-    done = unit.install(tmp_path)
+    paths = Paths(socket=Path("/run/x/seccomp.sock"))
+    done = unit.install(paths, tmp_path)
     assert (tmp_path / unit.UNIT_NAME).read_text() == unit.render()
+    socket_unit = (tmp_path / unit.SOCKET_NAME).read_text()
+    assert "ListenSequentialPacket=/run/x/seccomp.sock" in socket_unit
+    assert "ListenStream=/run/x/oci-agent.sock" in socket_unit
     assert "systemd is not this system's init" in done[-1]
     unit.remove(tmp_path)
     assert not (tmp_path / unit.UNIT_NAME).exists()
+    assert not (tmp_path / unit.SOCKET_NAME).exists()
+
+
+def test_sockets_systemd_passes_are_taken_by_path_and_type(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    from lxc_notify_plugin.service import activation
+
+    held = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    held.bind(str(tmp_path / "s.sock"))
+    env = {"LISTEN_PID": "1", "LISTEN_FDS": "1"}  # another process's: not ours
+    assert activation.inherited_sockets(env) == [] and env == {}
+    sockets = [held]
+    assert activation.take(sockets, tmp_path / "s.sock", socket.SOCK_STREAM) is None
+    assert activation.take(sockets, tmp_path / "other.sock", socket.SOCK_SEQPACKET) is None
+    assert activation.take(sockets, tmp_path / "s.sock", socket.SOCK_SEQPACKET) is held
+    assert sockets == []
+    held.close()
 
 
 @pytest.mark.parametrize("abstract", [False, True])

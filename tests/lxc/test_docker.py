@@ -343,6 +343,6 @@ def test_docker_builds_with_fuse_overlayfs_and_passes_our_nodes(
     assert len(mknods) == 2 and all(r.endswith(" -> done") for r in mknods), mknods
     row = next(line for line in daemon.cli("status").stdout.splitlines()
                if line.startswith(host.name)).split()
-    assert row[1:3] == ["yes", "docker"] and "mknod" in row[3].split(","), row
+    assert row[1:3] == ["running", "docker"] and "mknod" in row[3].split(","), row
     done = re.search(r"\bdone (\d+)", " ".join(row))
     assert done is not None and int(done.group(1)) >= 2, row

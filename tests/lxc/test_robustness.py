@@ -215,5 +215,5 @@ def test_status_shows_containers_and_counts(container: Container, daemon: Daemon
     out = daemon.cli("status").stdout
     assert f"supervisor pid {daemon.pid}" in out and "udev followed" in out
     row = next(line for line in out.splitlines() if line.startswith(container.name))
-    assert row.split()[1:4] == ["yes", "default", "mknod"]
+    assert row.split()[1:4] == ["running", "default", "mknod"]
     assert "done " in row

@@ -66,6 +66,19 @@ def _threads(daemon: Daemon) -> int:
     return len(os.listdir(f"/proc/{daemon.pid}/task"))
 
 
+def _settled_counts(daemon: Daemon) -> tuple[int, int]:
+    """(fds, threads) once they have not changed for a second: a stopped container's
+    connection thread ends a moment after its monitor closes."""
+    seen: list[tuple[int, int]] = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        seen.append((daemon.fd_count(), _threads(daemon)))
+        if len(seen) >= 10 and len(set(seen[-10:])) == 1:
+            break
+        time.sleep(0.1)
+    return seen[-1]
+
+
 def _status(daemon: Daemon) -> dict[str, dict[str, Any]]:
     """`lxc-notify status` rows by container name, read from the daemon's JSON answer."""
     result = daemon.cli("status")
@@ -280,14 +293,12 @@ def test_fifty_start_stop_cycles_leave_no_thread_or_fd(own_daemon: Callable[...,
     try:
         assert container.probe("mknod", "/tmp/warm", "c", "1", "3") == "ok"
         container.stop()
-        baseline = (daemon.fd_count(), _threads(daemon))
+        baseline = _settled_counts(daemon)
         for cycle in range(50):
             container.start()
             assert container.probe("mknod", f"/tmp/n{cycle}", "c", "1", "3") == "ok"
             container.stop()
-        _settle(lambda: (daemon.fd_count(), _threads(daemon)) == baseline,
-                f"fds and threads back to {baseline}, now "
-                f"{(daemon.fd_count(), _threads(daemon))}")
+        assert _settled_counts(daemon) == baseline  # (fds, threads)
         assert _status(daemon)[container.name]["requests"]["done"] == 51
     finally:
         container.destroy()

@@ -124,11 +124,10 @@ def test_a_stuck_writer_drops_and_counts_without_blocking_requests(
     audit_log.record(outcome(tid=0))  # the writer takes it and hangs in write()
     assert entered.wait(2)
 
-    began = time.perf_counter()
     for tid in range(1, 1001):
         audit_log.record(outcome(tid=tid))
-    elapsed = time.perf_counter() - began
-    assert elapsed < 0.5, f"1000 records took {elapsed:.3f}s while the writer was stuck"
+    # Every record returned while the disk had not: none of them waited for it.
+    assert not release.is_set()
     assert audit_log.dropped == 990  # 10 queued behind the stuck write
 
     release.set()
@@ -181,12 +180,3 @@ def test_disabled_records_nothing(tmp_path: Path) -> None:
     zero.start()
     zero.record(outcome())
     assert zero.close() and not (tmp_path / "never").exists()
-
-
-def test_record_is_cheap(started: AuditLog) -> None:
-    event = outcome()
-    began = time.perf_counter()
-    for _ in range(1000):
-        started.record(event)
-    per_record_us = (time.perf_counter() - began) * 1e3
-    assert per_record_us < 50, f"{per_record_us:.1f} us per record"

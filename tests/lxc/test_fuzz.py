@@ -68,8 +68,8 @@ FIELDS: Final = {
 def box(daemon: Daemon, nodeprobe: Path) -> Iterator[Container]:
     """This module's own container, not the session's: a forged connection
     bound to a container's cookie, when it ends, drops that container's twins'
-    names from the daemon's store (see test_stale_listener...), and other
-    modules' tests must not inherit that."""
+    names from the daemon's store (see test_stale_listener_stops_a_real_request),
+    and other modules' tests must not inherit that."""
     container = supervised_container(daemon, nodeprobe)
     try:
         yield container

@@ -245,6 +245,185 @@ static int print_sysinfo32(void) {
     return 0;
 }
 
+static long now_ns(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1000000000L + t.tv_nsec;
+}
+
+/* flip DIR SECONDS: DIR/comp is swapped (renameat2 RENAME_EXCHANGE, one atomic
+ * step each) between a real directory and two symlinks that point out of it:
+ * "/" and a "../" chain that climbs past any root.  A walk of DIR/comp/LEAF
+ * that races it lands in the directory, or at the root of whoever resolves the
+ * link: the container's root for the kernel and for a correct supervisor, the
+ * host's for one that follows links in its own root.  The deadline is checked
+ * only after whole cycles, so DIR/comp is the directory again at the end.
+ * Prints "started", then "flips N". */
+static int flip(const char *dir, int seconds) {
+    int dfd = open(dir, O_PATH | O_DIRECTORY);
+    if (dfd < 0) return result(-1);
+    if (mkdirat(dfd, "comp", 0777) < 0 && errno != EEXIST) return result(-1);
+    if (symlinkat("/", dfd, "abs") < 0 && errno != EEXIST) return result(-1);
+    if (symlinkat("../../../../../../../../../../../../../../..", dfd, "rel") < 0 &&
+        errno != EEXIST)
+        return result(-1);
+    printf("started\n");
+    fflush(stdout);
+    static const char *const links[] = {"abs", "rel"};
+    long deadline = now_ns() + seconds * 1000000000L, flips = 0;
+    while (now_ns() < deadline) {
+        for (int i = 0; i < 4; i++) {  /* dir -> abs -> dir -> rel -> dir */
+            if (renameat2(dfd, "comp", dfd, links[i / 2], RENAME_EXCHANGE) < 0)
+                return result(-1);
+            flips++;
+        }
+    }
+    printf("flips %ld\n", flips);
+    return 0;
+}
+
+/* mknodloop PATH SECONDS: mknod PATH c 1 3, for SECONDS, where PATH is
+ * DIR/comp/LEAF and DIR/comp is being flipped (flip).  Each node made is then
+ * looked for where it may rightly be, and removed: in the directory (through
+ * an fd of it, whatever its name is at that moment) or at "/LEAF", where a
+ * symlink to the root leads.  Found in neither, it went somewhere this
+ * process cannot see: "lost".  Prints "calls N ok K indir I atroot R lost L"
+ * and a count for each errno met ("ENOENT 12 ..."). */
+static int mknodloop(const char *path, int seconds) {
+    static long by_errno[256];
+    char dir[4096], atroot[4096];
+    const char *slash = strrchr(path, '/');
+    if (!slash || slash == path || (size_t)(slash - path) >= sizeof dir) return 2;
+    snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+    snprintf(atroot, sizeof atroot, "/%s", slash + 1);
+    long deadline = now_ns() + seconds * 1000000000L;
+    int dfd;
+    /* The directory's own fd: DIR/comp opened only while it is the directory. */
+    while ((dfd = open(dir, O_PATH | O_DIRECTORY | O_NOFOLLOW)) < 0)
+        if (now_ns() > deadline) return result(-1);
+    long calls = 0, ok = 0, indir = 0, root = 0, lost = 0;
+    while (now_ns() < deadline) {
+        calls++;
+        if (mknod(path, S_IFCHR | 0600, makedev(1, 3)) == 0) {
+            ok++;
+            if (unlinkat(dfd, slash + 1, 0) == 0) indir++;
+            else if (unlink(atroot) == 0) root++;
+            else lost++;
+        } else {
+            by_errno[errno & 255]++;
+        }
+    }
+    printf("calls %ld ok %ld indir %ld atroot %ld lost %ld", calls, ok, indir, root, lost);
+    for (int e = 0; e < 256; e++)
+        if (by_errno[e]) printf(" %s %ld", strerrorname_np(e) ? strerrorname_np(e) : "E?", by_errno[e]);
+    printf("\n");
+    return 0;
+}
+
+/* Latency histogram for mix: exact below 64 ns, then 32 buckets per power of
+ * two (about 3% wide).  Printed as "low:count" pairs of its non-empty buckets,
+ * so processes' histograms merge exactly by key. */
+#define HIST_BUCKETS (64 + 58 * 32)
+struct hist { long count[HIST_BUCKETS]; long total; };
+
+static int hist_index(long ns) {
+    if (ns < 64) return ns < 0 ? 0 : (int)ns;
+    int e = 63 - __builtin_clzl((unsigned long)ns);  /* 6.. */
+    return 64 + (e - 6) * 32 + (int)((ns >> (e - 5)) & 31);
+}
+
+static long hist_low(int i) {
+    if (i < 64) return i;
+    int e = (i - 64) / 32 + 6, sub = (i - 64) % 32;
+    return (long)(32 + sub) << (e - 5);
+}
+
+static void hist_add(struct hist *h, long ns) {
+    h->count[hist_index(ns)]++;
+    h->total++;
+}
+
+static long hist_quantile(const struct hist *h, const struct hist *g, double q) {
+    long want = (long)((h->total + g->total) * q), seen = 0;
+    for (int i = 0; i < HIST_BUCKETS; i++) {
+        seen += h->count[i] + g->count[i];
+        if (seen > want) return hist_low(i);
+    }
+    return 0;
+}
+
+static void hist_print(const char *name, const struct hist *h) {
+    printf(" %s ", name);
+    int first = 1;
+    for (int i = 0; i < HIST_BUCKETS; i++) {
+        if (!h->count[i]) continue;
+        printf("%s%ld:%ld", first ? "" : ",", hist_low(i), h->count[i]);
+        first = 0;
+    }
+    if (first) printf("-");
+}
+
+/* mix PATH SECONDS [ANSWER]: for SECONDS, alternately an allowed mknod
+ * (PATH.a c 1 3, unlinked after) and a denied one (PATH.d c 1 1, /dev/mem,
+ * which no profile allows: EPERM), each timed alone.  ANSWER is what the
+ * allowed one must return: "ok" (default, supervised) or an errno name (EPERM
+ * where nothing supervises).  A first untimed allowed call that fails ENOSYS
+ * means lxc-attach left us unsupervised (NOTES.md): "unsupervised" is printed
+ * and the exit status is 3, so the caller may retry.  Otherwise prints
+ * "started", and at the end one line: counts (ok, denied as expected, wrong:
+ * anything else, enosys), elapsed_ns, p50_ns, p99_ns, first_wrong, and the
+ * histograms hist_allowed and hist_denied. */
+static int mix(const char *prefix, int seconds, const char *answer) {
+    static struct hist allowed_ns, denied_ns;
+    char allowed[4096], denied[4096], first_wrong[64] = "-";
+    snprintf(allowed, sizeof allowed, "%s.a", prefix);
+    snprintf(denied, sizeof denied, "%s.d", prefix);
+    int want_ok = !strcmp(answer, "ok");
+    if (mknod(allowed, S_IFCHR | 0600, makedev(1, 3)) == 0)
+        unlink(allowed);
+    else if (errno == ENOSYS) {
+        printf("unsupervised\n");
+        return 3;
+    }
+    printf("started\n");
+    fflush(stdout);
+    long ok = 0, wrong = 0, enosys = 0, expected_denied = 0;
+    long start = now_ns(), deadline = start + seconds * 1000000000L, end = start;
+    for (long i = 0; end < deadline; i++) {
+        int is_allowed = !(i & 1);
+        long a = now_ns();
+        int rc = is_allowed ? mknod(allowed, S_IFCHR | 0600, makedev(1, 3))
+                            : mknod(denied, S_IFCHR | 0600, makedev(1, 1));
+        int err = rc < 0 ? errno : 0;
+        end = now_ns();
+        hist_add(is_allowed ? &allowed_ns : &denied_ns, end - a);
+        const char *got = rc == 0 ? "ok" : strerrorname_np(err);
+        if (rc == 0 && unlink(is_allowed ? allowed : denied) < 0) {
+            got = "unlinkfail";  /* made, but not where it should be */
+        }
+        if (err == ENOSYS) {
+            enosys++;
+        } else if (is_allowed && !strcmp(got ? got : "?", answer)) {
+            if (want_ok) ok++; else expected_denied++;
+        } else if (!is_allowed && err == EPERM) {
+            expected_denied++;
+        } else {
+            if (!wrong)
+                snprintf(first_wrong, sizeof first_wrong, "%s@%s", got ? got : "?",
+                         is_allowed ? "allowed" : "denied");
+            wrong++;
+        }
+    }
+    printf("mix calls %ld ok %ld denied %ld wrong %ld enosys %ld elapsed_ns %ld p50_ns %ld "
+           "p99_ns %ld first_wrong %s", allowed_ns.total + denied_ns.total, ok, expected_denied,
+           wrong, enosys, end - start, hist_quantile(&allowed_ns, &denied_ns, 0.5),
+           hist_quantile(&allowed_ns, &denied_ns, 0.99), first_wrong);
+    hist_print("hist_allowed", &allowed_ns);
+    hist_print("hist_denied", &denied_ns);
+    printf("\n");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) goto usage;
     const char *cmd = argv[1];
@@ -382,9 +561,17 @@ int main(int argc, char **argv) {
         fflush(stdout);
         for (;;) pause();
     }
+    if (!strcmp(cmd, "flip") && argc >= 4)
+        return flip(argv[2], num(argv[3], 10));
+    if (!strcmp(cmd, "mknodloop") && argc >= 4)
+        return mknodloop(argv[2], num(argv[3], 10));
+    if (!strcmp(cmd, "mix") && argc >= 4)
+        /* mix PATH SECONDS [ANSWER] */
+        return mix(argv[2], num(argv[3], 10), argc > 4 ? argv[4] : "ok");
 usage:
     fprintf(stderr, "usage: nodeprobe mknod|mknodat|mknodat-fd|mknod32|badptr|longpath|stat|"
                     "open|write|bench|once|forever|mknod32hi|protnone|restart|groups|xattr|xattr-size|"
-                    "getxattr|xattrbench|sysinfo|sysinfo32|sysinfo-null|sched|schedparam|pause ...\n");
+                    "getxattr|xattrbench|sysinfo|sysinfo32|sysinfo-null|sched|schedparam|pause|flip|"
+                    "mknodloop|mix ...\n");
     return 2;
 }

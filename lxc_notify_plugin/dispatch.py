@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import errno
 import logging
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import ClassVar, Final
 
 from . import kernel
 from .caller.thread import CallerThread
@@ -44,10 +45,16 @@ class Container:
     policy: ContainerPolicy
     stats: Counter[str] = field(default_factory=Counter)
     connections: int = 0  # transports connected for it now
+    _lock: ClassVar[threading.Lock] = threading.Lock()
 
     @property
     def name(self) -> str:
         return self.record.name
+
+    def add_connection(self, delta: int) -> None:
+        """Connections come and go on their own threads: counted under a lock."""
+        with self._lock:
+            self.connections += delta
 
 
 @dataclass(frozen=True)

@@ -126,6 +126,7 @@ class NodeStore:
     _lock = threading.Lock()
     _root_fd = -1
     _names = itertools.count()
+    _holders: dict[str, int] = {}  # key -> connections and listeners serving it now
 
     @classmethod
     def directory(cls, key: str) -> int:
@@ -145,6 +146,27 @@ class NodeStore:
     @classmethod
     def next_name(cls) -> str:
         return f"node{next(cls._names)}"
+
+    @classmethod
+    def hold(cls, key: str) -> None:
+        """A connection (or listener) serves the container ``key`` names."""
+        with cls._lock:
+            cls._holders[key] = cls._holders.get(key, 0) + 1
+
+    @classmethod
+    def release(cls, key: str) -> None:
+        """That connection ended; with the last one, the container stopped: its names go.
+
+        Counted, not dropped at every end: LXC reconnects while an old connection's
+        thread is still finishing, and an exec'd process's listener ends while the
+        container runs on; its twins must keep their names (link count 1, bindable)."""
+        with cls._lock:
+            left = cls._holders.get(key, 0) - 1
+            if left > 0:
+                cls._holders[key] = left
+                return
+            cls._holders.pop(key, None)
+        cls.forget(key)
 
     @classmethod
     def forget(cls, key: str) -> None:

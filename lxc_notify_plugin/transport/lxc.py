@@ -249,9 +249,11 @@ class LxcProxy:
 
     def _serve_connection(self, conn: socket.socket, peer_pid: int) -> None:
         from ..caller.thread import CallerThread  # not needed to parse a datagram
+        from ..handlers.nodes import NodeStore
 
         session = _Session(peer_pid)
         caller: CallerThread | None = None
+        held: str | None = None  # the user namespace whose twins this connection keeps
         try:
             caller = CallerThread(self.proc_root)
             while True:
@@ -263,6 +265,9 @@ class LxcProxy:
                 finally:
                     for fd in fds:
                         os.close(fd)
+                if held is None and caller.cached_view is not None:
+                    held = caller.cached_view.user_ns
+                    NodeStore.hold(held)
                 conn.send(reply)
                 if caller.broken:
                     log.critical("%s: closing the connection: this thread's identity is "
@@ -276,19 +281,16 @@ class LxcProxy:
         finally:
             conn.close()
             if caller is not None:
-                view = caller.cached_view
                 caller.close()
-                if view is not None:
-                    # The container's monitor went: its twins' names go with it.
-                    from ..handlers.nodes import NodeStore
-
-                    NodeStore.forget(view.user_ns)
+            if held is not None:
+                # With the container's last connection, its twins' names go.
+                NodeStore.release(held)
             # A connection that never named a container is a liveness probe
             # (lxc-notify start, tests): not worth an info line.
             log.log(logging.INFO if session.container else logging.DEBUG,
                     "%s: disconnected (%s)", session.label, session.stats())
             if session.container is not None:
-                session.container.connections -= 1
+                session.container.add_connection(-1)
             with self._lock:
                 self._threads.pop(threading.current_thread(), None)
 
@@ -341,7 +343,7 @@ class _Session:
             return self.container if cookie_matches(cookie, expected) else None
         self.container = lookup(cookie)
         if self.container is not None:
-            self.container.connections += 1
+            self.container.add_connection(1)
             log.info("%s: connected (monitor pid %d)", self.label, self.peer_pid)
         return self.container
 

@@ -337,17 +337,25 @@ def test_lxc_socket_answers_every_hostile_datagram(daemon: Daemon, target: Targe
     assert {"unparseable", "unknown cookie", "hangup", "ESRCH", "ENOTTY"} <= answers.keys()
 
 
-@pytest.mark.usefixtures("unharmed")
-def test_stale_listener_stops_a_real_request(box: Container, daemon: Daemon,
-                                             target: Target) -> None:
+@pytest.fixture
+def twin(box: Container, target: Target) -> Path:
+    """A usable twin of the box's (/dev is nodev), as the host sees it."""
+    name = f"/dev/keep-{uuid.uuid4().hex[:8]}"
+    assert box.probe("mknod", name, "c", "1", "3") == "ok"
+    seen_from_host = Path(f"/proc/{target.init}/root{name}")
+    assert seen_from_host.stat().st_nlink == 1
+    return seen_from_host
+
+
+def test_stale_listener_stops_a_real_request(box: Container, daemon: Daemon, target: Target,
+                                             twin: Path, unharmed: None) -> None:
     """The real cookie, the container's init as the caller, a readable path in
     its memory, a used notification id: everything the daemon checks before it
     acts holds, except that the listener's task is gone.  ESRCH, nothing made.
 
-    Also shows a daemon flaw: when this connection ends, the daemon forgets the
-    names of the container's twins (NodeStore.forget in transport/lxc.py's
-    _serve_connection runs for every connection that built a view, not for a
-    container's last), though the container's own monitor is still connected."""
+    And when this second connection for the container ends, its twins keep their
+    names (link count 1, bindable): only the container's last connection drops
+    them (found by this test: every connection's end used to)."""
     assert not os.path.lexists(box.rootfs / "init")  # "init", relative to init's cwd, /
     wire = Wire(daemon.paths.socket)
     try:
@@ -360,6 +368,8 @@ def test_stale_listener_stops_a_real_request(box: Container, daemon: Daemon,
     finally:
         wire.close()
     assert not os.path.lexists(box.rootfs / "init")
+    time.sleep(0.3)  # the connection's thread ends after the close
+    assert twin.stat().st_nlink == 1
 
 
 JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)

@@ -40,6 +40,7 @@ from .transport.lxc import LxcProxy
 
 log = logging.getLogger(__name__)
 
+
 class ContainerRegistry:
     """cookie -> Container, read from the state directory when a cookie is new."""
 
@@ -49,14 +50,26 @@ class ContainerRegistry:
         self._by_cookie: dict[bytes, Container] = {}
         self._lock = threading.Lock()
         self.forgotten: list[str] = []  # names dropped by a rescan, for the metrics to forget
+        self._scanned: int | None = None  # the state directory's mtime at the last rescan
 
     def lookup(self, cookie: bytes) -> Container | None:
         with self._lock:
             known = self._find(cookie)
-            if known is None:
+            if known is None and self._changed():
+                # Only if a record was written since: a peer sending unknown cookies
+                # must not make every lookup read the whole directory.
                 self._rescan()
                 known = self._find(cookie)
             return known
+
+    def _changed(self) -> bool:
+        try:
+            mtime = os.stat(self._paths.containers_dir).st_mtime_ns
+        except OSError:
+            return True
+        # mtime moves in clock ticks: a record renamed in during the tick of the last
+        # scan leaves it unchanged, so a directory changed in the last second counts.
+        return mtime != self._scanned or time.time_ns() - mtime < 1_000_000_000
 
     def containers(self) -> list[Container]:
         with self._lock:
@@ -75,6 +88,10 @@ class ContainerRegistry:
             return self._rescan()
 
     def _rescan(self) -> list[ContainerRecord]:
+        try:
+            self._scanned = os.stat(self._paths.containers_dir).st_mtime_ns
+        except OSError:
+            self._scanned = None
         try:
             records, errors = self._store.all()
         except OSError as err:

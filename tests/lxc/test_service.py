@@ -28,6 +28,8 @@ from tests.lxc.conftest import (
 )
 
 REPO = Path(__file__).resolve().parent.parent.parent
+MakeDaemon = Callable[..., Daemon]  # own_daemon(config="", start=True)
+MakeContainer = Callable[[Daemon], Container]  # own_container(daemon)
 
 
 def _settle(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
@@ -38,8 +40,7 @@ def _settle(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
 
 
 @pytest.fixture
-def own_daemon(lxc_ready: None, udev_ready: None,
-               tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+def own_daemon(lxc_ready: None, udev_ready: None, tmp_path: Path) -> Iterator[MakeDaemon]:
     """Daemons of the test's own (fresh state, own socket), stopped at the end."""
     made: list[Daemon] = []
 
@@ -60,6 +61,22 @@ def own_daemon(lxc_ready: None, udev_ready: None,
         for daemon in made:
             if daemon.process is not None:
                 daemon.stop()
+
+
+@pytest.fixture
+def own_container(nodeprobe: Path) -> Iterator[MakeContainer]:
+    """Supervised containers of the test's own, destroyed before its daemons stop."""
+    made: list[Container] = []
+
+    def make(daemon: Daemon) -> Container:
+        made.append(supervised_container(daemon, nodeprobe))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for container in made:
+            container.destroy()
 
 
 def _threads(daemon: Daemon) -> int:
@@ -110,20 +127,17 @@ def test_the_units_are_valid_and_install_writes_them(tmp_path: Path) -> None:
     assert not service.exists() and not sockets.exists()
 
 
-def test_a_daemon_under_the_units_restrictions_serves(own_daemon: Callable[..., Daemon],
-                                                      nodeprobe: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_daemon_under_the_units_restrictions_serves(own_daemon: MakeDaemon,
+                                                      monkeypatch: pytest.MonkeyPatch,
+                                                      own_container: MakeContainer) -> None:
     """systemd is not init here: the unit's ExecStart runs under the same bounding set,
     no_new_privs and umask (setpriv), and the real tests of every handler run against it."""
     monkeypatch.setenv(UNDER_UNIT, "1")
     daemon = own_daemon()  # Daemon.start checks CapBnd and NoNewPrivs of the process
     assert unit_wrapper()[0] == "sh"
-    container = supervised_container(daemon, nodeprobe)
-    try:
-        assert container.probe("mknod", "/dev/unit-null", "c", "1", "3") == "ok"
-        assert container.sh("cat /dev/unit-null && echo readable").strip() == "readable"
-    finally:
-        container.destroy()
+    container = own_container(daemon)
+    assert container.probe("mknod", "/dev/unit-null", "c", "1", "3") == "ok"
+    assert container.sh("cat /dev/unit-null && echo readable").strip() == "readable"
     # The handlers' own tests, each daemon they start bounded the same way.
     tests = ["test_mknod.py", "test_hostile.py", "test_mount.py", "test_setxattr.py",
              "test_sysinfo.py", "test_sched.py"]
@@ -147,7 +161,7 @@ def test_a_second_daemon_is_refused(daemon: Daemon) -> None:
     assert daemon.alive()
 
 
-def test_a_bad_daemon_toml_starts_nothing(own_daemon: Callable[..., Daemon]) -> None:
+def test_a_bad_daemon_toml_starts_nothing(own_daemon: MakeDaemon) -> None:
     daemon = own_daemon("[limits]\nconnections = 'many'\n", start=False)
     result = daemon.cli("daemon", check=False)
     assert result.returncode == 1
@@ -156,7 +170,7 @@ def test_a_bad_daemon_toml_starts_nothing(own_daemon: Callable[..., Daemon]) -> 
     assert not daemon.paths.socket.exists()
 
 
-def test_sighup_rereads_daemon_toml_and_refuses_a_bad_one(own_daemon: Callable[..., Daemon]
+def test_sighup_rereads_daemon_toml_and_refuses_a_bad_one(own_daemon: MakeDaemon
                                                           ) -> None:
     daemon = own_daemon()
     good = daemon.config_path.read_text()
@@ -180,68 +194,59 @@ def test_sighup_rereads_daemon_toml_and_refuses_a_bad_one(own_daemon: Callable[.
 # --- stop, kill, restart ---------------------------------------------------------------------
 
 
-def test_sigterm_answers_the_request_in_flight(own_daemon: Callable[..., Daemon],
-                                               nodeprobe: Path) -> None:
+def test_sigterm_answers_the_request_in_flight(own_daemon: MakeDaemon,
+                                               own_container: MakeContainer) -> None:
     daemon = own_daemon()
-    container = supervised_container(daemon, nodeprobe)
+    container = own_container(daemon)
+    assert container.probe("mknod", "/tmp/warm", "c", "1", "3") == "ok"
+    os.kill(daemon.pid, signal.SIGSTOP)  # the next request waits in our socket
     try:
-        assert container.probe("mknod", "/tmp/warm", "c", "1", "3") == "ok"
-        os.kill(daemon.pid, signal.SIGSTOP)  # the next request waits in our socket
-        try:
-            with container.background("once", "/tmp/in-flight") as probe:
-                time.sleep(0.5)  # its mknod has reached the stopped daemon by now
-                os.kill(daemon.pid, signal.SIGTERM)
-                os.kill(daemon.pid, signal.SIGCONT)
-                assert probe.stdout is not None
-                assert probe.stdout.readline().strip() == b"ok"
-        finally:
+        with container.background("once", "/tmp/in-flight") as probe:
+            time.sleep(0.5)  # its mknod has reached the stopped daemon by now
+            os.kill(daemon.pid, signal.SIGTERM)
             os.kill(daemon.pid, signal.SIGCONT)
-        assert daemon.stop() == 0
-        assert not daemon.paths.socket.exists() and not daemon.paths.agent_socket.exists()
+            assert probe.stdout is not None
+            assert probe.stdout.readline().strip() == b"ok"
     finally:
-        container.destroy()
+        os.kill(daemon.pid, signal.SIGCONT)
+    assert daemon.stop() == 0
+    assert not daemon.paths.socket.exists() and not daemon.paths.agent_socket.exists()
 
 
-def test_sigkill_and_restart_serve_a_running_container(own_daemon: Callable[..., Daemon],
-                                                       nodeprobe: Path) -> None:
+def test_sigkill_and_restart_serve_a_running_container(own_daemon: MakeDaemon,
+                                                       own_container: MakeContainer) -> None:
     daemon = own_daemon()
-    container = supervised_container(daemon, nodeprobe)
-    try:
-        assert container.probe("mknod", "/tmp/before", "c", "1", "3") == "ok"
-        assert daemon.process is not None
-        daemon.process.kill()
-        daemon.process.wait()
-        daemon.start()  # the same socket, state and cookies; the container untouched
-        # LXC's send on its old connection fails; it reconnects once, and is served.
-        assert container.probe("mknod", "/tmp/after", "c", "1", "3") == "ok"
-        assert container.probe("mknod", "/tmp/after2", "c", "1", "3") == "ok"
-    finally:
-        container.destroy()
+    container = own_container(daemon)
+    assert container.probe("mknod", "/tmp/before", "c", "1", "3") == "ok"
+    assert daemon.process is not None
+    daemon.process.kill()
+    daemon.process.wait()
+    daemon.start()  # the same socket, state and cookies; the container untouched
+    # LXC's send on its old connection fails; it reconnects once, and is served.
+    assert container.probe("mknod", "/tmp/after", "c", "1", "3") == "ok"
+    assert container.probe("mknod", "/tmp/after2", "c", "1", "3") == "ok"
 
 
-def test_under_socket_activation_a_restart_loses_no_caller(own_daemon: Callable[..., Daemon],
-                                                          nodeprobe: Path) -> None:
+def test_under_socket_activation_a_restart_loses_no_caller(own_daemon: MakeDaemon,
+                                                           own_container: MakeContainer) -> None:
     """As under lxc-notify.socket: the sockets outlive the daemon, so a call made while
     no daemon runs waits in them and is served by the next one, not answered ENOSYS."""
     daemon = own_daemon(start=False)
     held = daemon.hold_sockets()
     try:
         daemon.start(held)
-        container = supervised_container(daemon, nodeprobe)
-        try:
-            assert container.probe("mknod", "/tmp/before", "c", "1", "3") == "ok"
-            assert daemon.process is not None
-            daemon.process.kill()
-            daemon.process.wait()
-            with container.background("once", "/tmp/during") as gap:
-                time.sleep(0.5)  # its datagram waits in the socket systemd would hold
-                assert gap.poll() is None  # still waiting: not answered ENOSYS
-                daemon.start(held)
-                assert gap.stdout is not None
-                assert gap.stdout.readline().strip() == b"ok"
-            assert container.probe("mknod", "/tmp/after", "c", "1", "3") == "ok"
-        finally:
-            container.destroy()
+        container = own_container(daemon)
+        assert container.probe("mknod", "/tmp/before", "c", "1", "3") == "ok"
+        assert daemon.process is not None
+        daemon.process.kill()
+        daemon.process.wait()
+        with container.background("once", "/tmp/during") as gap:
+            time.sleep(0.5)  # its datagram waits in the socket systemd would hold
+            assert gap.poll() is None  # still waiting: not answered ENOSYS
+            daemon.start(held)
+            assert gap.stdout is not None
+            assert gap.stdout.readline().strip() == b"ok"
+        assert container.probe("mknod", "/tmp/after", "c", "1", "3") == "ok"
         assert daemon.process is not None
         daemon.process.send_signal(signal.SIGTERM)
         assert daemon.process.wait(20) == 0
@@ -256,7 +261,7 @@ def test_under_socket_activation_a_restart_loses_no_caller(own_daemon: Callable[
 
 
 def test_status_and_prune_follow_containers_that_come_and_go(
-        own_daemon: Callable[..., Daemon], nodeprobe: Path) -> None:
+        own_daemon: MakeDaemon, nodeprobe: Path) -> None:
     daemon = own_daemon()
     kept, gone, unhooked = Container(), Container(), Container()
     try:
@@ -286,25 +291,22 @@ def test_status_and_prune_follow_containers_that_come_and_go(
             container.destroy()
 
 
-def test_fifty_start_stop_cycles_leave_no_thread_or_fd(own_daemon: Callable[..., Daemon],
-                                                       nodeprobe: Path) -> None:
+def test_fifty_start_stop_cycles_leave_no_thread_or_fd(own_daemon: MakeDaemon,
+                                                       own_container: MakeContainer) -> None:
     daemon = own_daemon()
-    container = supervised_container(daemon, nodeprobe)
-    try:
-        assert container.probe("mknod", "/tmp/warm", "c", "1", "3") == "ok"
+    container = own_container(daemon)
+    assert container.probe("mknod", "/tmp/warm", "c", "1", "3") == "ok"
+    container.stop()
+    baseline = _settled_counts(daemon)
+    for cycle in range(50):
+        container.start()
+        assert container.probe("mknod", f"/tmp/n{cycle}", "c", "1", "3") == "ok"
         container.stop()
-        baseline = _settled_counts(daemon)
-        for cycle in range(50):
-            container.start()
-            assert container.probe("mknod", f"/tmp/n{cycle}", "c", "1", "3") == "ok"
-            container.stop()
-        assert _settled_counts(daemon) == baseline  # (fds, threads)
-        assert _status(daemon)[container.name]["requests"]["done"] == 51
-    finally:
-        container.destroy()
+    assert _settled_counts(daemon) == baseline  # (fds, threads)
+    assert _status(daemon)[container.name]["requests"]["done"] == 51
 
 
-def test_enable_without_a_daemon_says_so(own_daemon: Callable[..., Daemon]) -> None:
+def test_enable_without_a_daemon_says_so(own_daemon: MakeDaemon) -> None:
     daemon = own_daemon(start=False)
     with Container() as container:
         container.create()
@@ -351,19 +353,16 @@ def test_audit_lines_for_allowed_refused_and_failed_calls(container: Container,
         assert isinstance(line["latency_us"], int | float) and str(line["time"]).endswith("Z")
 
 
-def test_the_audit_log_rotates_at_its_size(own_daemon: Callable[..., Daemon],
-                                           nodeprobe: Path) -> None:
+def test_the_audit_log_rotates_at_its_size(own_daemon: MakeDaemon,
+                                           own_container: MakeContainer) -> None:
     daemon = own_daemon()
     daemon.config_path.write_text(daemon.config_path.read_text().replace(
         "max_bytes = 1048576", "max_bytes = 4096"))
     assert daemon.cli("reload").returncode == 0  # rotation settings apply live
-    container = supervised_container(daemon, nodeprobe)
-    try:
-        # 200 allowed mknods in one process: nodeprobe's bench command.
-        assert container.probe("bench", "200", "/tmp/rot", "c", "1", "3").startswith(
-            "calls 200 ok 200 ")
-    finally:
-        container.destroy()
+    container = own_container(daemon)
+    # 200 allowed mknods in one process: nodeprobe's bench command.
+    assert container.probe("bench", "200", "/tmp/rot", "c", "1", "3").startswith(
+        "calls 200 ok 200 ")
     def files() -> list[str]:
         return sorted(p.name for p in daemon.audit_path.parent.iterdir())
 
@@ -375,37 +374,34 @@ def test_the_audit_log_rotates_at_its_size(own_daemon: Callable[..., Daemon],
     assert 30 <= len(kept) < 200 and all(line["args"] for line in kept)
 
 
-def test_metrics_file_parses_and_counts_match(own_daemon: Callable[..., Daemon],
-                                              nodeprobe: Path) -> None:
+def test_metrics_file_parses_and_counts_match(own_daemon: MakeDaemon,
+                                              own_container: MakeContainer) -> None:
     daemon = own_daemon()
-    container = supervised_container(daemon, nodeprobe)
-    try:
-        for n in range(5):
-            assert container.probe("mknod", f"/tmp/m{n}", "c", "1", "3") == "ok"
-        for n in range(3):
-            assert container.probe("mknod", f"/tmp/r{n}", "c", "1", "1") == "EPERM"
-        assert container.probe("mknod", "/no/such/dir", "c", "1", "3") == "ENOENT"
+    container = own_container(daemon)
+    for n in range(5):
+        assert container.probe("mknod", f"/tmp/m{n}", "c", "1", "3") == "ok"
+    for n in range(3):
+        assert container.probe("mknod", f"/tmp/r{n}", "c", "1", "1") == "EPERM"
+    assert container.probe("mknod", "/no/such/dir", "c", "1", "3") == "ENOENT"
 
-        def counts() -> dict[str, float]:
-            with contextlib.suppress(FileNotFoundError):
-                found: dict[str, float] = {}
-                for family in text_string_to_metric_families(daemon.metrics_path.read_text()):
-                    for sample in family.samples:
-                        if (sample.name == "lxc_notify_requests_total"
-                                and sample.labels.get("container") == container.name):
-                            outcome = sample.labels["outcome"]
-                            found[outcome] = found.get(outcome, 0) + sample.value
-                return found
-            return {}
+    def counts() -> dict[str, float]:
+        with contextlib.suppress(FileNotFoundError):
+            found: dict[str, float] = {}
+            for family in text_string_to_metric_families(daemon.metrics_path.read_text()):
+                for sample in family.samples:
+                    if (sample.name == "lxc_notify_requests_total"
+                            and sample.labels.get("container") == container.name):
+                        outcome = sample.labels["outcome"]
+                        found[outcome] = found.get(outcome, 0) + sample.value
+            return found
+        return {}
 
-        _settle(lambda: counts() == {"done": 5, "kernel": 3, "errno": 1},
-                f"metrics to count the calls (now {counts()})")
-        text = daemon.metrics_path.read_text()
-        assert "lxc_notify_request_duration_seconds_bucket" in text
-        row = _status(daemon)[container.name]
-        latency = row["latency_us"]
-        assert isinstance(latency, dict) and 0 < latency["p50"] <= latency["p99"]
-        status = daemon.cli("status").stdout
-        assert container.name in status and "p50/p99 us" in status
-    finally:
-        container.destroy()
+    _settle(lambda: counts() == {"done": 5, "kernel": 3, "errno": 1},
+            f"metrics to count the calls (now {counts()})")
+    text = daemon.metrics_path.read_text()
+    assert "lxc_notify_request_duration_seconds_bucket" in text
+    row = _status(daemon)[container.name]
+    latency = row["latency_us"]
+    assert isinstance(latency, dict) and 0 < latency["p50"] <= latency["p99"]
+    status = daemon.cli("status").stdout
+    assert container.name in status and "p50/p99 us" in status

@@ -203,12 +203,26 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
+_PATH_OPTIONS = ("socket", "state_dir", "profile_dir", "lxc_path", "udev_control",
+                 "agent_socket")
+
+
+def _path_options(args: argparse.Namespace) -> tuple[str, ...]:
+    """The path options given on this command line, as the daemon must be given them."""
+    given: list[str] = []
+    for name in _PATH_OPTIONS:
+        value = getattr(args, name, None)
+        if value is not None:
+            given += [f"--{name.replace('_', '-')}", str(Path(value).resolve())]
+    return tuple(given)
+
+
 def cmd_service(args: argparse.Namespace) -> int:
     from .service import unit
 
     config = Path(args.config) if getattr(args, "config", None) else None
     if args.action == "unit":
-        sys.stdout.write(unit.render(config=config))
+        sys.stdout.write(unit.render(config=config, options=_path_options(args)))
         sys.stdout.write("\n" + unit.render_socket(_paths(args)))
     elif args.action == "capabilities":
         for name, why in unit.CAPABILITIES.items():
@@ -216,7 +230,7 @@ def cmd_service(args: argparse.Namespace) -> int:
     elif args.action == "install":
         _settings(args)  # a bad daemon.toml fails here, before anything is written
         for line in unit.install(_paths(args), Path(args.unit_dir), start=not args.no_start,
-                                 config=config):
+                                 config=config, options=_path_options(args)):
             print(line)
     else:
         for line in unit.remove(Path(args.unit_dir)):
@@ -330,6 +344,7 @@ def _subparsers_with(common: argparse.ArgumentParser) -> type[argparse.Action]:
     class WithCommon(argparse._SubParsersAction):  # type: ignore[type-arg]
         def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
             kwargs["parents"] = [*kwargs.get("parents", ()), common]
+            kwargs.setdefault("allow_abbrev", False)  # `--profile` must not mean --profile-dir
             parser: argparse.ArgumentParser = super().add_parser(name, **kwargs)
             parser.register("action", "parsers", WithCommon)
             return parser
@@ -359,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="log what is at least this severe (default info)")
     options.add_argument("-v", "--verbose", action="store_true",
                          help="log every decision (--log-level debug)")
-    parser = argparse.ArgumentParser(prog="lxc-notify", parents=[common], description=(
+    parser = argparse.ArgumentParser(prog="lxc-notify", parents=[common], allow_abbrev=False,
+                                     description=(
         "Supervise unprivileged LXC containers through seccomp user notification."))
     # Every subparser below takes the common options too.
     parser.register("action", "parsers", _subparsers_with(common))

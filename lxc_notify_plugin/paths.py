@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,3 +98,26 @@ def atomic_write(path: Path, data: str, mode: int = 0o600) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def claim_socket_path(path: Path, in_use: Callable[[Path], bool]) -> None:
+    """Make ``path`` free for a listening socket of ours.
+
+    Its directory is made 0700 if missing; one that exists must be root's and
+    closed to everyone else, and is refused otherwise, never chmod'ed (it may be
+    /run or /tmp, named by a daemon.toml).  A socket left by a dead daemon is
+    removed; one a live daemon answers on is EADDRINUSE (one daemon per host).
+    """
+    directory = path.parent
+    if not directory.is_dir():
+        directory.mkdir(parents=True, mode=0o700)
+        os.chmod(directory, 0o700)  # whatever the umask
+    st = os.stat(directory)
+    if st.st_uid != 0 or st.st_mode & 0o077:
+        raise OSError(errno.EPERM, f"{directory} must be root's and 0700 (it is uid "
+                      f"{st.st_uid}, mode {stat.S_IMODE(st.st_mode):04o}): the socket's "
+                      "directory keeps others from it", str(directory))
+    if path.exists() or path.is_symlink():
+        if in_use(path):
+            raise OSError(errno.EADDRINUSE, f"a supervisor already listens on {path}")
+        path.unlink()

@@ -100,11 +100,13 @@ class ContainerRegistry:
         for error in errors:
             log.error("container state refused: %s", error)
         current = {record.cookie.encode() for record in records}
+        names = {record.name for record in records}
         for cookie, container in list(self._by_cookie.items()):
             # A container still connected keeps the cookie it started with.
             if cookie not in current and container.connections <= 0:
                 del self._by_cookie[cookie]
-                self.forgotten.append(container.name)
+                if container.name not in names:  # re-enabled: its series go on
+                    self.forgotten.append(container.name)
         for record in records:
             cookie = record.cookie.encode()
             if cookie in self._by_cookie:
@@ -165,6 +167,7 @@ class Supervisor:
                  log_level_given: bool = False) -> None:
         self.config = config or DaemonConfig()
         self._log_level_given = log_level_given  # on the command line: a reload keeps it
+        self._started_file = self._file_as_started()
         paths = self.paths = self.config.paths
         self.registry = registry or ContainerRegistry(paths)
         self.proc_root = proc_root
@@ -184,11 +187,22 @@ class Supervisor:
         self.oci_policies = StatePolicies(paths)
         self.agent = OciAgent(paths.agent_socket, self.dispatcher, self.oci_policies, proc_root,
                               max_connections=limit)
+        self.agent.on_gone = self.metrics.forget
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._reloads = 0
         self._udev = UdevWatcher(self.host_devices, paths.udev_control)
         self._bound = False
         self._started = time.time()
+
+    def _file_as_started(self) -> DaemonConfig:
+        """daemon.toml as it is now, without the command line's overrides: what a
+        reload compares with to say what waits for a restart."""
+        if self.config.file is None:
+            return DaemonConfig()
+        try:
+            return daemon_config.load(Path(self.config.file))
+        except (ConfigError, RecursionError):
+            return self.config
 
     def _audit_dropped(self) -> int:
         return self.audit.dropped if self.audit is not None else 0
@@ -214,7 +228,14 @@ class Supervisor:
                     raise DaemonError(f"a supervisor{f' (pid {pid})' if pid else ''} already "
                                       f"listens on {path}: one per host") from None
                 raise DaemonError(f"cannot listen on {path}: {err.strerror or err}") from None
-        activation.close_unused(inherited)
+        stray = activation.unused(inherited)
+        if stray is not None:
+            self.lxc.close()
+            self.agent.close()
+            raise DaemonError(f"systemd passed sockets on {stray} that the configuration "
+                              f"does not name (it names {self.paths.socket} and "
+                              f"{self.paths.agent_socket}): make lxc-notify.socket and "
+                              "daemon.toml agree (`lxc-notify service install` again)")
         self._bound = True
         try:
             if self.audit is not None:
@@ -225,7 +246,13 @@ class Supervisor:
             self.agent.close()
             raise DaemonError(f"cannot open {err.filename or 'the audit log'}: "
                               f"{err.strerror or err}") from None
-        atomic_write(self.paths.pid_file, f"{os.getpid()}\n", mode=0o644)
+        try:
+            atomic_write(self.paths.pid_file, f"{os.getpid()}\n", mode=0o644)
+        except OSError as err:
+            self.lxc.close()
+            self.agent.close()
+            raise DaemonError(f"cannot write {self.paths.pid_file}: {err.strerror or err}"
+                              ) from None
         log.info("listening on %s, OCI agent on %s (pid %d); audit log %s; metrics %s",
                  self.paths.socket, self.paths.agent_socket, os.getpid(),
                  self.config.audit.path if self.audit else "off",
@@ -268,18 +295,20 @@ class Supervisor:
         finally:
             sd_notify("STOPPING=1")
             # Each transport stops taking requests, answers what it holds, and waits
-            # for its threads: no caller is left to LXC's 30 s timeout.
-            self.lxc.close()
-            self.agent.close()
-            self.paths.pid_file.unlink(missing_ok=True)
-            self.paths.reload_file.unlink(missing_ok=True)
-            self.paths.status_file.unlink(missing_ok=True)
-            self._udev.stop()
-            self.metrics.close()
-            if self.audit is not None:
-                self.audit.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
+            # for its threads: no caller is left to LXC's 30 s timeout.  Each step
+            # runs whatever the one before did: a failure in one must not leave the
+            # others (the agent's listeners, the writers) running.
+            for step in (self.lxc.close, self.agent.close,
+                         lambda: self.paths.pid_file.unlink(missing_ok=True),
+                         lambda: self.paths.reload_file.unlink(missing_ok=True),
+                         lambda: self.paths.status_file.unlink(missing_ok=True),
+                         self._udev.stop, self.metrics.close,
+                         self.audit.close if self.audit is not None else lambda: None,
+                         lambda: os.close(self._wake_r), lambda: os.close(self._wake_w)):
+                try:
+                    step()
+                except Exception:
+                    log.exception("while stopping")
             log.info("stopped")
 
     def _reload(self) -> None:
@@ -307,22 +336,27 @@ class Supervisor:
         file = Path(self.config.file) if self.config.file else None
         try:
             new = daemon_config.load(file)
-        except ConfigError as err:
+        except (ConfigError, RecursionError) as err:
             log.error("daemon configuration refused, the old one is kept: %s", err)
             return [str(file or daemon_config.DEFAULT_FILE)]
-        # The command line's paths still win over the file's.
-        new = replace(new, paths=self.config.paths)
-        for key in self.config.restart_needed(new):
+        # Compared with the file as it was at start (the command line's overrides
+        # are not the file's): said at every reload until a restart applies it.
+        waiting = self._started_file.restart_needed(new)
+        audit_on = new.audit.path is not None and new.audit.max_bytes > 0
+        if audit_on != (self.audit is not None):
+            waiting.append("audit.max_bytes/path (the audit log on or off)")
+        for key in waiting:
             log.warning("daemon configuration: %s changed; it applies at the next start", key)
-        if not self._log_level_given:
-            logging.getLogger().setLevel(daemon_config.LOG_LEVELS[new.log_level])
-        else:
-            new = replace(new, log_level=self.config.log_level)
-        if self.audit is not None:
-            self.audit.max_bytes, self.audit.backups = new.audit.max_bytes, new.audit.backups
+        level = self.config.log_level if self._log_level_given else new.log_level
+        logging.getLogger().setLevel(daemon_config.LOG_LEVELS[level])
+        audit = self.config.audit
+        if self.audit is not None and audit_on:
+            audit = replace(audit, max_bytes=new.audit.max_bytes, backups=new.audit.backups)
+            self.audit.max_bytes, self.audit.backups = audit.max_bytes, audit.backups
         self.metrics.interval = new.metrics.interval
-        self.config = replace(new, paths=self.config.paths, audit=replace(
-            self.config.audit, max_bytes=new.audit.max_bytes, backups=new.audit.backups))
+        self.config = replace(self.config, log_level=level, audit=audit,
+                              metrics=replace(self.config.metrics,
+                                              interval=new.metrics.interval))
         return []
 
     def _forget_gone(self) -> None:
@@ -343,7 +377,7 @@ class Supervisor:
             connected = any(c.connections > 0 for c in containers)
             current = [c for c in containers if c.record.cookie == record.cookie]
             rows.append(self._row(record.name, record.profile,
-                                  lxc_config.container_state(record, connected, self.paths),
+                                  lxc_config.container_state(record, connected),
                                   connected, current[0].policy.intercept if current else None,
                                   containers))
         for name, containers in served.items():  # disabled, still running with the old cookie

@@ -160,17 +160,22 @@ class NodeStore:
         Counted, not dropped at every end: LXC reconnects while an old connection's
         thread is still finishing, and an exec'd process's listener ends while the
         container runs on; its twins must keep their names (link count 1, bindable)."""
-        with cls._lock:
+        with cls._lock:  # forgotten under it: a hold meanwhile finds its names
             left = cls._holders.get(key, 0) - 1
             if left > 0:
                 cls._holders[key] = left
                 return
             cls._holders.pop(key, None)
-        cls.forget(key)
+            cls._forget_locked(key)
 
     @classmethod
     def forget(cls, key: str) -> None:
         """Drop a container's names (its mounts, if any are left, keep their inodes)."""
+        with cls._lock:
+            cls._forget_locked(key)
+
+    @classmethod
+    def _forget_locked(cls, key: str) -> None:
         if cls._root_fd >= 0:
             shutil.rmtree(_store_name(key), dir_fd=cls._root_fd, ignore_errors=True)
 

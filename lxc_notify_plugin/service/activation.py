@@ -52,15 +52,16 @@ def take(sockets: list[socket.socket], path: Path, kind: socket.SocketKind
     return None
 
 
-def close_unused(sockets: list[socket.socket]) -> None:
-    """Sockets systemd passed that no transport wants (the unit and daemon.toml name
-    different paths): said, and closed (systemd keeps its own copy)."""
+def unused(sockets: list[socket.socket]) -> str | None:
+    """Sockets systemd passed that no transport took (lxc-notify.socket and daemon.toml
+    name different paths), closed; what they were, or None.  The daemon must not run
+    so: systemd would go on accepting callers on a socket nobody serves."""
+    names = []
     for sock in sockets:
         with sock:
             try:
-                name = sock.getsockname()
+                names.append(str(sock.getsockname()))
             except OSError:
-                name = "?"
-            log.warning("systemd passed a socket on %r that daemon.toml does not name: "
-                        "not served (make lxc-notify.socket and daemon.toml agree)", name)
+                names.append("?")
     sockets.clear()
+    return ", ".join(names) or None

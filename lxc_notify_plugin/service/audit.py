@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import stat
 import threading
 import time
 from datetime import UTC, datetime
@@ -108,8 +109,10 @@ class AuditLog:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._fd = self._open()
         self._size = os.fstat(self._fd).st_size
-        # Not a daemon thread: close() joins it, so queued decisions reach the file.
-        self._thread = threading.Thread(target=self._run, name=f"audit {self.path.name}")
+        # close() joins it, so queued decisions reach the file; a daemon thread all
+        # the same, so a writer stuck on a dead disk cannot keep the process alive.
+        self._thread = threading.Thread(target=self._run, name=f"audit {self.path.name}",
+                                        daemon=True)
         self._accepting = True
         self._thread.start()
 
@@ -146,7 +149,15 @@ class AuditLog:
         return True
 
     def _open(self) -> int:
-        return os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        # Never through a symlink, never a FIFO or device someone put at that name
+        # (Debian's /var/log is group-writable).
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+                     | os.O_NOFOLLOW | os.O_NONBLOCK, 0o600)
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OSError(errno.EINVAL, f"{self.path} is not a regular file", str(self.path))
+        os.set_blocking(fd, True)
+        return fd
 
     def _run(self) -> None:
         stopping = False

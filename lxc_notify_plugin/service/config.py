@@ -23,7 +23,8 @@ line win over the file (an admin's one-off run, the tests).
     queue = 4096                                  # lines waiting for the disk; more are dropped
 
     [metrics]
-    path = "/var/lib/prometheus/node-exporter/lxc-notify.prom"  # "" turns it off
+    path = "/var/lib/prometheus/node-exporter/lxc-notify.prom"  # "": off (the default
+                                                  # where that directory is missing)
     interval = 5.0                                # seconds between writes
 
     [limits]
@@ -59,11 +60,12 @@ LOG_LEVELS: Final = {"debug": logging.DEBUG, "info": logging.INFO,
 _SUN_PATH_MAX: Final = 107
 
 
-def default_metrics_path() -> Path:
-    """node_exporter's textfile directory where it exists, else beside the socket."""
+def default_metrics_path() -> Path | None:
+    """node_exporter's textfile directory where it exists; else no file (the numbers
+    stay in memory for `lxc-notify status`), rather than one no collector reads."""
     if NODE_EXPORTER_TEXTFILES.is_dir():
         return NODE_EXPORTER_TEXTFILES / "lxc-notify.prom"
-    return Paths().socket.parent / "metrics.prom"
+    return None
 
 
 @dataclass(frozen=True)
@@ -134,6 +136,8 @@ def parse(text: str, file: str) -> DaemonConfig:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(file, None, f"invalid TOML: {err}") from err
+    except RecursionError:  # tomllib recurses per nesting level
+        raise ConfigError(file, None, "invalid TOML: nested too deeply") from None
     values: dict[str, dict[str, Any]] = {}
     for section, table in data.items():
         if section not in _SCHEMA:

@@ -109,10 +109,15 @@ class Metrics:
         if self.path is None:
             return
         with contextlib.suppress(OSError):  # else counted as a failed write, and logged
-            # 0755: node_exporter reads the file as another user.
-            self.path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+            if not self.path.parent.is_dir():
+                self.path.parent.mkdir(parents=True)
+                # 0755 whatever the umask (the unit's is 0077): node_exporter reads
+                # the file as another user.
+                self.path.parent.chmod(0o755)
         self.write_now()
-        self._thread = threading.Thread(target=self._run, name=f"metrics {self.path.name}")
+        self._thread = threading.Thread(target=self._run, name=f"metrics {self.path.name}",
+                                        daemon=True)  # close() joins it; a dead disk must
+        # not keep the process alive
         self._thread.start()
 
     def record(self, outcome: Outcome) -> None:
@@ -209,7 +214,10 @@ class Metrics:
 def _replace(path: Path, data: bytes) -> None:
     """Write, fsync, rename over ``path``; on failure no temporary file is left behind."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC,
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)  # a crashed daemon's of the same pid
+    # O_EXCL: a file, FIFO or link someone else put at the name is not ours to write.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  _FILE_MODE)
     try:
         try:

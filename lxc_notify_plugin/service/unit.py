@@ -42,11 +42,15 @@ def exec_start() -> str:
     return f"{shlex.quote(sys.executable)} -m lxc_notify_plugin"
 
 
-def render(command: str | None = None, config: Path | None = None) -> str:
-    """The service unit; ``config`` is a daemon.toml other than the default one."""
+def render(command: str | None = None, config: Path | None = None,
+           options: tuple[str, ...] = ()) -> str:
+    """The service unit; ``config`` is a daemon.toml other than the default one,
+    ``options`` the common options install was given (``--socket X`` ...): the
+    daemon and the socket unit must name the same paths."""
     start = command or exec_start()
     if config is not None:
-        start += f" --config {shlex.quote(str(config))}"
+        start += f" --config {shlex.quote(str(config.resolve()))}"
+    start += "".join(f" {shlex.quote(option)}" for option in options)
     return (Path(__file__).with_name(UNIT_NAME).read_text()
             .replace("@EXEC_START@", start)
             .replace("@CAPABILITIES@", " ".join(CAPABILITIES)))
@@ -65,11 +69,12 @@ def systemd_is_init() -> bool:
 
 
 def install(paths: Paths, unit_dir: Path = UNIT_DIR, start: bool = True,
-            config: Path | None = None) -> list[str]:
+            config: Path | None = None, options: tuple[str, ...] = ()) -> list[str]:
     """Write the units, then enable and start them where systemd is init; what was done."""
     unit_dir.mkdir(parents=True, exist_ok=True)
     done = []
-    for name, text in ((UNIT_NAME, render(config=config)), (SOCKET_NAME, render_socket(paths))):
+    for name, text in ((UNIT_NAME, render(config=config, options=options)),
+                       (SOCKET_NAME, render_socket(paths))):
         target = unit_dir / name
         target.write_text(text)
         target.chmod(0o644)

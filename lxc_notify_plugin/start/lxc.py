@@ -133,9 +133,11 @@ DESTROYED = "destroyed"  # its LXC config is gone
 NOT_ENABLED = "not enabled"  # its LXC config no longer sends its calls to us
 
 
-def _lxc_path(record: ContainerRecord, paths: Paths) -> Path:
-    if record.lxc_path or paths.lxc_path:
-        return Path(record.lxc_path or paths.lxc_path or "")
+def _lxc_path(record: ContainerRecord) -> Path:
+    """Where the record's container lives: the path it was enabled under (None is
+    LXC's default), never this command's --lxc-path, which may name another tree."""
+    if record.lxc_path:
+        return Path(record.lxc_path)
     try:
         import lxc
 
@@ -144,17 +146,18 @@ def _lxc_path(record: ContainerRecord, paths: Paths) -> Path:
         return Path("/var/lib/lxc")
 
 
-def container_state(record: ContainerRecord, connected: bool, paths: Paths) -> str:
+def container_state(record: ContainerRecord, connected: bool) -> str:
     """What `status` says of an enabled container: running or stopped (as far as the
     supervisor knows: connected or not), or destroyed / not enabled (prunable)."""
-    config = _lxc_path(record, paths) / record.name / "config"
+    config = _lxc_path(record) / record.name / "config"
     try:
         text = config.read_text(errors="replace")
     except FileNotFoundError:
         return "running, destroyed" if connected else DESTROYED
     except OSError:
         text = ""
-    ours = f"lxc.seccomp.notify.cookie = {record.cookie}" in text.splitlines()
+    ours = any(key.strip() == "lxc.seccomp.notify.cookie" and value.strip() == record.cookie
+               for key, _, value in (line.partition("=") for line in text.splitlines()))
     if connected:
         return "running" if ours else "running (this start only)"
     return "stopped" if ours else NOT_ENABLED
@@ -167,21 +170,21 @@ def prune(paths: Paths) -> list[tuple[str, str]]:
     records, _ = store.all()
     removed = []
     for record in records:
-        state = container_state(record, False, paths)
+        state = container_state(record, False)
         if state not in (DESTROYED, NOT_ENABLED):
             continue
-        if state == NOT_ENABLED and _running(record, paths):
+        if _running(record):
             continue  # started by `lxc-notify start` and still running: not stale
         store.remove(record.name)
         removed.append((record.name, state))
     return removed
 
 
-def _running(record: ContainerRecord, paths: Paths) -> bool:
+def _running(record: ContainerRecord) -> bool:
     try:
         import lxc
 
-        return bool(lxc.Container(record.name, str(_lxc_path(record, paths))).running)
+        return bool(lxc.Container(record.name, str(_lxc_path(record))).running)
     except Exception:
         return True  # cannot tell: keep it
 
@@ -220,7 +223,8 @@ def ensure_daemon(paths: Paths, log_file: Path, timeout: float = 10.0,
 
 def global_args(paths: Paths) -> list[str]:
     args = ["--socket", str(paths.socket), "--state-dir", str(paths.state_dir),
-            "--profile-dir", str(paths.admin_profiles)]
+            "--profile-dir", str(paths.admin_profiles), "--agent-socket", str(paths.agent_socket),
+            "--udev-control", str(paths.udev_control)]
     if paths.lxc_path:
         args += ["--lxc-path", paths.lxc_path]
     return args

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import errno
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from .. import kernel
 from ..errors import ConfigError, ProtocolError
+from ..paths import claim_socket_path
 from .listener import serve_listener, set_sync_wake_up
 
 if TYPE_CHECKING:  # parsing a state needs neither the dispatcher nor policy
@@ -229,6 +229,9 @@ class OciAgent:
         self.dispatcher = dispatcher
         self.resolve = resolve
         self.max_connections = max_connections  # daemon.toml's limits.connections
+        # Called with a container's name when its last listener ends: each runtime
+        # container is new (podman's ids are never reused), so its metrics go.
+        self.on_gone: Callable[[str], None] | None = None
         self.proc_root = proc_root
         self.sock: socket.socket | None = None
         self._owns_path = False  # we bound it (not systemd): we remove it
@@ -247,12 +250,7 @@ class OciAgent:
             self._make_stop_pipe()
             return
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path.parent, 0o700)
-        if path.exists():
-            if _answers(path):
-                raise OSError(errno.EADDRINUSE, f"an agent already listens on {path}")
-            path.unlink()
+        claim_socket_path(path, _answers)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             sock.bind(str(path))
@@ -302,7 +300,14 @@ class OciAgent:
                                       name=f"lxc-notify-oci-{self._serial}")
             self._threads.add(thread)
             self._reading.add(conn)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as err:  # no thread to be had (the unit's task limit)
+            log.error("agent: pid %d not served: %s", pid, err)
+            with self._lock:
+                self._threads.discard(thread)
+                self._reading.discard(conn)
+            conn.close()
 
     def containers(self) -> list[Container]:
         with self._lock:
@@ -416,6 +421,11 @@ class OciAgent:
             from ..handlers.nodes import NodeStore
 
             NodeStore.forget(live.user_ns)
+        if last and self.on_gone is not None:
+            try:
+                self.on_gone(live.container.name)
+            except Exception:
+                log.exception("%s: forgetting it failed", live.container.name)
 
 
 # --- which policy an OCI container runs under ---------------------------------------------

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Final
 
 from ..errors import ProtocolError
 from ..kernel.seccomp import SECCOMP_USER_NOTIF_FLAG_CONTINUE, NotifSizes
+from ..paths import claim_socket_path
 from ..request import Notice
 
 if TYPE_CHECKING:
@@ -183,12 +184,7 @@ class LxcProxy:
             self.sock, self._owns_path = inherited, False
             return
         path = self.path
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path.parent, 0o700)
-        if path.exists():
-            if socket_answers(path):
-                raise OSError(errno.EADDRINUSE, f"a supervisor already listens on {path}")
-            path.unlink()
+        claim_socket_path(path, socket_answers)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         try:
             sock.bind(str(path))
@@ -211,6 +207,9 @@ class LxcProxy:
         except OSError as err:
             log.warning("accept failed: %s", err)
             return
+        self._take(conn)
+
+    def _take(self, conn: socket.socket) -> None:
         pid, uid, _ = _PEERCRED.unpack(
             conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
         if uid != 0:
@@ -230,12 +229,30 @@ class LxcProxy:
                                   name=f"lxc-notify-conn-{pid}")
         with self._lock:
             self._threads[thread] = conn
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as err:  # no thread to be had (the unit's task limit)
+            log.error("monitor pid %d not served: %s", pid, err)
+            with self._lock:
+                self._threads.pop(thread, None)
+            conn.close()
 
     def close(self) -> None:
         """Stop accepting, end every connection (a request being handled is
-        finished and answered first) and wait for their threads."""
+        finished and answered first) and wait for their threads.
+
+        Connections the kernel completed that were not accepted yet may hold a
+        datagram (a monitor sends right after connecting): they are taken and
+        served too, or their callers would get ENOSYS and LXC would give up."""
         if self.sock is not None:
+            self.sock.setblocking(False)
+            while True:
+                try:
+                    conn, _ = self.sock.accept()
+                except OSError:  # BlockingIOError: none left
+                    break
+                conn.setblocking(True)
+                self._take(conn)
             self.sock.close()
             if self._owns_path:
                 self.path.unlink(missing_ok=True)

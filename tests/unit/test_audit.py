@@ -138,9 +138,30 @@ def test_a_stuck_writer_drops_and_counts_without_blocking_requests(
     assert audit_log.written == 11
 
 
+@pytest.mark.parametrize("kind", ["symlink", "fifo"])
+def test_only_a_regular_file_is_opened(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "audit.log"
+    if kind == "symlink":
+        path.symlink_to(tmp_path / "elsewhere")
+    else:
+        os.mkfifo(path)
+    with pytest.raises(OSError):
+        AuditLog(path, max_bytes=1 << 20, backups=1, queue_size=10).start()
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_write_errors_are_counted_logged_once_and_the_writer_survives(
-        caplog: pytest.LogCaptureFixture) -> None:
-    audit_log = AuditLog(Path("/dev/full"), max_bytes=1 << 20, backups=1, queue_size=10)
+        caplog: pytest.LogCaptureFixture, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = os.write
+
+    def full_disk(fd: int, data: bytes | memoryview) -> int:
+        if fd == audit_log._fd:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    audit_log = AuditLog(tmp_path / "audit.log", max_bytes=1 << 20, backups=1, queue_size=10)
+    monkeypatch.setattr(os, "write", full_disk)
     audit_log.start()
     for failed in range(1, 4):
         audit_log.record(outcome(tid=failed))

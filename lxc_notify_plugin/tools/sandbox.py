@@ -73,7 +73,9 @@ def classify_attach(returncode: int, stdout: str, stderr: str, marker: str) -> A
         if returncode == 0 and lxc_attach_error(stderr) is None:
             return AttachOutcome.DONE
         return AttachOutcome.FAILED
-    return AttachOutcome.NEVER_RAN if returncode == 1 else AttachOutcome.FAILED
+    # No marker and LXC's status 1, or lxc-attach itself killed by a signal (seen:
+    # SIGABRT after "Failed to rexec as memfd", before it attached anything).
+    return AttachOutcome.NEVER_RAN if returncode == 1 or returncode < 0 else AttachOutcome.FAILED
 
 
 def ensure_subordinate_ids() -> None:
@@ -184,7 +186,8 @@ class Sandbox:
                 continue
             if outcome is AttachOutcome.NEVER_RAN:
                 if attempt < 3:
-                    print(f"sandbox: lxc-attach to {self.name} exited 1 before running "
+                    print(f"sandbox: lxc-attach to {self.name} exited {result.returncode} "
+                          "before running "
                           f"{argv[0]} ({result.stderr.strip() or 'no message'}); retrying",
                           file=sys.stderr)
                     time.sleep(0.2)
@@ -197,9 +200,21 @@ class Sandbox:
                 what = "ran and failed"
             raise SandboxError(
                 f"{' '.join(argv)} in {self.name} {what} (lxc-attach exited "
-                f"{result.returncode})\n--- stdout ---\n{stdout}--- stderr ---\n{result.stderr}")
+                f"{result.returncode})\n--- stdout ---\n{stdout}--- stderr ---\n{result.stderr}"
+                + self._monitor_errors())
         raise SandboxError(f"lxc-attach to {self.name} failed 3 times before running "
                            f"{argv[0]}: {result.stderr.strip() or 'no message'}")
+
+    def _monitor_errors(self) -> str:
+        """The monitor's recent errors (its log): why it may have refused an attached
+        process's seccomp listener, which lxc-attach does not say."""
+        log = Path(self.lxc_path) / self.name / "start.log"
+        try:
+            lines = log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        errors = [line for line in lines[-400:] if " ERROR " in line]
+        return ("\n--- the monitor's last errors ---\n" + "\n".join(errors[-8:])) if errors else ""
 
     def destroy(self) -> None:
         if self._created:

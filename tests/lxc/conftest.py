@@ -116,7 +116,7 @@ class Daemon:
         # Everything the daemon writes stays under root: nothing in /var/log.
         self.config_path.write_text(
             f'[audit]\npath = "{self.audit_path}"\nmax_bytes = 1048576\nbackups = 2\n'
-            f'[metrics]\npath = "{self.metrics_path}"\ninterval = 0.5\n')
+            f'[metrics]\npath = "{self.metrics_path}"\ninterval = 2\n')
         self.process: subprocess.Popen[bytes] | None = None
 
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

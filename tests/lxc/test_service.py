@@ -129,6 +129,7 @@ def test_the_units_are_valid_and_install_writes_them(tmp_path: Path) -> None:
 
 def test_a_daemon_under_the_units_restrictions_serves(own_daemon: MakeDaemon,
                                                       monkeypatch: pytest.MonkeyPatch,
+                                                      tmp_path: Path,
                                                       own_container: MakeContainer) -> None:
     """systemd is not init here: the unit's ExecStart runs under the same bounding set,
     no_new_privs and umask (setpriv), and the real tests of every handler run against it."""
@@ -138,14 +139,20 @@ def test_a_daemon_under_the_units_restrictions_serves(own_daemon: MakeDaemon,
     container = own_container(daemon)
     assert container.probe("mknod", "/dev/unit-null", "c", "1", "3") == "ok"
     assert container.sh("cat /dev/unit-null && echo readable").strip() == "readable"
+    container.destroy()  # not left running beside the nested tests' own
     # The handlers' own tests, each daemon they start bounded the same way.
     tests = ["test_mknod.py", "test_hostile.py", "test_mount.py", "test_setxattr.py",
              "test_sysinfo.py", "test_sched.py"]
+    basetemp = tmp_path / "nested"
     nested = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
-         *(str(REPO / "tests" / "lxc" / name) for name in tests)],
+         f"--basetemp={basetemp}", *(str(REPO / "tests" / "lxc" / name) for name in tests)],
         cwd=REPO, capture_output=True, text=True, env={**os.environ, UNDER_UNIT: "1"})
-    assert nested.returncode == 0, nested.stdout[-6000:] + nested.stderr[-3000:]
+    if nested.returncode != 0:  # the daemons' side of it, for whoever reads the failure
+        logs = "".join(f"\n--- {log} (last lines) ---\n" + "\n".join(
+            log.read_text(errors="replace").splitlines()[-25:])
+            for log in sorted(basetemp.glob("*/daemon.log")))
+        raise AssertionError(nested.stdout[-6000:] + nested.stderr[-3000:] + logs)
     assert " passed" in nested.stdout.splitlines()[-1]
 
 

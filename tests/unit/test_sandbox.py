@@ -34,6 +34,9 @@ NO_LISTENER = ("lxc-attach: c1: ../src/lxc/commands.c: lxc_cmd_seccomp_notify_ad
     (1, "", "", AttachOutcome.NEVER_RAN),
     (1, "", ATTACH_FAILED, AttachOutcome.NEVER_RAN),
     (1, "lxc-notify-sandbox-another\n", "", AttachOutcome.NEVER_RAN),
+    # lxc-attach aborting before it attached (seen with LXC 5.0.2).
+    (-6, "", "Device or resource busy - Failed to rexec as memfd\nmunmap_chunk(): invalid "
+     "pointer\n", AttachOutcome.NEVER_RAN),
     # The marker: the command started, so its run is final.
     (1, f"{M}\nEPERM\n", "", AttachOutcome.FAILED),        # its own status 1, or LXC's after it
     (1, f"{M}\nENOSYS\n", NO_LISTENER, AttachOutcome.FAILED),  # ran unsupervised

@@ -55,6 +55,15 @@ def lxc_attach_error(stderr: str) -> str | None:
     return found.group(0) if found else None
 
 
+def split_status(stdout: str, marker: str) -> tuple[str, int | None]:
+    """The command's output without the wrapper's lines, and the command's own exit
+    status as the wrapping shell printed it after the command (None if it did not)."""
+    found = re.search(rf"{re.escape(marker)} status (\d+)\n?\Z", stdout)
+    if found is not None:
+        stdout = stdout[:found.start()]
+    return stdout.replace(marker + "\n", "", 1), int(found.group(1)) if found else None
+
+
 def classify_attach(returncode: int, stdout: str, stderr: str, marker: str) -> AttachOutcome:
     """What one ``lxc-attach ... -- /bin/sh -c 'echo MARKER && exec "$@"' ...`` run proves.
 
@@ -70,7 +79,15 @@ def classify_attach(returncode: int, stdout: str, stderr: str, marker: str) -> A
     status 0 without an LXC error on stderr is a failure, never retried.
     """
     if marker in stdout:
-        if returncode == 0 and lxc_attach_error(stderr) is None:
+        if lxc_attach_error(stderr) is not None:
+            return AttachOutcome.FAILED
+        if returncode == 0:
+            return AttachOutcome.DONE
+        # Seen with LXC 5.0.2, about once in a thousand attaches and with nothing in
+        # either log: the command exits 0 and lxc-attach 1.  The shell's own report
+        # of the command's status is then the truth; an unsupervised run (the same
+        # status 1) shows in the command's result, where trapped calls fail ENOSYS.
+        if returncode == 1 and split_status(stdout, marker)[1] == 0:
             return AttachOutcome.DONE
         return AttachOutcome.FAILED
     # No marker and LXC's status 1, or lxc-attach itself killed by a signal (seen:
@@ -167,13 +184,16 @@ class Sandbox:
         for attempt in range(1, 4):
             marker = f"lxc-notify-sandbox-{uuid.uuid4().hex}"
             # $0 is the directory to enter (or just a name); "&&": no marker, no command.
-            script = f'echo {marker} && cd "$0" && exec "$@"' if cwd is not None \
-                else f'echo {marker} && exec "$@"'
+            # The command's own status is printed after it (not exec'd): lxc-attach's
+            # status is not always the command's (classify_attach).
+            report = f'status=$?; echo "{marker} status $status"; exit $status'
+            script = f'echo {marker} && cd "$0" && "$@"; {report}' if cwd is not None \
+                else f'echo {marker} && "$@"; {report}'
             result = _run(self._lxc("lxc-attach", "--clear-env", "-u", str(uid), "-g", str(gid),
                                     "--", "/bin/sh", "-c", script, cwd or "sh", *argv),
                           timeout=timeout)
             outcome = classify_attach(result.returncode, result.stdout, result.stderr, marker)
-            stdout = result.stdout.replace(marker + "\n", "", 1)
+            stdout, _ = split_status(result.stdout, marker)
             if outcome is AttachOutcome.DONE:
                 return stdout
             unsupervised = (idempotent_unsupervised and marker in result.stdout

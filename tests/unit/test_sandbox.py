@@ -15,6 +15,7 @@ from lxc_notify_plugin.tools.sandbox import (
     SandboxError,
     classify_attach,
     lxc_attach_error,
+    split_status,
 )
 
 M = "lxc-notify-sandbox-0123abcd"
@@ -27,9 +28,20 @@ NO_LISTENER = ("lxc-attach: c1: ../src/lxc/commands.c: lxc_cmd_seccomp_notify_ad
                "1615 Connection refused - Failed to add seccomp listener\n")
 
 
+def test_split_status_keeps_the_commands_output() -> None:
+    assert split_status(f"{M}\nok\n{M} status 0\n", M) == ("ok\n", 0)
+    assert split_status(f"{M}\nno newline{M} status 2\n", M) == ("no newline", 2)
+    assert split_status(f"{M}\nkilled\n", M) == ("killed\n", None)
+
+
 @pytest.mark.parametrize(("returncode", "stdout", "stderr", "outcome"), [
     (0, f"{M}\nok\n", "", AttachOutcome.DONE),
     (0, f"{M}\n", "sh: a warning of the command's own\n", AttachOutcome.DONE),
+    # The command exited 0 (the wrapper says so) and lxc-attach 1, silently (seen).
+    (1, f"{M}\nok\n{M} status 0\n", "", AttachOutcome.DONE),
+    (1, f"{M}\nok{M} status 0\n", "", AttachOutcome.DONE),  # no newline of its own
+    (1, f"{M}\nEPERM\n{M} status 1\n", "", AttachOutcome.FAILED),
+    (1, f"{M}\nok\n{M} status 0\n", NO_LISTENER, AttachOutcome.FAILED),
     # No marker: LXC failed before the command, with or without saying so.
     (1, "", "", AttachOutcome.NEVER_RAN),
     (1, "", ATTACH_FAILED, AttachOutcome.NEVER_RAN),
@@ -139,7 +151,7 @@ def test_an_idempotent_probe_run_unsupervised_is_retried(
     """nodeprobe never exits 1: status 1 with ENOSYS printed is LXC's unsupervised
     run, which changed nothing; only such commands say so, and only they retry."""
     def enosys_exit_1(command: list[str]) -> subprocess.CompletedProcess[str]:
-        ran = on_host([*command[:-2], "echo", "ENOSYS"])
+        ran = on_host([*command[:-2], "/bin/sh", "-c", "echo ENOSYS; exit 2"])  # as nodeprobe
         return subprocess.CompletedProcess(command, 1, ran.stdout, "")
 
     calls = attach_calls([enosys_exit_1, on_host])

@@ -194,10 +194,13 @@ class Sandbox:
                           timeout=timeout)
             outcome = classify_attach(result.returncode, result.stdout, result.stderr, marker)
             stdout, _ = split_status(result.stdout, marker)
-            if outcome is AttachOutcome.DONE:
-                return stdout
+            # Status 1 from lxc-attach with ENOSYS printed: LXC ran it unsupervised (an
+            # idempotent probe then changed nothing); checked before DONE, which a
+            # command's own status 0 may claim under lxc-attach's 1.
             unsupervised = (idempotent_unsupervised and marker in result.stdout
                             and result.returncode == 1 and "ENOSYS" in stdout.split())
+            if outcome is AttachOutcome.DONE and not unsupervised:
+                return stdout
             if unsupervised and attempt < 3:
                 print(f"sandbox: lxc-attach to {self.name} ran {argv[0]} unsupervised "
                       f"(exit 1, ENOSYS; {result.stderr.strip() or 'no message'}); retrying",

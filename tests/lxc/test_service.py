@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -60,7 +61,9 @@ def own_daemon(lxc_ready: None, udev_ready: None, tmp_path: Path) -> Iterator[Ma
     finally:
         for daemon in made:
             if daemon.process is not None:
-                daemon.stop()
+                daemon.stop()  # removes its run directory too
+            else:
+                shutil.rmtree(daemon.run_dir, ignore_errors=True)
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from ..host.cgroups import DeviceLists
 from ..policy.effective import ContainerPolicy
 from ..policy.mknod import choose, mknod_rules, needs_path
 from ..policy.profile import KERNEL
-from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer
+from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
 from . import nodes
 
 log = logging.getLogger(__name__)
@@ -57,12 +57,12 @@ def handle(call: Call) -> Answer:
     request.note(dev=f"{kind} {major}:{minor}", mode=f"{stat.S_IMODE(mode):04o}")
     if not rules:
         log.debug("%s %d:%d is not in the profile", kind, major, minor)
-        with contextlib.suppress(OSError):  # for the audit log; the kernel reads it again
-            request.note(path=request.read_string(path_address))
+        _note_path(request, path_address)
         return refused(policy)
     creds = read_creds(request, thread.status)
     if not (in_container_userns(request, creds) and creds.has_cap(kernel.CAP_MKNOD)):
         log.debug("caller lacks CAP_MKNOD in the container: the kernel decides")
+        _note_path(request, path_address)
         return KERNEL_DECIDES
     lists = thread.resource("device-lists", DeviceLists)
     if not call.host.cgroups.allows_mknod(lists, thread.cgroup.read(request), kind, major,
@@ -150,6 +150,12 @@ def handle(call: Call) -> Answer:
         log.debug("made %s %d:%d at %s for host uid %d", kind, major, minor, os.fsdecode(path),
                   creds.fsuid)
     return DONE
+
+
+def _note_path(request: Request, address: int) -> None:
+    """The path of a call handed back, for its audit line; the kernel reads it again."""
+    with contextlib.suppress(OSError):
+        request.note(path=request.read_string(address))
 
 
 def _on_fuse(fd: int) -> bool:

@@ -29,12 +29,19 @@ class _Demo:
         self.paths = Paths(socket=workdir / "seccomp.sock", state_dir=workdir / "state",
                            admin_profiles=workdir / "profiles")
         self.log = workdir / "daemon.log"
+        # The demo's audit log stays with it, not in /var/log with a real service's.
+        self.audit = workdir / "audit.log"
+        self.config = workdir / "daemon.toml"
+        self.config.write_text(f'[audit]\npath = "{self.audit}"\n[metrics]\npath = ""\n')
         self.failures = 0
 
+    def options(self) -> list[str]:
+        return ["--config", str(self.config), "--socket", str(self.paths.socket),
+                "--state-dir", str(self.paths.state_dir), "--profile-dir",
+                str(self.paths.admin_profiles)]
+
     def cli(self, *args: str) -> None:
-        command = [sys.executable, "-m", "lxc_notify_plugin", "--socket", str(self.paths.socket),
-                   "--state-dir", str(self.paths.state_dir), "--profile-dir",
-                   str(self.paths.admin_profiles), *args]
+        command = [sys.executable, "-m", "lxc_notify_plugin", *self.options(), *args]
         _say("$ lxc-notify " + " ".join(args))
         sys.stdout.flush()
         subprocess.run(command, check=True)
@@ -65,10 +72,8 @@ def run() -> int:
             _say("\n2. Start the supervisor and enable interception for the container:")
             with open(demo.log, "wb") as log:
                 daemon = subprocess.Popen(
-                    [sys.executable, "-m", "lxc_notify_plugin", "--socket",
-                     str(demo.paths.socket), "--state-dir", str(demo.paths.state_dir),
-                     "--profile-dir", str(demo.paths.admin_profiles), "-v", "daemon"],
-                    stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                    [sys.executable, "-m", "lxc_notify_plugin", *demo.options(), "-v",
+                     "daemon"], stdout=log, stderr=log, stdin=subprocess.DEVNULL)
             deadline = time.monotonic() + 10
             while not daemon_running(demo.paths):
                 if daemon.poll() is not None or time.monotonic() > deadline:
@@ -103,5 +108,9 @@ def run() -> int:
                 _say("\nWhat the supervisor logged:")
                 for line in demo.log.read_text().splitlines():
                     _say("  " + line.split(" ", 2)[-1])
+                if demo.audit.exists():
+                    _say("\nIts audit log (a service's is /var/log/lxc-notify/audit.log):")
+                    for line in demo.audit.read_text().splitlines():
+                        _say("  " + line)
         _say("\nDemo " + ("passed." if demo.failures == 0 else f"FAILED ({demo.failures})."))
         return 0 if demo.failures == 0 else 1

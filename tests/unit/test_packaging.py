@@ -1,4 +1,4 @@
-"""A regular (non-editable) install carries its profiles and udev rules.
+"""A regular (non-editable) install carries its profiles, udev rules and systemd units.
 
 profiles/ and udev/ live at the top of the tree; setup.cfg maps them into the
 package. Built from a copy of the tree, so the repository gets no build/ or
@@ -65,3 +65,7 @@ def test_an_installed_package_finds_its_profiles_and_udev_rules(tmp_path: Path) 
     rules = ROOT / "udev" / "70-lxc-notify.rules"
     assert (rules_dir / rules.name).read_text() == rules.read_text()
     assert (installed / "udev" / rules.name).is_file()
+
+    # The systemd units travel with the package (`service install` renders them).
+    units = run([*lxc_notify, "service", "unit"], elsewhere, target).stdout
+    assert "ExecStart=" in units and "ListenSequentialPacket=" in units, units

@@ -9,6 +9,7 @@ signals turn into work on the main thread: stop, reload, status.
 
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import json
@@ -212,7 +213,7 @@ class Supervisor:
     def bind(self) -> None:
         """Take the sockets (one daemon per host: a second one is refused) and
         open the audit log, so that what fails, fails before anything is served."""
-        inherited = activation.inherited_sockets()  # under lxc-notify.socket
+        inherited, stored = activation.inherited_fds()  # under lxc-notify.socket
         for transport, path, kind in (
                 (self.lxc, self.paths.socket, socket.SOCK_SEQPACKET),
                 (self.agent, self.paths.agent_socket, socket.SOCK_STREAM)):
@@ -257,10 +258,29 @@ class Supervisor:
                  self.paths.socket, self.paths.agent_socket, os.getpid(),
                  self.config.audit.path if self.audit else "off",
                  self.config.metrics.path or "off")
+        self._adopt(stored)
         for backend in self.dispatcher.host.shifter.backends:
             why = backend.unavailable()
             log.info("mount shifting with %s: %s", backend.name,
                      "available" if why is None else f"unavailable ({why})")
+
+    def _adopt(self, stored: dict[str, int]) -> None:
+        """Under systemd, OCI listeners also go to its fd store; those an earlier
+        daemon kept there are served again (service/activation.py: FdStore)."""
+        if not os.environ.get("NOTIFY_SOCKET"):
+            for fd in stored.values():
+                os.close(fd)
+            return
+        directory = self.paths.socket.parent / "oci-listeners"
+        try:
+            directory.mkdir(mode=0o700, exist_ok=True)
+        except OSError as err:
+            log.error("cannot keep OCI listeners across restarts: %s", err)
+            return
+        store = activation.FdStore(directory, lambda state, fds: sd_notify(state, fds))
+        self.agent.keeper = store
+        for name, fd, state in store.restored(stored):
+            self.agent.adopt(name, fd, state)
 
     def serve(self) -> None:
         """Accept connections until stop(); then answer what is in flight, and end."""
@@ -439,16 +459,22 @@ def _pid_in(path: Path) -> int | None:
         return None
 
 
-def sd_notify(state: str) -> None:
-    """Tell systemd (Type=notify) where the daemon is; nothing outside systemd.
+def sd_notify(state: str, fds: list[int] | None = None) -> bool:
+    """Tell systemd (Type=notify) where the daemon is, or hand it fds to keep
+    (FDSTORE=1); False outside systemd or if the message could not be sent.
 
-    The protocol is one datagram on $NOTIFY_SOCKET (sd_notify(3)); an abstract
-    socket is named with a leading '@'."""
+    The protocol is one datagram on $NOTIFY_SOCKET (sd_notify(3)), fds attached
+    with SCM_RIGHTS; an abstract socket is named with a leading '@'."""
     address = os.environ.get("NOTIFY_SOCKET")
     if not address or address[0] not in "/@":
-        return
+        return False
     if address[0] == "@":
         address = "\0" + address[1:]
-    with contextlib.suppress(OSError), \
-            socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-        sock.sendto(state.encode(), address)
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendmsg([state.encode()], ancillary, 0, address)
+    except OSError as err:
+        log.debug("sd_notify %r: %s", state.split("\n", 1)[0], err)
+        return False
+    return True

@@ -10,32 +10,52 @@ them, so a caller waits through a restart instead of getting ENOSYS (LXC
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import secrets
 import socket
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
+
+from ..paths import atomic_write, read_regular_text
 
 log = logging.getLogger(__name__)
 
 LISTEN_FDS_START = 3
 
 
-def inherited_sockets(env: MutableMapping[str, str] = os.environ) -> list[socket.socket]:
-    """The sockets passed to this process, if any; the variables are removed so that
-    no program the daemon starts believes they are meant for it."""
+STORED_PREFIX = "oci-"  # names of listeners kept in systemd's fd store (FdStore)
+
+
+def inherited_fds(env: MutableMapping[str, str] = os.environ
+                  ) -> tuple[list[socket.socket], dict[str, int]]:
+    """What systemd passed this process: its sockets, and the listeners it kept for
+    us by name (FdStore).  The variables are removed so that no program the daemon
+    starts believes they are meant for it."""
     pid, count = env.pop("LISTEN_PID", ""), env.pop("LISTEN_FDS", "")
-    env.pop("LISTEN_FDNAMES", None)
+    names = env.pop("LISTEN_FDNAMES", "").split(":")
     if not pid.isdigit() or int(pid) != os.getpid() or not count.isdigit():
-        return []
-    sockets = []
-    for fd in range(LISTEN_FDS_START, LISTEN_FDS_START + int(count)):
+        return [], {}
+    sockets, stored = [], {}
+    for index, fd in enumerate(range(LISTEN_FDS_START, LISTEN_FDS_START + int(count))):
+        name = names[index] if index < len(names) else ""
         try:
             os.set_inheritable(fd, False)  # systemd passes them inheritable
-            sockets.append(socket.socket(fileno=fd))
+            if name.startswith(STORED_PREFIX):
+                stored[name] = fd
+            else:
+                sockets.append(socket.socket(fileno=fd))
         except OSError as err:
-            log.error("inherited fd %d is not a socket (%s): ignored", fd, err)
-    return sockets
+            log.error("inherited fd %d (%s) is not a socket (%s): closed", fd, name or "?", err)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    return sockets, stored
+
+
+def inherited_sockets(env: MutableMapping[str, str] = os.environ) -> list[socket.socket]:
+    """The sockets of inherited_fds (tests)."""
+    return inherited_fds(env)[0]
 
 
 def take(sockets: list[socket.socket], path: Path, kind: socket.SocketKind
@@ -65,3 +85,53 @@ def unused(sockets: list[socket.socket]) -> str | None:
                 names.append("?")
     sockets.clear()
     return ", ".join(names) or None
+
+
+class FdStore:
+    """OCI listeners kept in systemd's fd store, so that a restart loses no container.
+
+    The daemon holds an OCI container's listener itself (there is no monitor that
+    could reconnect): when it dies, the kernel answers every trapped call ENOSYS
+    from then on.  With ``FileDescriptorStoreMax=`` in the unit, each listener is
+    also handed to systemd (``FDSTORE=1``, sd_pid_notify_with_fds(3)), with the
+    runtime's state kept beside the socket; the next daemon gets them back in
+    LISTEN_FDS and serves them as if the runtime had just handed them over.  A
+    listener is removed from the store when its container is done with it
+    (POLLHUP), never when the daemon stops.
+    """
+
+    def __init__(self, directory: Path, notify: Callable[[str, list[int]], bool]) -> None:
+        self.directory = directory  # root-only (the socket's directory)
+        self._notify = notify
+
+    def keep(self, listener: int, state: bytes) -> str | None:
+        name = f"{STORED_PREFIX}{secrets.token_hex(8)}"
+        try:
+            atomic_write(self.directory / f"{name}.json", state.decode(), mode=0o600)
+        except (OSError, UnicodeDecodeError) as err:
+            log.warning("cannot keep a listener's state (%s): it will not survive a restart",
+                        err)
+            return None
+        if not self._notify(f"FDSTORE=1\nFDNAME={name}", [listener]):
+            (self.directory / f"{name}.json").unlink(missing_ok=True)
+            return None
+        return name
+
+    def release(self, name: str) -> None:
+        self._notify(f"FDSTOREREMOVE=1\nFDNAME={name}", [])
+        (self.directory / f"{name}.json").unlink(missing_ok=True)
+
+    def restored(self, stored: dict[str, int]) -> list[tuple[str, int, bytes]]:
+        """(name, listener, state) for each listener systemd gave back with its state;
+        one whose state is gone is released and closed."""
+        found = []
+        for name, fd in stored.items():
+            try:
+                state = read_regular_text(self.directory / f"{name}.json").encode()
+            except (OSError, UnicodeDecodeError) as err:
+                log.warning("stored listener %s has no state (%s): released", name, err)
+                os.close(fd)
+                self.release(name)
+                continue
+            found.append((name, fd, state))
+        return found

@@ -42,7 +42,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .. import kernel
 from ..errors import ConfigError, ProtocolError
@@ -65,6 +65,13 @@ DEFAULT_PROFILE: Final = "default"
 _PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a name, never a path
 _ANCILLARY: Final = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 _PEERCRED: Final = struct.Struct("3i")
+
+
+class Keeper(Protocol):
+    """Where listeners are kept across restarts (service/activation.py: FdStore)."""
+
+    def keep(self, listener: int, state: bytes) -> str | None: ...
+    def release(self, name: str) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -232,6 +239,9 @@ class OciAgent:
         # Called with a container's name when its last listener ends: each runtime
         # container is new (podman's ids are never reused), so its metrics go.
         self.on_gone: Callable[[str], None] | None = None
+        # Where listeners are also kept so that they outlive this daemon (systemd's fd
+        # store, service/activation.py: FdStore); None outside systemd.
+        self.keeper: Keeper | None = None
         self.proc_root = proc_root
         self.sock: socket.socket | None = None
         self._owns_path = False  # we bound it (not systemd): we remove it
@@ -365,7 +375,7 @@ class OciAgent:
             finally:
                 for fd in fds:  # everything but the listener we keep
                     os.close(fd)
-            self._serve(listener, state)
+            self._serve(listener, state, data)
         except Exception:
             log.exception("agent: pid %d: connection thread failed", peer_pid)
         finally:
@@ -374,20 +384,64 @@ class OciAgent:
             with self._lock:
                 self._threads.discard(threading.current_thread())
 
-    def _serve(self, listener: int, state: ProcessState) -> None:
+    def _serve(self, listener: int, state: ProcessState, raw: bytes,
+               stored: str | None = None) -> None:
+        """Serve one listener until its container is done with it or we stop.
+
+        ``stored`` names it in the keeper when it was given back after a restart;
+        a new one is kept there now.  It leaves the keeper only when the container
+        is done with it: at a stop it stays, for the next daemon."""
         live = self._attach(state)
         container = live.container
-        log.info("%s: listener of pid %d (%s, profile %s, %s) served", container.name,
+        if stored is None and self.keeper is not None:
+            stored = self.keeper.keep(listener, raw)
+        log.info("%s: listener of pid %d (%s, profile %s, %s%s) served", container.name,
                  state.pid, state.status or "?", container.record.profile,
-                 "same-CPU wake-ups" if set_sync_wake_up(listener) else "no same-CPU wake-ups")
+                 "same-CPU wake-ups" if set_sync_wake_up(listener) else "no same-CPU wake-ups",
+                 f", kept as {stored}" if stored else "")
         why = "broken"
         try:
             why = serve_listener(listener, container, state.init_pid, self.dispatcher,
                                  self._stop_r, self.proc_root)
         finally:
             self._detach(state, live)
+            if stored is not None and self.keeper is not None and why != "stopped":
+                self.keeper.release(stored)
             log.info("%s: listener of pid %d released (%s)", container.name, state.pid,
                      {"hangup": "no task left in its filter"}.get(why, why))
+
+    def adopt(self, name: str, listener: int, raw: bytes) -> None:
+        """Serve a listener an earlier daemon kept (its state as the runtime sent it).
+        The fd is ours from here: closed on every path."""
+        try:
+            doc = json.loads(raw)
+            named = doc.get("fds") if isinstance(doc, dict) else None
+            state = parse_state(raw, len(named) if isinstance(named, list) else 0)
+            if not kernel.is_listener(listener, self.proc_root):
+                raise ProtocolError("not a seccomp listener")
+        except (ProtocolError, ValueError) as err:
+            log.warning("agent: stored listener %s refused: %s", name, err)
+            os.close(listener)
+            if self.keeper is not None:
+                self.keeper.release(name)
+            return
+
+        def serve() -> None:
+            try:
+                self._serve(listener, state, raw, stored=name)
+            except Exception:
+                log.exception("agent: stored listener %s: thread failed", name)
+            finally:
+                os.close(listener)
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=serve, name=f"lxc-notify-oci-{name}")
+        with self._lock:
+            self._threads.add(thread)
+        log.info("%s: listener kept by an earlier daemon (%s) adopted",
+                 state.container_id, name)
+        thread.start()
 
     def _attach(self, state: ProcessState) -> _Live:
         key = (state.container_id, state.init_pid)

@@ -142,23 +142,28 @@ class Daemon:
             held.append(sock)
         return held
 
-    def start(self, held: list[socket.socket] | None = None) -> None:
+    def start(self, held: list[socket.socket] | None = None,
+              stored: dict[str, int] | None = None, env: dict[str, str] | None = None) -> None:
+        """Start the daemon; ``held`` sockets and ``stored`` fds (by name) are passed
+        as systemd passes a socket unit's sockets and its fd store."""
         # Under test_service.py's bounded run, every daemon starts as the systemd
         # unit starts it: its capability bounding set, no_new_privs and umask.
         wrapper = unit_wrapper() if os.environ.get(UNDER_UNIT) else []
         activated: list[str] = []
-        env = dict(os.environ)
-        if held:
-            # As systemd passes sockets (sd_listen_fds): fds 3, 4, ... in the
-            # process that LISTEN_PID names; exec keeps the pid.
-            fds = [sock.fileno() for sock in held]
+        environment = {**os.environ, **(env or {})}
+        fds = [sock.fileno() for sock in held or ()] + list((stored or {}).values())
+        if fds:
+            # As systemd passes them (sd_listen_fds): fds 3, 4, ... in the process
+            # that LISTEN_PID names, named in LISTEN_FDNAMES; exec keeps the pid.
             activated = [sys.executable, "-c", _ACTIVATE, *map(str, fds), "--"]
-            env["LISTEN_FDS"] = str(len(held))
+            environment["LISTEN_FDS"] = str(len(fds))
+            environment["LISTEN_FDNAMES"] = ":".join(
+                ["socket"] * len(held or ()) + list((stored or {}).keys()))
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [*wrapper, *activated, sys.executable, "-m", "lxc_notify_plugin",
                  *self.global_args(), "daemon", "-v"], stdout=log, stderr=log,
-                stdin=subprocess.DEVNULL, env=env, pass_fds=[s.fileno() for s in held or ()])
+                stdin=subprocess.DEVNULL, env=environment, pass_fds=fds)
         deadline = time.monotonic() + 10
         # Held sockets answer before the daemon runs: its pid file says it does.
         while not (self._pid_file_is_ours() if held else daemon_running(self.paths)):

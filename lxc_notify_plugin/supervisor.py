@@ -278,6 +278,9 @@ class Supervisor:
             log.error("cannot keep OCI listeners across restarts: %s", err)
             return
         store = activation.FdStore(directory, lambda state, fds: sd_notify(state, fds))
+        for orphan in directory.glob(f"{activation.STORED_PREFIX}*.json"):
+            if orphan.stem not in stored:  # its fd did not come back: nothing to serve
+                orphan.unlink(missing_ok=True)
         self.agent.keeper = store
         for name, fd, state in store.restored(stored):
             self.agent.adopt(name, fd, state)

@@ -27,16 +27,10 @@ def _settings(args: argparse.Namespace) -> DaemonConfig:
     if cached is not None:
         return cached
     config = daemon_config.load(Path(args.config) if getattr(args, "config", None) else None)
-    paths = config.paths
-    overrides: dict[str, Any] = {field: Path(value) for option, field in (
-        ("socket", "socket"), ("state_dir", "state_dir"), ("profile_dir", "admin_profiles"),
-        ("udev_control", "udev_control"), ("agent_socket", "oci_agent"))
-        if (value := getattr(args, option, None)) is not None}
-    if getattr(args, "lxc_path", None) is not None:
-        paths = replace(paths, lxc_path=args.lxc_path)
     level = getattr(args, "log_level", None) or ("debug" if getattr(args, "verbose", False)
                                                   else config.log_level)
-    config = replace(config, paths=replace(paths, **overrides), log_level=level)
+    paths = daemon_config.with_paths(config.paths, _path_values(args))
+    config = replace(config, paths=paths, log_level=level)
     args._settings = config
     return config
 
@@ -203,17 +197,17 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return 0
 
 
-_PATH_OPTIONS = ("socket", "state_dir", "profile_dir", "lxc_path", "udev_control",
-                 "agent_socket")
+def _path_values(args: argparse.Namespace) -> dict[str, str]:
+    """The path options given on this command line, by daemon.toml key."""
+    return {key: value for key in daemon_config.PATH_FIELDS
+            if (value := getattr(args, key, None)) is not None}
 
 
 def _path_options(args: argparse.Namespace) -> tuple[str, ...]:
     """The path options given on this command line, as the daemon must be given them."""
     given: list[str] = []
-    for name in _PATH_OPTIONS:
-        value = getattr(args, name, None)
-        if value is not None:
-            given += [f"--{name.replace('_', '-')}", str(Path(value).resolve())]
+    for key, value in _path_values(args).items():
+        given += [f"--{key.replace('_', '-')}", str(Path(value).resolve())]
     return tuple(given)
 
 

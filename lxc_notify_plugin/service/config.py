@@ -104,6 +104,19 @@ class DaemonConfig:
         return changed
 
 
+# [daemon] key (and the command line option of the same name) -> its Paths field.
+PATH_FIELDS: Final = {"socket": "socket", "agent_socket": "oci_agent", "state_dir": "state_dir",
+                      "profile_dir": "admin_profiles", "lxc_path": "lxc_path",
+                      "udev_control": "udev_control"}
+
+
+def with_paths(paths: Paths, given: dict[str, Any]) -> Paths:
+    """``paths`` with the given [daemon] keys (or options) set; lxc_path stays text."""
+    fields: dict[str, Any] = {PATH_FIELDS[key]: str(value) if key == "lxc_path" else Path(value)
+                              for key, value in given.items()}
+    return replace(paths, **fields)
+
+
 # section -> key -> kind: what each key may hold.
 _PATH, _OPTIONAL_PATH, _SOCKET, _LEVEL = "path", "optional path", "socket", "level"
 _SCHEMA: Final[dict[str, dict[str, str]]] = {
@@ -152,12 +165,7 @@ def parse(text: str, file: str) -> DaemonConfig:
             values.setdefault(section, {})[key] = _checked(file, f"{section}.{key}", kind, value)
     daemon, audit, metrics = values.get("daemon", {}), values.get("audit", {}), \
         values.get("metrics", {})
-    paths = Paths()
-    paths = replace(paths, **{name: daemon[key] for key, name in (
-        ("socket", "socket"), ("state_dir", "state_dir"), ("profile_dir", "admin_profiles"),
-        ("udev_control", "udev_control"), ("agent_socket", "oci_agent")) if key in daemon})
-    if "lxc_path" in daemon:
-        paths = replace(paths, lxc_path=str(daemon["lxc_path"]))
+    paths = with_paths(Paths(), {key: daemon[key] for key in PATH_FIELDS if key in daemon})
     return DaemonConfig(
         paths=paths, log_level=daemon.get("log_level", "info"),
         audit=replace(AuditSettings(), **audit), metrics=replace(MetricsSettings(), **metrics),

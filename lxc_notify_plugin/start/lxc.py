@@ -273,7 +273,8 @@ def _our_daemon(pid: int) -> bool:
     return program and b"daemon" in argv
 
 
-def _daemon_pid(paths: Paths) -> int | None:
+def daemon_pid(paths: Paths) -> int | None:
+    """The running daemon's pid, if the pid file names our daemon and it answers."""
     try:
         pid = int(paths.pid_file.read_text().strip())
     except (OSError, ValueError):
@@ -286,7 +287,7 @@ def _ask_daemon(paths: Paths, signum: int, answer: Path,
     """Signal the running daemon and wait for its answer in ``answer``: JSON
     stamped (CLOCK_MONOTONIC, as here) when its work began, so an answer from
     before the signal is never taken for this one.  None if none came."""
-    pid = _daemon_pid(paths)
+    pid = daemon_pid(paths)
     if pid is None:
         return None
     sent = time.monotonic_ns()

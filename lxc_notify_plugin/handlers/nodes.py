@@ -121,7 +121,7 @@ def _probe(dir_fd: int) -> bool | None:
 
 class NodeStore:
     """A tmpfs of the daemon's own, mounted nowhere, where usable twins are made:
-    one directory per container user namespace, removed by ``forget``."""
+    one directory per container user namespace, removed with the last ``release``."""
 
     _lock = threading.Lock()
     _root_fd = -1
@@ -166,18 +166,9 @@ class NodeStore:
                 cls._holders[key] = left
                 return
             cls._holders.pop(key, None)
-            cls._forget_locked(key)
-
-    @classmethod
-    def forget(cls, key: str) -> None:
-        """Drop a container's names (its mounts, if any are left, keep their inodes)."""
-        with cls._lock:
-            cls._forget_locked(key)
-
-    @classmethod
-    def _forget_locked(cls, key: str) -> None:
-        if cls._root_fd >= 0:
-            shutil.rmtree(_store_name(key), dir_fd=cls._root_fd, ignore_errors=True)
+            # Its names go (its mounts, if any are left, keep their inodes).
+            if cls._root_fd >= 0:
+                shutil.rmtree(_store_name(key), dir_fd=cls._root_fd, ignore_errors=True)
 
 
 def _store_name(key: str) -> str:

@@ -444,6 +444,8 @@ class OciAgent:
         thread.start()
 
     def _attach(self, state: ProcessState) -> _Live:
+        from ..handlers.nodes import NodeStore
+
         key = (state.container_id, state.init_pid)
         with self._lock:
             live = self._live.get(key)
@@ -460,21 +462,22 @@ class OciAgent:
                 live = self._live.setdefault(key, _Live(container, user_ns))
         with self._lock:
             live.listeners += 1
-            live.container.connections += 1
+            live.container.add_connection(1)
+        if live.user_ns is not None:
+            NodeStore.hold(live.user_ns)  # each listener, as each LXC connection
         return live
 
     def _detach(self, state: ProcessState, live: _Live) -> None:
+        from ..handlers.nodes import NodeStore
+
         with self._lock:
             live.listeners -= 1
-            live.container.connections -= 1
+            live.container.add_connection(-1)
             last = live.listeners == 0
             if last:
                 self._live.pop((state.container_id, state.init_pid), None)
-        if last and live.user_ns is not None:
-            # Its last listener went: the container stopped; its twins' names go too.
-            from ..handlers.nodes import NodeStore
-
-            NodeStore.forget(live.user_ns)
+        if live.user_ns is not None:
+            NodeStore.release(live.user_ns)  # the last one takes its twins' names along
         if last and self.on_gone is not None:
             try:
                 self.on_gone(live.container.name)

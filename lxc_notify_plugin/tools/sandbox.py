@@ -65,7 +65,8 @@ def split_status(stdout: str, marker: str) -> tuple[str, int | None]:
 
 
 def classify_attach(returncode: int, stdout: str, stderr: str, marker: str) -> AttachOutcome:
-    """What one ``lxc-attach ... -- /bin/sh -c 'echo MARKER && exec "$@"' ...`` run proves.
+    """What one ``lxc-attach ... -- /bin/sh -c 'echo MARKER && "$@"; echo "MARKER status $?"'``
+    run proves (the wrapper also exits with the command's status).
 
     LXC 5.0.2 (src/lxc/attach.c, tools/lxc_attach.c) exits EXIT_FAILURE, 1, for
     every failure of its own, the same status as a command that exits 1, so the
@@ -76,7 +77,8 @@ def classify_attach(returncode: int, stdout: str, stderr: str, marker: str) -> A
     seccomp listener" on stderr, or with no message when the monitor refused).
     Hence: no marker means the command never started, and status 1 then is
     LXC's own failure, safe to retry.  A marker means it started: anything but
-    status 0 without an LXC error on stderr is a failure, never retried.
+    status 0 without an LXC error on stderr is a failure, never retried, except
+    lxc-attach's 1 over the command's own reported 0 (below).
     """
     if marker in stdout:
         if lxc_attach_error(stderr) is not None:

@@ -111,6 +111,9 @@ class Dispatcher:
                  handlers: dict[str, Registered] | None = None) -> None:
         self.host = host or HostViews()
         self.hooks = list(hooks)
+        # Whether a hook reads Outcome.arguments (the audit log): else handlers
+        # neither keep them nor read caller memory for them alone.
+        self.keeps_details = True
         self.handlers = dict(handlers or registry())
         by_syscall = {syscall: name for name, entry in self.handlers.items()
                       for syscall in entry.family.syscalls}
@@ -136,7 +139,7 @@ class Dispatcher:
             else:
                 view = thread.view(container.name, init_pid)
                 request = Request(view, notice, syscall, listener_fd, proc_fd,
-                                  thread.host_proc_fd)
+                                  thread.host_proc_fd, self.keeps_details)
                 answer = self.handlers[family].handle(Call(request, policy, thread, self.host))
                 if not answer.ours:
                     outcome = "ignored"

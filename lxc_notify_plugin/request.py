@@ -78,17 +78,20 @@ class Request:
     """One notification being served.  The transport owns the listener and any
     ``proc_fd`` it passes in; a ``/proc/TID`` fd opened here is closed by ``close``."""
 
-    __slots__ = ("container", "notice", "syscall", "listener_fd", "details", "_proc_fd",
-                 "_proc_root", "_owns_proc_fd")
+    __slots__ = ("container", "notice", "syscall", "listener_fd", "details", "keeps_details",
+                 "_proc_fd", "_proc_root", "_owns_proc_fd")
 
     def __init__(self, container: ContainerView, notice: Notice, syscall: str,
-                 listener_fd: int, proc_fd: int = -1, proc_root: str | int = "/proc") -> None:
+                 listener_fd: int, proc_fd: int = -1, proc_root: str | int = "/proc",
+                 keeps_details: bool = True) -> None:
         self.container = container
         self.notice = notice.narrowed()
         self.syscall = syscall
         self.listener_fd = listener_fd
-        # The call's arguments as the handler decoded them (paths as text), for the audit log.
+        # The call's arguments as the handler decoded them (paths as text), for the audit
+        # log; with no audit log nothing is kept, and nothing read for it alone.
         self.details: dict[str, object] = {}
+        self.keeps_details = keeps_details
         self._proc_fd = proc_fd
         self._proc_root = proc_root
         self._owns_proc_fd = False
@@ -132,6 +135,8 @@ class Request:
     def note(self, **details: object) -> None:
         """Record decoded arguments (``path="/dev/null"``, ``dev="c 1:3"``) for the audit
         log; bytes become text, undecodable bytes escaped, never raise."""
+        if not self.keeps_details:
+            return
         for key, value in details.items():
             self.details[key] = os.fsdecode(value) if isinstance(value, bytes) else value
 

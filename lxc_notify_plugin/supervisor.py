@@ -182,6 +182,7 @@ class Supervisor:
         hooks = (self.metrics.record,) + ((self.audit.record,) if self.audit else ())
         self.host_devices = HostDeviceIndex()
         self.dispatcher = Dispatcher(HostViews(devices=self.host_devices), hooks=hooks)
+        self.dispatcher.keeps_details = self.audit is not None
         limit = self.config.connections
         self.lxc = LxcProxy(paths.socket, self.dispatcher, self.registry.lookup, self.sizes,
                             proc_root, max_connections=limit)
@@ -225,7 +226,7 @@ class Supervisor:
             except OSError as err:
                 self.lxc.close()
                 if err.errno == errno.EADDRINUSE:
-                    pid = _pid_in(self.paths.pid_file)
+                    pid = lxc_config.daemon_pid(self.paths)
                     raise DaemonError(f"a supervisor{f' (pid {pid})' if pid else ''} already "
                                       f"listens on {path}: one per host") from None
                 raise DaemonError(f"cannot listen on {path}: {err.strerror or err}") from None
@@ -453,13 +454,6 @@ class Supervisor:
         """Ask serve() to finish (signal-safe); serve() then ends every connection."""
         with contextlib.suppress(OSError):  # already stopping: the pipe may be closed
             os.write(self._wake_w, b"x")
-
-
-def _pid_in(path: Path) -> int | None:
-    try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
-        return None
 
 
 def sd_notify(state: str, fds: list[int] | None = None) -> bool:

@@ -153,7 +153,10 @@ def handle(call: Call) -> Answer:
 
 
 def _note_path(request: Request, address: int) -> None:
-    """The path of a call handed back, for its audit line; the kernel reads it again."""
+    """The path of a call handed back, for its audit line (one more read of caller
+    memory, made only when an audit log keeps it); the kernel reads it again."""
+    if not request.keeps_details:
+        return
     with contextlib.suppress(OSError):
         request.note(path=request.read_string(address))
 

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Final
+from typing import TYPE_CHECKING, ClassVar, Final
 
 from . import kernel
 from .caller.thread import CallerThread
@@ -31,6 +32,9 @@ from .policy.effective import ContainerPolicy
 from .policy.mknod import HostDevices
 from .request import KERNEL_DECIDES, Answer, Notice, Request
 from .state import ContainerRecord
+
+if TYPE_CHECKING:
+    from .transport.listener import SideListeners
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +78,18 @@ class Call:
     policy: ContainerPolicy
     thread: CallerThread
     host: HostViews
+    container: Container | None = None
+    dispatcher: Dispatcher | None = None
+
+    def serve_listener(self, listener_fd: int) -> None:
+        """Serve a seccomp listener of a program started for this container, on a
+        thread of its own (the dispatcher owns ``listener_fd`` from now on)."""
+        if self.dispatcher is None or self.container is None:
+            os.close(listener_fd)
+            raise SupervisorFault("serve a program's listener",
+                                  OSError(errno.EINVAL, "no dispatcher for this call"))
+        self.dispatcher.serve_listener(listener_fd, self.container,
+                                       self.request.container.init_pid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,9 +133,27 @@ class Dispatcher:
         self.handlers = dict(handlers or registry())
         by_syscall = {syscall: name for name, entry in self.handlers.items()
                       for syscall in entry.family.syscalls}
+        self._side: SideListeners | None = None
+        self._side_lock = threading.Lock()
         # (audit arch, nr) -> (syscall, family), for every arch this host runs.
         self.syscalls = {key: (syscall, by_syscall[syscall]) for key, syscall in
                          kernel.syscall_numbers(tuple(by_syscall)).items()}
+
+    def serve_listener(self, listener_fd: int, container: Container, init_pid: int) -> None:
+        with self._side_lock:
+            if self._side is None:
+                # Imported here: the transports import this module.
+                from .transport.listener import SideListeners  # noqa: PLC0415
+                self._side = SideListeners()
+            side = self._side
+        side.start(listener_fd, container, init_pid, self)
+
+    def close(self) -> None:
+        """Stop serving the listeners of programs started for containers."""
+        with self._side_lock:
+            side, self._side = self._side, None
+        if side is not None:
+            side.close()
 
     def answer(self, container: Container, notice: Notice, thread: CallerThread,
                init_pid: int, listener_fd: int, proc_fd: int = -1) -> Answer:
@@ -140,7 +174,8 @@ class Dispatcher:
                 view = thread.view(container.name, init_pid)
                 request = Request(view, notice, syscall, listener_fd, proc_fd,
                                   thread.host_proc_fd, self.keeps_details)
-                answer = self.handlers[family].handle(Call(request, policy, thread, self.host))
+                answer = self.handlers[family].handle(Call(request, policy, thread, self.host,
+                                                            container, self))
                 if not answer.ours:
                     outcome = "ignored"
                 else:

@@ -322,7 +322,7 @@ class Supervisor:
             # for its threads: no caller is left to LXC's 30 s timeout.  Each step
             # runs whatever the one before did: a failure in one must not leave the
             # others (the agent's listeners, the writers) running.
-            for step in (self.lxc.close, self.agent.close,
+            for step in (self.lxc.close, self.agent.close, self.dispatcher.close,
                          lambda: self.paths.pid_file.unlink(missing_ok=True),
                          lambda: self.paths.reload_file.unlink(missing_ok=True),
                          lambda: self.paths.status_file.unlink(missing_ok=True),

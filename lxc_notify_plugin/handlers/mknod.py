@@ -11,16 +11,17 @@ privileges then give exactly the answer the container would get without us.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import logging
 import os
 import stat
 
 from .. import kernel
+from ..caller.actor import Identity, actor_for
 from ..caller.task import INODE_CAPS, in_container_userns, read_creds, rebase_self_path
 from ..caller.thread import AT_FDCWD
 from ..dispatch import Call
-from ..host.cgroups import DeviceLists
 from ..policy.effective import ContainerPolicy
 from ..policy.mknod import choose, mknod_rules, needs_path
 from ..policy.profile import KERNEL
@@ -64,14 +65,10 @@ def handle(call: Call) -> Answer:
         log.debug("caller lacks CAP_MKNOD in the container: the kernel decides")
         _note_path(request, path_address)
         return KERNEL_DECIDES
-    lists = thread.resource("device-lists", DeviceLists)
-    if not call.host.cgroups.allows_mknod(lists, thread.cgroup.read(request), kind, major,
-                                          minor):
-        # The kernel checks the device cgroup after the path and the directory's
-        # permissions, as it would here for an unprivileged caller: its answer
-        # (EPERM, or the path error that comes first) is the one to give.
-        log.debug("%s %d:%d is not allowed by the caller's device cgroup", kind, major, minor)
-        return KERNEL_DECIDES
+    # The node is made by the actor in the caller's cgroups: the kernel checks
+    # the caller's device cgroup itself (v1 with its exceptions, v2's device
+    # programs), after the path and the directory's permissions, as it would.
+    actor = actor_for(thread, request)
     path = request.read_string(path_address)
     request.note(path=path, **({} if dir_fd == AT_FDCWD else {"dirfd": dir_fd}))
     request.ensure_valid()  # read everything, then check, then act
@@ -102,20 +99,23 @@ def handle(call: Call) -> Answer:
                 rule = rules[0]
             if rule.mode_cap is not None:
                 mode = stat.S_IFMT(mode) | stat.S_IMODE(mode) & rule.mode_cap
+            who = Identity(creds.fsuid, creds.fsgid, creds.groups, creds.umask,
+                           1 << kernel.CAP_MKNOD)
             try:
-                os.mknod(leaf, mode, dev, dir_fd=parent_fd)
-            except PermissionError:
+                actor.mknodat(parent_fd, leaf, mode, dev, who)
+            except PermissionError as err:
                 if _on_fuse(parent_fd):
                     os.close(parent_fd)
                     return KERNEL_DECIDES
-                # Refused on the directory's permissions alone.  The caller's DAC
-                # capabilities reach the directory only if its owner is mapped;
-                # tried second, since most nodes are made where they are not needed.
+                # Refused on the directory's permissions (EACCES; EPERM is the
+                # device cgroup's, final).  The caller's DAC capabilities reach the
+                # directory only if its owner is mapped; tried second, since most
+                # nodes are made where they are not needed.
                 dac = creds.caps_over(request.container, parent.uid, parent.gid) & INODE_CAPS
-                if not dac:
+                if not dac or err.errno != errno.EACCES:
                     raise
-                scope.set_caps(1 << kernel.CAP_MKNOD | dac)
-                os.mknod(leaf, mode, dev, dir_fd=parent_fd)
+                actor.mknodat(parent_fd, leaf, mode, dev,
+                              dataclasses.replace(who, caps=who.caps | dac))
             try:
                 # A caller interrupted meanwhile (a signal with SA_RESTART makes the
                 # kernel restart its call as a new notification) must not find the

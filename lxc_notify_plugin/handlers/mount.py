@@ -33,33 +33,33 @@ gets that errno, never the kernel's second opinion, and the log says why.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import logging
 import os
 import stat
 
 from .. import kernel
-from ..caller import enter
+from ..caller.actor import MountRefused, actor_for
 from ..caller.task import INODE_CAPS, CallerCreds, in_container_userns, read_creds
 from ..caller.thread import AT_FDCWD, CallerThread
 from ..dispatch import Call
 from ..errors import SupervisorFault
-from ..host.cgroups import DeviceLists
 from ..host.shift import Shifter, ShiftUnsupported
 from ..policy.mount import (
     EMULATE,
     NOT_NEW,
     Option,
     choice,
+    config_steps,
     forced_flags,
     fuse_options,
+    mount_attrs,
     mount_flags,
     parse_options,
     refused_option,
-    translate,
 )
 from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
+from .program import run_as_caller
 
 log = logging.getLogger(__name__)
 
@@ -131,13 +131,22 @@ def _mount(call: Call) -> Answer:
         return _redirect(call, creds, program, fs_type, source, target, flags | forced, options)
     if source is None:
         raise OSError(errno.EINVAL, "no source")  # get_tree_bdev: "No source specified"
-    translated = translate(flags, forced)
+    actor = actor_for(thread, request)
     target_fd = _open_target(call, creds, target)
     try:
-        dev = _source_device(call, creds, source, writable=not translated.flags
-                             & kernel.MS_RDONLY)
-        mount_fd = _new_mount(thread, fs_type, dev, translated.sb_flags, options,
-                              translated.attrs)
+        node_fd = _source_node(call, creds, source)
+        try:
+            # The kernel opens the device in the actor, in the caller's cgroups,
+            # read-only or read-write as the superblock will be after the caller's
+            # options and ours: the device cgroup is the kernel's own check.
+            mount_fd = actor.new_mount(fs_type, node_fd, config_steps(fs_type, flags, options,
+                                                                      forced),
+                                       mount_attrs(flags, forced))
+        except MountRefused as err:
+            log.info("mount %s: %s%s", fs_type, err.strerror, f" ({err.said})" if err.said else "")
+            raise OSError(err.errno, err.strerror) from None
+        finally:
+            os.close(node_fd)
         try:
             if policy.mount.shift:
                 mount_fd = _shift(call.host.shifter, request, fs_type, mount_fd,
@@ -147,8 +156,8 @@ def _mount(call: Call) -> Answer:
             os.close(mount_fd)
     finally:
         os.close(target_fd)
-    log.debug("mounted %s %d:%d on %s for host uid %d (flags %#x)", fs_type, os.major(dev),
-              os.minor(dev), os.fsdecode(target), creds.fsuid, translated.flags)
+    log.debug("mounted %s from %s on %s for host uid %d (flags %#x)", fs_type,
+              os.fsdecode(source), os.fsdecode(target), creds.fsuid, flags | forced)
     return DONE
 
 
@@ -171,93 +180,26 @@ def _open_target(call: Call, creds: CallerCreds, target: bytes) -> int:
         return scope.open_exactly(target, _TARGET_FLAGS)
 
 
-def _source_device(call: Call, creds: CallerCreds, source: bytes, *, writable: bool) -> int:
-    """The device number of the block node ``source``, if the caller may use it."""
+def _source_node(call: Call, creds: CallerCreds, source: bytes) -> int:
+    """The block node ``source`` as the caller's walk reaches it (an O_PATH fd).
+
+    The kernel checks no permission on the node itself (lookup_bdev): only the
+    walk, that it is a block node (ENOTBLK), and that its mount allows devices
+    (EACCES), which it checks again itself when the actor's fsconfig resolves
+    the node through this fd."""
     request, thread = call.request, call.thread
     with thread.as_caller(request, creds, creds.cap_effective & INODE_CAPS, dir_fd=AT_FDCWD,
                           relative=not source.startswith(b"/")) as scope:
         if not source:
             raise OSError(errno.ENOENT, "empty source")
         node_fd = scope.open_exactly(source, _SOURCE_FLAGS)
-        try:
-            st = os.fstat(node_fd)
-            if not stat.S_ISBLK(st.st_mode):
-                raise OSError(errno.ENOTBLK, "source is not a block device")
-            # Opened as the caller would open it: its DAC capabilities count on
-            # the node only if the node's owner is mapped; a node on a nodev
-            # mount is EACCES; a device that does not exist ENXIO.
-            scope.set_caps(creds.caps_over(request.container, st.st_uid, st.st_gid)
-                           & INODE_CAPS)
-            mode = os.O_RDWR if writable else os.O_RDONLY
-            opened = os.open(f"thread-self/fd/{node_fd}", mode | os.O_CLOEXEC | os.O_NONBLOCK,
-                             dir_fd=thread.host_proc_fd)
-            os.close(opened)
-        finally:
-            os.close(node_fd)
-    lists = thread.resource("device-lists", DeviceLists)
-    major, minor = os.major(st.st_rdev), os.minor(st.st_rdev)
-    if not call.host.cgroups.allows(lists, thread.cgroup.read(request), "b", major, minor,
-                                    "rw" if writable else "r"):
-        log.debug("b %d:%d is not allowed by the caller's device cgroup", major, minor)
-        raise PermissionError(errno.EPERM, "device cgroup refuses the source")  # bdev_permission
-    return st.st_rdev
-
-
-class SourceNodes:
-    """One thread's block nodes by device number, in a tmpfs mounted nowhere:
-    the only path the kernel resolves for a mount's source is one of ours."""
-
-    def __init__(self) -> None:
-        self.root_fd = kernel.private_tmpfs({"mode": "0700", "size": "64k"}, 0)
-        self.made: set[int] = set()
-
-    def path(self, dev: int) -> bytes:
-        name = f"b{os.major(dev)}_{os.minor(dev)}"
-        if dev not in self.made:
-            with contextlib.suppress(FileExistsError):
-                os.mknod(name, stat.S_IFBLK | 0o600, dev, dir_fd=self.root_fd)
-            self.made.add(dev)
-        return f"/proc/thread-self/fd/{self.root_fd}/{name}".encode()
-
-    def close(self) -> None:
-        os.close(self.root_fd)
-
-
-def _new_mount(thread: CallerThread, fs_type: str, dev: int, sb_flags: tuple[bytes, ...],
-               options: tuple[Option, ...], attrs: int) -> int:
-    """A detached mount of a new (or shared, as the kernel decides) superblock."""
-    thread.set_ids(0, 0, (), 0o022)  # the last caller's fs ids must not reach the new sb
-    sources = thread.resource("mount-sources", SourceNodes)
     try:
-        fs_fd = kernel.fsopen(fs_type.encode())
-    except OSError as err:
-        raise SupervisorFault(f"open a {fs_type} context", err) from err
-    try:
-        try:
-            # The order of do_new_mount(): the source, then the caller's options.
-            kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, b"source", sources.path(dev))
-            for name in sb_flags:
-                kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_FLAG, name)
-            for option in options:
-                if option.value is None:
-                    kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_FLAG, option.key)
-                else:
-                    kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, option.key,
-                                    option.value)
-            kernel.fsconfig(fs_fd, kernel.FSCONFIG_CMD_CREATE)
-        except OSError as err:
-            # The filesystem's own answer (EINVAL for a bad image, EBUSY for a
-            # device mounted with other flags): the caller's, as the kernel gives it.
-            said = "; ".join(kernel.fs_context_messages(fs_fd))
-            log.info("mount %s %d:%d: %s%s", fs_type, os.major(dev), os.minor(dev),
-                     err.strerror, f" ({said})" if said else "")
-            raise
-        try:
-            return kernel.fsmount(fs_fd, kernel.FSMOUNT_CLOEXEC, attrs)
-        except OSError as err:
-            raise SupervisorFault(f"mount the {fs_type} superblock", err) from err
-    finally:
-        os.close(fs_fd)
+        if not stat.S_ISBLK(os.fstat(node_fd).st_mode):
+            raise OSError(errno.ENOTBLK, "source is not a block device")
+    except BaseException:
+        os.close(node_fd)
+        raise
+    return node_fd
 
 
 def _shift(shifter: Shifter, request: Request, fs_type: str, mount_fd: int,
@@ -296,8 +238,11 @@ def _attach(thread: CallerThread, request: Request, mount_fd: int, target_fd: in
         try:
             request.ensure_valid()
         except BaseException:
+            # The caller's /proc does not show our thread: the mount is named
+            # through the host's /proc (our cwd until the scope ends).
             try:
-                kernel.umount2(f"/proc/thread-self/fd/{mount_fd}".encode(), kernel.MNT_DETACH)
+                os.fchdir(thread.host_proc_fd)
+                kernel.umount2(f"thread-self/fd/{mount_fd}".encode(), kernel.MNT_DETACH)
             except OSError as err:
                 log.warning("could not undo a mount for a caller that left: %s", err)
             raise
@@ -312,7 +257,7 @@ def _redirect(call: Call, creds: CallerCreds, program: str, fs_type: str, source
     words = fuse_options(flags, options)
     if words:
         argv += ["-o", words]
-    enter.run_in_container(call.thread, call.request, creds, argv,
-                           missing_errno=errno.ENODEV, what=f"FUSE program for {fs_type}")
+    run_as_caller(call, creds, argv, missing_errno=errno.ENODEV,
+                  what=f"FUSE program for {fs_type}")
     log.debug("mounted %s on %s with %s", fs_type, os.fsdecode(target), program)
     return DONE

@@ -158,6 +158,55 @@ def translate(flags: int, forced: int) -> Translated:
     return Translated(sb_flags, attrs, flags)
 
 
+def mount_attrs(flags: int, forced: int) -> int:
+    """The new mount's MOUNT_ATTR_* flags: the caller's MS_* and the forced ones."""
+    return translate(flags, forced).attrs
+
+
+# Stored defaults a superblock carries that would act on the host: ext2/3/4
+# keep an "errors" behaviour in the superblock (tune2fs -e panic) and a
+# mount-options string (tune2fs -E mount_opts=errors=panic), both applied
+# unless the mount says otherwise.  The container's root writes its own
+# image, so every mount says otherwise: after the caller's options, unless
+# the caller itself chose a behaviour that stays inside (errors=panic is
+# refused outright, FORBIDDEN_VALUES).
+SUPERBLOCK_OVERRIDES: Final = {
+    "ext2": ((b"errors", b"remount-ro"),),
+    "ext3": ((b"errors", b"remount-ro"),),
+    "ext4": ((b"errors", b"remount-ro"),),
+}
+_CONTAINED_VALUES: Final = {b"errors": frozenset({b"continue", b"remount-ro"})}
+
+Step = tuple[str, bytes, "bytes | None"]  # ("flag", key, None) or ("string", key, value)
+
+
+def config_steps(fs_type: str, flags: int, options: tuple[Option, ...],
+                 forced: int) -> list[Step]:
+    """The fsconfig steps of a new superblock, in the kernel's order for mount(2),
+    with the policy's own last so the caller's data cannot undo them.
+
+    do_new_mount() makes the context with the superblock flags of ``MS_*``
+    (``ro`` for MS_RDONLY), then parses the data string, where ``rw`` clears
+    ``ro`` and ``ro`` sets it: the superblock's access, and so the access the
+    kernel opens the device with, is the kernel's own result.  Then the
+    forced superblock flags (a forced ``ro`` wins over the caller's ``rw``)
+    and the overrides of stored defaults.
+    """
+    steps: list[Step] = [("flag", name, None) for bit, name in _SB_FLAGS if flags & bit]
+    for option in options:
+        if option.value is None:
+            steps.append(("flag", option.key, None))
+        else:
+            steps.append(("string", option.key, option.value))
+    steps += [("flag", name, None) for bit, name in _SB_FLAGS if forced & bit]
+    for key, value in SUPERBLOCK_OVERRIDES.get(fs_type, ()):
+        chosen = [o.value for o in options if o.key == key]
+        if chosen and chosen[-1] in _CONTAINED_VALUES.get(key, frozenset()):
+            continue  # the caller's own choice stays inside the container
+        steps.append(("string", key, value))
+    return steps
+
+
 def fuse_options(flags: int, options: tuple[Option, ...]) -> str:
     """The ``-o`` list for a FUSE program: the mount flags as option words, then
     the caller's own options as it gave them."""

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import select
+import threading
 
 from .. import kernel
 from ..caller.thread import CallerThread
@@ -93,3 +95,53 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
                 return "broken"
     finally:
         caller.close()
+
+
+class SideListeners:
+    """Listeners of programs the daemon started for a container (a FUSE redirect
+    under the container's seccomp policy), each served on a thread of its own
+    until its program and every child of it are gone (POLLHUP).
+
+    Not on the connection that asked: that one is waiting for the program, and
+    LXC's proxy serves one request at a time per container, so a call of the
+    program's that the policy traps would otherwise wait on itself."""
+
+    def __init__(self) -> None:
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._lock = threading.Lock()
+        self._threads: set[threading.Thread] = set()
+
+    def start(self, listener_fd: int, container: Container, init_pid: int,
+              dispatcher: Dispatcher) -> None:
+        """Serve ``listener_fd`` (owned from now on: closed when its thread ends)."""
+
+        def serve() -> None:
+            try:
+                ended = serve_listener(listener_fd, container, init_pid, dispatcher,
+                                       self._stop_r)
+                log.debug("%s: a program's listener ended (%s)", container.name, ended)
+            except Exception:
+                log.exception("%s: serving a program's listener", container.name)
+            finally:
+                os.close(listener_fd)
+                with self._lock:
+                    self._threads.discard(threading.current_thread())
+
+        thread = threading.Thread(target=serve, name=f"program-{container.name}")
+        with self._lock:
+            try:
+                thread.start()
+            except RuntimeError:
+                os.close(listener_fd)
+                raise
+            self._threads.add(thread)
+
+    def close(self) -> None:
+        """Stop every thread and wait for it (each answers what it holds first)."""
+        os.write(self._stop_w, b"x")
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join()
+        os.close(self._stop_r)
+        os.close(self._stop_w)

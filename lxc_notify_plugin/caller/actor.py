@@ -1,0 +1,664 @@
+"""Act as the caller: the one way every handler performs a privileged step.
+
+The kernel judges a privileged step (making a device node, opening a block
+device for a new superblock, running a program for the container) by the
+*acting task's* context: its cgroups decide the device rules (cgroup v1's
+``devices`` controller with its exceptions, cgroup v2's BPF device programs,
+read versus write), its namespaces decide what it reaches.  A supervisor
+that acts from its own context and copies pieces of the caller's by hand
+leaks whatever it forgets.  So every such step happens here, in an *actor*:
+
+* a process spawned by the daemon (fork and exec in C: the daemon is
+  threaded) that keeps host privilege (root, the host's user and mount
+  namespaces: it must make nodes and superblocks the container could not)
+  but is placed in **the caller's cgroups**, every v1 hierarchy and v2,
+  before it acts.  The kernel's own device cgroup checks then see the
+  caller's rules, exceptions and programs included, for exactly the access
+  the step needs (``fsconfig(FSCONFIG_CMD_CREATE)`` opens the device read
+  only or read-write as the superblock will be; an external journal device
+  named by the image's superblock is opened there too);
+* one actor per distinct set of cgroups a thread's callers are in (Docker
+  inside a container puts its containers in cgroups of their own), kept
+  for the next request: no process creation on the hot path;
+* a program that keeps running for the container (a FUSE redirect) is
+  forked by the actor (it is single-threaded, so fork is safe) and takes
+  *everything* of the caller before it execs: every namespace (user, mount,
+  pid, net, uts, ipc, cgroup, time), its cgroups (inherited from the
+  actor), its capability sets and bounding set, securebits, no_new_privs,
+  ids, groups, umask, root and cwd, and the container's seccomp policy
+  with a listener of its own, which the daemon serves on another thread so
+  that a call of the program's that the policy traps is answered without
+  waiting on the request that started it (LXC's proxy serves one request at
+  a time per container).
+
+An actor must not keep a cgroup alive that its owner wants to remove
+(``rmdir`` of a cgroup with a task in it is EBUSY): it exits when the
+container's init exits (a pidfd, polled with its socket), when its
+connection's thread ends (PR_SET_PDEATHSIG), and when it has been idle for
+a while in a cgroup where no other task is left.
+
+Undumpable from the start, and never in the container's pid namespace: no
+task of the container can name it, ptrace it or read its memory.  It
+answers errors as an errno from a fixed allowlist; anything else is EIO,
+logged by the daemon.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import logging
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyseccomp
+
+from .. import kernel
+from ..errors import SupervisorFault
+from ..policy.filter import EQ, MASKED_EQ, NE
+
+if TYPE_CHECKING:
+    from ..request import Request
+    from .thread import CallerThread
+
+log = logging.getLogger(__name__)
+
+_TIMEOUT_S = 25.0  # below LXC's 30 s: a hung device is ours to end
+_PROGRAM_TIMEOUT_S = 20.0  # a FUSE program's foreground part
+_IDLE_S = 2.0  # then an actor alone in its cgroup leaves it
+_MAX_ACTORS = 8  # per thread; the least recently used goes first
+_MISSING = 127  # the shell's "command not found"
+_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_MESSAGE_MAX = 1 << 16
+
+# Errors a step can give a caller; an actor reports only these.
+ALLOWED_ERRNOS = frozenset({
+    errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.ENAMETOOLONG,
+    errno.EXDEV, errno.EAGAIN, errno.EBADF, errno.EINVAL, errno.ESRCH, errno.EISDIR,
+    errno.EEXIST, errno.ENXIO, errno.EROFS, errno.ETXTBSY, errno.EFAULT, errno.ENOMEM,
+    errno.ENOSPC, errno.EDQUOT, errno.EOVERFLOW, errno.ENODEV, errno.ENOTBLK, errno.EBUSY,
+    errno.EIO, errno.EOPNOTSUPP, errno.EUCLEAN, errno.EMLINK, errno.ERANGE, errno.E2BIG,
+    errno.ETIMEDOUT, errno.ENOSYS, errno.EMFILE, errno.ENFILE})
+
+# The caller's namespaces a program run for it enters, user last: host root
+# may enter every namespace, but once in the container's user namespace it
+# holds no capability over those the container shares with the host (a
+# container without its own time or network namespace): EPERM.
+NAMESPACES = (("mnt", kernel.CLONE_NEWNS), ("pid", kernel.CLONE_NEWPID),
+              ("net", kernel.CLONE_NEWNET), ("uts", kernel.CLONE_NEWUTS),
+              ("ipc", kernel.CLONE_NEWIPC), ("cgroup", kernel.CLONE_NEWCGROUP),
+              ("time", kernel.CLONE_NEWTIME), ("user", kernel.CLONE_NEWUSER))
+
+
+_SECBITS_LOCKED = (kernel.SECBIT_NOROOT_LOCKED | kernel.SECBIT_NO_SETUID_FIXUP_LOCKED
+                   | kernel.SECBIT_KEEP_CAPS_LOCKED | kernel.SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED)
+
+
+class ActorFailed(SupervisorFault):
+    """The actor itself failed (not the step it was asked for)."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who a step is done as, in host ids: fs ids, groups, umask, capabilities."""
+
+    fsuid: int
+    fsgid: int
+    groups: tuple[int, ...]
+    umask: int
+    caps: int  # the effective set for the step (limited to the actor's permitted set)
+
+
+@dataclass(frozen=True)
+class ProgramOrder:
+    """A program to run as the caller, inside its container (ids as the container sees them)."""
+
+    argv: list[str]
+    uid: tuple[int, int, int]  # real, effective, saved
+    gid: tuple[int, int, int]
+    groups: list[int]
+    umask: int
+    cap_bounding: int
+    cap_effective: int
+    cap_permitted: int
+    cap_inheritable: int
+    securebits: int
+    no_new_privs: bool
+    seccomp: list[dict[str, Any]]  # rules, see seccomp_rules_wire(); [] for none
+
+
+class Actor:
+    """The daemon's end of one actor process (one set of cgroups)."""
+
+    def __init__(self, procs_files: Sequence[str], init_pid: int) -> None:
+        self.procs_files = tuple(procs_files)
+        ours, theirs = socket.socketpair(socket.AF_UNIX,
+                                         socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        pidfd = -1
+        try:
+            pidfd = os.pidfd_open(init_pid)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "lxc_notify_plugin.caller.actor", str(theirs.fileno()),
+                 str(pidfd), json.dumps(self.procs_files)],
+                pass_fds=(theirs.fileno(), pidfd), stdin=subprocess.DEVNULL, cwd="/",
+                preexec_fn=None, close_fds=True)
+        except OSError as err:
+            ours.close()
+            raise ActorFailed("spawn the actor", err) from err
+        finally:
+            theirs.close()
+            if pidfd >= 0:
+                os.close(pidfd)
+        ours.settimeout(_TIMEOUT_S)
+        self.sock = ours
+        self.used = time.monotonic()
+        try:
+            answer, fds = self._receive()  # "ready" once it is in the cgroups
+        except BaseException:
+            self.close()
+            raise
+        _close_all(fds)
+        if answer.get("step"):
+            self.close()
+            raise ActorFailed(f"actor: {answer['step']}",
+                              OSError(int(answer.get("errno", errno.EIO)), "failed"))
+
+    @property
+    def alive(self) -> bool:
+        return self.sock.fileno() >= 0 and self.process.poll() is None
+
+    def close(self) -> None:
+        self.sock.close()  # the actor sees EOF and exits
+        try:
+            self.process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    # --- the steps --------------------------------------------------------------------
+
+    def mknodat(self, dir_fd: int, leaf: bytes, mode: int, dev: int, who: Identity) -> None:
+        """``mknodat(dir_fd, leaf, mode, dev)`` as ``who``, in the caller's cgroups."""
+        answer, fds = self._call({"op": "mknodat", "leaf": leaf.hex(), "mode": mode,
+                                  "dev": dev, **_identity_wire(who)}, [dir_fd])
+        _close_all(fds)
+        _raise_for(answer)
+
+    def new_mount(self, fs_type: str, source_fd: int, steps: Sequence[tuple[str, bytes,
+                  bytes | None]], attrs: int) -> int:
+        """A detached mount of a new (or shared) superblock of ``fs_type`` on the block
+        node ``source_fd`` (the caller's own node, an O_PATH fd): fsopen, the source,
+        ``steps`` in order (("flag", key, None) or ("string", key, value)), CMD_CREATE,
+        fsmount with ``attrs``.  The kernel opens the device here, in the caller's
+        cgroups, with the access the superblock will have.  The fs context's messages
+        come back in the error."""
+        wire = [[kind, key.hex(), None if value is None else value.hex()]
+                for kind, key, value in steps]
+        answer, fds = self._call({"op": "mount", "fs_type": fs_type, "steps": wire,
+                                  "attrs": attrs}, [source_fd])
+        if answer.get("errno"):
+            _close_all(fds)
+            code = int(answer["errno"])
+            said = "; ".join(str(m) for m in answer.get("messages", ()))
+            stage = str(answer.get("stage", ""))
+            if stage in ("fsopen", "fsmount"):
+                raise SupervisorFault(f"{stage} {fs_type}" + (f" ({said})" if said else ""),
+                                      OSError(code, os.strerror(code)))
+            raise MountRefused(code, said)
+        if len(fds) != 1:
+            _close_all(fds)
+            raise ActorFailed("new mount", OSError(errno.EIO, "no mount fd came back"))
+        return fds[0]
+
+    def run_program(self, order: ProgramOrder, ns_fds: Sequence[int], root_fd: int,
+                    cwd_fd: int, on_listener: Callable[[int], None]) -> dict[str, Any]:
+        """Run ``order.argv`` as the caller inside its container; wait for its
+        foreground part.  ``ns_fds`` are the caller's namespaces in NAMESPACES
+        order.  A seccomp listener of the program's filter is handed to
+        ``on_listener`` (which owns it from then on) while the program runs.
+        Returns ``{"exit": status, "stderr": text}``."""
+        message = {"op": "run", "order": order.__dict__}
+        answer, fds = self._call(message, [*ns_fds, root_fd, cwd_fd],
+                                 timeout=_PROGRAM_TIMEOUT_S + 4)
+        while answer.get("listener"):
+            if len(fds) == 1:
+                on_listener(fds[0])
+            else:
+                _close_all(fds)
+            answer, fds = self._receive(timeout=_PROGRAM_TIMEOUT_S + 4)
+        _close_all(fds)
+        if answer.get("step"):
+            raise SupervisorFault(str(answer["step"]),
+                                  OSError(int(answer.get("errno", errno.EIO)), "failed"))
+        return answer
+
+    # --- the wire ---------------------------------------------------------------------
+
+    def _call(self, message: dict[str, Any], fds: Sequence[int],
+              timeout: float = _TIMEOUT_S) -> tuple[dict[str, Any], list[int]]:
+        self.used = time.monotonic()
+        try:
+            socket.send_fds(self.sock, [json.dumps(message).encode()], list(fds))
+        except OSError as err:
+            self.close()
+            raise ActorFailed("send to the actor", err) from err
+        return self._receive(timeout)
+
+    def _receive(self, timeout: float = _TIMEOUT_S) -> tuple[dict[str, Any], list[int]]:
+        try:
+            self.sock.settimeout(timeout)
+            data, fds, _, _ = socket.recv_fds(self.sock, _MESSAGE_MAX, 16)
+        except OSError as err:
+            self.close()
+            raise ActorFailed("the actor's answer", err) from err
+        try:
+            answer = json.loads(data) if data else None
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            _close_all(fds)
+            self.close()
+            raise ActorFailed("the actor's answer", OSError(errno.EIO, "actor exited"))
+        return answer, fds
+
+
+class MountRefused(OSError):
+    """The kernel refused the superblock (the caller's answer); ``said`` is the fs
+    context's log."""
+
+    def __init__(self, code: int, said: str) -> None:
+        super().__init__(code, os.strerror(code))
+        self.said = said
+
+
+def _raise_for(answer: dict[str, Any]) -> None:
+    code = int(answer.get("errno", 0) or 0)
+    if not code:
+        return
+    if code not in ALLOWED_ERRNOS:
+        raise ActorFailed("the actor", OSError(errno.EIO, f"actor answered {code}"))
+    raise OSError(code, os.strerror(code))
+
+
+def _identity_wire(who: Identity) -> dict[str, Any]:
+    return {"fsuid": who.fsuid, "fsgid": who.fsgid, "groups": list(who.groups),
+            "umask": who.umask, "caps": who.caps}
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        os.close(fd)
+
+
+class Actors:
+    """One thread's actors, by the caller's ``/proc/TID/cgroup`` text (not shared:
+    no lock).  Closed with the thread."""
+
+    def __init__(self) -> None:
+        self.by_cgroups: dict[bytes, Actor] = {}
+
+    def get(self, proc_cgroup: bytes, init_pid: int, mountinfo: Callable[[], str]) -> Actor:
+        actor = self.by_cgroups.get(proc_cgroup)
+        if actor is not None and actor.alive:
+            return actor
+        if actor is not None:
+            actor.close()
+            del self.by_cgroups[proc_cgroup]
+        if len(self.by_cgroups) >= _MAX_ACTORS:
+            oldest = min(self.by_cgroups, key=lambda k: self.by_cgroups[k].used)
+            self.by_cgroups.pop(oldest).close()
+        from ..host.cgroups import procs_files  # noqa: PLC0415  (host imports caller)
+        files = procs_files(proc_cgroup, mountinfo())
+        if not files:
+            raise ActorFailed("find the caller's cgroups",
+                              OSError(errno.ESRCH, "no cgroup hierarchy found"))
+        actor = self.by_cgroups[proc_cgroup] = Actor(files, init_pid)
+        return actor
+
+    def close(self) -> None:
+        for actor in self.by_cgroups.values():
+            actor.close()
+        self.by_cgroups = {}
+
+
+def actor_for(thread: CallerThread, request: Request) -> Actor:
+    """The actor in ``request``'s caller's cgroups (spawned on first use, with the
+    daemon's identity: never under a caller's root or ids)."""
+    proc_cgroup = thread.cgroup.read(request)
+    actors = thread.resource("actors", Actors)
+    found = actors.by_cgroups.get(proc_cgroup)
+    if found is not None and found.alive:
+        return found
+    assert not thread.in_scope, "an actor is never spawned under a caller's root"
+    thread.set_ids(0, 0, (), 0o022)
+
+    def mountinfo() -> str:
+        fd = os.open("self/mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=thread.host_proc_fd)
+        with open(fd, closefd=True) as f:
+            return f.read()
+
+    return actors.get(proc_cgroup, request.container.init_pid, mountinfo)
+
+
+# --- the actor's end -------------------------------------------------------------------
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    socket.send_fds(sock, [json.dumps(message).encode()], list(fds))
+
+
+def _join_cgroups(files: Sequence[str]) -> None:
+    pid = str(os.getpid())
+    for path in files:
+        with open(path, "w") as f:
+            f.write(pid)
+
+
+def _alone_in_cgroup(files: Sequence[str]) -> bool:
+    """Whether no task but this one is left in the first of its cgroups."""
+    try:
+        with open(files[0]) as f:
+            pids = f.read().split()
+    except OSError:
+        return True  # the cgroup is going: leave
+    return pids == [str(os.getpid())]
+
+
+def _as(who: dict[str, Any], full: kernel.ThreadCaps) -> None:
+    os.umask(int(who["umask"]))
+    kernel.setgroups_thread(tuple(int(g) for g in who["groups"]))
+    kernel.setfsgid(int(who["fsgid"]), verify=False)
+    kernel.setfsuid(int(who["fsuid"]), verify=False)
+    # Leaving fsuid 0 clears the fs capabilities: set exactly, afterwards.
+    kernel.capset(kernel.ThreadCaps(int(who["caps"]) & full.permitted, full.permitted,
+                                    full.inheritable))
+
+
+def _as_ourselves(full: kernel.ThreadCaps) -> None:
+    kernel.capset(full)
+    kernel.setfsuid(0, verify=False)
+    kernel.setfsgid(0, verify=False)
+    kernel.setgroups_thread(())
+    os.umask(0o022)
+
+
+def _errno_of(err: OSError) -> int:
+    return err.errno if err.errno in ALLOWED_ERRNOS else errno.EIO
+
+
+def _do_mknodat(sock: socket.socket, message: dict[str, Any], fds: list[int],
+                full: kernel.ThreadCaps) -> None:
+    try:
+        _as(message, full)
+        try:
+            os.mknod(bytes.fromhex(message["leaf"]), int(message["mode"]), int(message["dev"]),
+                     dir_fd=fds[0])
+        finally:
+            _as_ourselves(full)
+        _send(sock, {"errno": 0})
+    except OSError as err:
+        _send(sock, {"errno": _errno_of(err)})
+
+
+def _do_mount(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+    stage = "fsopen"
+    fs_fd = -1
+    try:
+        fs_fd = kernel.fsopen(str(message["fs_type"]).encode())
+        stage = "configure"
+        # The source is the caller's own node, reached through our fd: the
+        # kernel's lookup_bdev() follows the link and checks that node's mount
+        # (nodev: EACCES) as it would for the caller's path.
+        kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, b"source",
+                        f"/proc/self/fd/{fds[0]}".encode())
+        for kind, key_hex, value_hex in message["steps"]:
+            key = bytes.fromhex(key_hex)
+            if kind == "flag":
+                kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_FLAG, key)
+            else:
+                kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, key, bytes.fromhex(value_hex))
+        stage = "create"
+        kernel.fsconfig(fs_fd, kernel.FSCONFIG_CMD_CREATE)
+        stage = "fsmount"
+        mount_fd = kernel.fsmount(fs_fd, kernel.FSMOUNT_CLOEXEC, int(message["attrs"]))
+    except OSError as err:
+        messages = kernel.fs_context_messages(fs_fd) if fs_fd >= 0 else []
+        _send(sock, {"errno": _errno_of(err), "stage": stage, "messages": messages})
+        return
+    finally:
+        if fs_fd >= 0:
+            os.close(fs_fd)
+    try:
+        _send(sock, {"errno": 0}, [mount_fd])
+    finally:
+        os.close(mount_fd)
+
+
+def _do_run(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+    """Fork the program's parent: it takes the caller's whole context, then forks
+    the program (only a child enters a pid namespace) and waits for it."""
+    order = message["order"]
+    channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:
+        channel.close()
+        code = 1
+        try:
+            code = _program_parent(theirs, order, fds)
+        except BaseException as err:  # reported, never raised in a fork of the actor
+            with contextlib.suppress(Exception):
+                _send(theirs, {"step": f"run the program ({type(err).__name__}: {err})",
+                               "errno": errno.EIO})
+        finally:
+            os._exit(code)
+    theirs.close()
+    deadline = time.monotonic() + _PROGRAM_TIMEOUT_S + 2
+    report: dict[str, Any] = {}
+    with channel:
+        channel.settimeout(1.0)
+        while True:
+            try:
+                data, got, _, _ = socket.recv_fds(channel, _MESSAGE_MAX, 1)
+            except TimeoutError:
+                if time.monotonic() > deadline:
+                    os.kill(pid, signal.SIGKILL)
+                    report = {"step": "wait for the program", "errno": errno.ETIMEDOUT}
+                    break
+                continue
+            if not data:
+                break
+            part = json.loads(data)
+            if part.get("listener"):
+                try:
+                    _send(sock, {"listener": True}, got)
+                finally:
+                    _close_all(got)
+                continue
+            _close_all(got)
+            report = part
+            break
+    os.waitpid(pid, 0)
+    _send(sock, report or {"step": "run the program", "errno": errno.EIO})
+
+
+def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int]) -> int:
+    """In the fork: become the caller, then fork and wait for the program."""
+    ns_fds, root_fd, cwd_fd = fds[:len(NAMESPACES)], fds[-2], fds[-1]
+
+    def step(name: str, action: Callable[..., Any], *args: Any) -> None:
+        try:
+            action(*args)
+        except OSError as err:
+            _send(channel, {"step": name, "errno": err.errno or errno.EIO})
+            os._exit(1)
+
+    for (name, kind), fd in zip(NAMESPACES, ns_fds, strict=True):
+        step(f"enter the {name} namespace", kernel.setns, fd, kind)
+    step("take the caller's root", os.fchdir, root_fd)
+    step("take the caller's root", os.chroot, ".")
+    step("take the caller's cwd", os.fchdir, cwd_fd)
+    for fd in fds:
+        os.close(fd)
+    # The bounding set first (dropping needs CAP_SETPCAP, which the ids below
+    # may take away), then the securebits the ids' change obeys.
+    for cap in range(kernel.CAP_LAST_CAP + 1):
+        if not order["cap_bounding"] >> cap & 1:
+            step("drop from the bounding set", kernel.prctl, kernel.PR_CAPBSET_DROP, cap)
+    # Capabilities survive the id change (NO_SETUID_FIXUP, unlocked), so the
+    # steps after it can still set the caller's own securebits and sets.
+    step("set securebits", kernel.set_securebits,
+         order["securebits"] & ~_SECBITS_LOCKED | kernel.SECBIT_NO_SETUID_FIXUP)
+    step("take the caller's groups", os.setgroups, order["groups"])
+    step("take the caller's gids", os.setresgid, *order["gid"])
+    step("take the caller's uids", os.setresuid, *order["uid"])
+    os.umask(order["umask"])
+    listener = -1
+    if order["seccomp"]:
+        try:
+            listener = load_seccomp(order["seccomp"])
+        except OSError as err:
+            _send(channel, {"step": "load the container's seccomp policy",
+                            "errno": err.errno or errno.EIO})
+            return 1
+        try:
+            _send(channel, {"listener": True}, [listener])
+        finally:
+            os.close(listener)
+    step("set the caller's securebits", kernel.set_securebits, order["securebits"])
+    step("take the caller's capabilities", kernel.capset, kernel.ThreadCaps(
+        order["cap_effective"], order["cap_permitted"], order["cap_inheritable"]))
+    if order["no_new_privs"]:
+        step("set no_new_privs", kernel.prctl, kernel.PR_SET_NO_NEW_PRIVS, 1)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the program, in the container's pid namespace
+        try:
+            null = os.open("/dev/null", os.O_RDWR)
+            os.dup2(null, 0)
+            os.dup2(null, 1)
+        except OSError:
+            os.dup2(write_end, 0)  # a container without /dev/null still runs it
+            os.dup2(write_end, 1)
+        os.dup2(write_end, 2)
+        os.closerange(3, 1 << 16)
+        argv = order["argv"]
+        try:
+            os.execvpe(argv[0], argv, {"PATH": _PATH})
+        except FileNotFoundError:
+            os._exit(_MISSING)
+        except OSError:
+            os._exit(126)
+    os.close(write_end)
+    deadline = time.monotonic() + _PROGRAM_TIMEOUT_S
+    status = None
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        time.sleep(0.01)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        _send(channel, {"step": "wait for the program", "errno": errno.ETIMEDOUT})
+        return 1
+    os.set_blocking(read_end, False)
+    try:
+        stderr = os.read(read_end, 8192).decode(errors="replace")
+    except BlockingIOError:
+        stderr = ""
+    assert status is not None
+    _send(channel, {"exit": os.waitstatus_to_exitcode(status), "stderr": stderr})
+    return 0
+
+
+def seccomp_rules_wire(rules: Sequence[Any]) -> list[dict[str, Any]]:
+    """``policy.filter.Rule``s as plain data for the actor."""
+    return [{"syscall": r.syscall, "errno": r.errno_value,
+             "args": [[a.index, a.op, a.value, a.mask] for a in r.args]} for r in rules]
+
+
+def load_seccomp(rules: list[dict[str, Any]]) -> int:
+    """Load ``rules`` (default allow; errno or notify per rule) on every arch the
+    container runs, and return the filter's listener fd."""
+    filt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    for arch in {"x86_64": (pyseccomp.Arch.X86, pyseccomp.Arch.X32),
+                 "aarch64": (pyseccomp.Arch.ARM,)}.get(os.uname().machine, ()):
+        filt.add_arch(arch)
+    ops = {EQ: pyseccomp.EQ, NE: pyseccomp.NE}
+    for rule in rules:
+        action = pyseccomp.NOTIFY if rule["errno"] is None else pyseccomp.ERRNO(rule["errno"])
+        args = []
+        for index, op, value, mask in rule["args"]:
+            if op == MASKED_EQ:
+                args.append(pyseccomp.Arg(index, pyseccomp.MASKED_EQ, mask, value))
+            else:
+                args.append(pyseccomp.Arg(index, ops[op], value))
+        try:
+            filt.add_rule(action, rule["syscall"], *args)
+        except (ValueError, RuntimeError) as err:
+            raise OSError(errno.EINVAL, f"rule for {rule['syscall']}: {err}") from err
+    filt.load()
+    # pyseccomp has no public accessor for the listener of a filter it loaded.
+    return int(pyseccomp._libseccomp.seccomp_notify_fd(filt._filter))
+
+
+def main(argv: list[str]) -> int:
+    sock_fd, init_pidfd = int(argv[1]), int(argv[2])
+    files = json.loads(argv[3])
+    kernel.set_dumpable(False)
+    kernel.set_pdeathsig(signal.SIGKILL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    os.umask(0o022)
+    with socket.socket(fileno=sock_fd) as sock:
+        try:
+            _join_cgroups(files)
+        except OSError as err:
+            _send(sock, {"step": f"join the caller's cgroups ({err.filename})",
+                         "errno": err.errno or errno.EIO})
+            return 1
+        _send(sock, {"ready": True})
+        full = kernel.capget()
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        poller.register(init_pidfd, select.POLLIN)
+        while True:
+            events = dict(poller.poll(_IDLE_S * 1000))
+            if not events:
+                if _alone_in_cgroup(files):
+                    return 0
+                continue
+            if init_pidfd in events:
+                return 0  # the container's init exited: its cgroups are going
+            try:
+                data, fds, _, _ = socket.recv_fds(sock, _MESSAGE_MAX, 16)
+            except OSError:
+                return 0
+            if not data:
+                return 0
+            try:
+                message = json.loads(data)
+                op = message.get("op")
+                if op == "mknodat":
+                    _do_mknodat(sock, message, fds, full)
+                elif op == "mount":
+                    _do_mount(sock, message, fds)
+                elif op == "run":
+                    _do_run(sock, message, fds)
+                else:
+                    _send(sock, {"errno": errno.EIO})
+            finally:
+                _close_all(fds)
+
+
+if __name__ == "__main__":
+    logging.disable(logging.CRITICAL)
+    sys.exit(main(sys.argv))

@@ -1,0 +1,91 @@
+"""Run a program for the container, entirely as the caller (the FUSE redirect).
+
+What the program gets, and from where (the actor, ``caller/actor.py``, does it):
+
+* every namespace of the caller: ``/proc/TID/ns/{user,mnt,pid,net,uts,ipc,cgroup,time}``;
+* its cgroups: the actor it is forked from lives in the caller's;
+* its ids and groups, mapped into the container (``/proc/TID/status``: Uid,
+  Gid, Groups), its umask, root and cwd (``/proc/TID/{root,cwd}``);
+* its capability sets and bounding set (CapEff, CapPrm, CapInh, CapBnd) and
+  no_new_privs (NoNewPrivs);
+* the container's seccomp policy: the rules we compiled for it (LXC's
+  defaults, ours), with a listener of its own that the dispatcher serves on
+  another thread.
+
+What it cannot get: the caller's securebits (Linux shows no other task's
+securebits anywhere; the program gets none, as a container's root has by
+default) and its LSM label (see docs/CONTEXT.md).
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+
+from ..caller.actor import NAMESPACES, ProgramOrder, actor_for, seccomp_rules_wire
+from ..caller.task import CallerCreds, status_field
+from ..dispatch import Call
+from ..policy.filter import ArgMatch, Rule
+from ..policy.lxc_policy import rules as lxc_rules
+
+log = logging.getLogger(__name__)
+
+_MISSING = 127  # the shell's "command not found"
+_MNT_FORCE = 1
+# LXC's default profile says reject_force_umount: umount2(MNT_FORCE) is EACCES.
+_REJECT_FORCE_UMOUNT = Rule("umount2", errno.EACCES, (ArgMatch(1, _MNT_FORCE, mask=_MNT_FORCE),))
+
+
+def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_errno: int,
+                  what: str) -> None:
+    """Run ``argv`` as the caller inside its container and wait for its foreground part.
+
+    Exit 0 returns.  A program the container lacks is ``missing_errno``; a
+    program that fails is EIO (its stderr in the log); our own steps that
+    fail are a SupervisorFault with their errno."""
+    request, thread = call.request, call.thread
+    view = request.container
+    uids = tuple(view.uid_map.to_inside(u) for u in creds.uids)
+    gids = tuple(view.gid_map.to_inside(g) for g in creds.gids)
+    if None in uids or None in gids:
+        raise OSError(errno.EPERM, "caller's ids are not mapped in the container")
+    status = thread.status.read(request)
+    order = ProgramOrder(
+        argv=argv,
+        uid=uids,  # type: ignore[arg-type]  # no None: checked above
+        gid=gids,  # type: ignore[arg-type]
+        groups=[g for g in (view.gid_map.to_inside(h) for h in creds.groups) if g is not None],
+        umask=creds.umask,
+        cap_bounding=int(status_field(status, b"CapBnd"), 16),
+        cap_effective=creds.cap_effective,
+        cap_permitted=int(status_field(status, b"CapPrm"), 16),
+        cap_inheritable=int(status_field(status, b"CapInh"), 16),
+        securebits=0,
+        no_new_privs=status_field(status, b"NoNewPrivs") == b"1",
+        seccomp=seccomp_rules_wire([*lxc_rules(call.policy), _REJECT_FORCE_UMOUNT]),
+    )
+    actor = actor_for(thread, request)
+    fds: list[int] = []
+    try:
+        for name, _ in NAMESPACES:
+            fds.append(os.open(f"ns/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=request.proc_fd))
+        for name in ("root", "cwd"):
+            fds.append(os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                               dir_fd=request.proc_fd))
+        request.ensure_valid()  # the fds are the caller's, not a successor's
+        report = actor.run_program(order, fds[:len(NAMESPACES)], fds[-2], fds[-1],
+                                   call.serve_listener)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    code = report.get("exit")
+    if code == 0:
+        return
+    stderr = str(report.get("stderr", "")).strip()
+    if code == _MISSING:
+        log.warning("%s: %r is not in the container (%s)", what, argv[0], view.name)
+        raise OSError(missing_errno, f"{argv[0]} not found in the container")
+    log.warning("%s %s failed (exit %s): %s", what, argv[0], code, stderr[-500:] or "no message")
+    raise OSError(errno.EIO, f"{argv[0]} failed")
+

@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Final
+from typing import Final
 
 from . import kernel
 from .caller.thread import CallerThread
@@ -39,13 +39,14 @@ log = logging.getLogger(__name__)
 class Container:
     """A container the daemon serves: its record and the policy compiled from it.
 
-    ``policy`` is swapped whole on reload; a request reads it once."""
+    ``policy`` is swapped whole on reload; a request reads it once.  Its lock
+    is its own: one shared by every container would make their threads contend."""
 
     record: ContainerRecord
     policy: ContainerPolicy
     stats: Counter[str] = field(default_factory=Counter)
     connections: int = 0  # transports connected for it now
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def name(self) -> str:

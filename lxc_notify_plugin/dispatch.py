@@ -39,12 +39,21 @@ log = logging.getLogger(__name__)
 class Container:
     """A container the daemon serves: its record and the policy compiled from it.
 
-    ``policy`` is swapped whole on reload; a request reads it once.  Its lock
-    is its own: one shared by every container would make their threads contend."""
+    ``policy`` is swapped whole on reload; a request reads it once.
+
+    Its counters are written by every thread serving it (each LXC connection,
+    each OCI listener of the container) and read by status: both under the
+    container's own lock.  ``Counter[key] += 1`` is not atomic: a new key goes
+    through ``Counter.__missing__``, a Python call where threads switch, so two
+    threads could each store their own count over the other's (seen losing
+    dozens at once), and a status summing the counters while a key was added
+    failed with "dictionary changed size during iteration".  One uncontended
+    acquire per request is the whole cost; a lock shared by every container
+    would make their threads contend."""
 
     record: ContainerRecord
     policy: ContainerPolicy
-    stats: Counter[str] = field(default_factory=Counter)
+    stats: Counter[str] = field(default_factory=Counter)  # written by count() only
     connections: int = 0  # transports connected for it now
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -56,6 +65,16 @@ class Container:
         """Connections come and go on their own threads: counted under a lock."""
         with self._lock:
             self.connections += delta
+
+    def count(self, outcome: str) -> None:
+        """One more request that ended in ``outcome`` (any serving thread)."""
+        with self._lock:
+            self.stats[outcome] += 1
+
+    def counts(self) -> dict[str, int]:
+        """The counters as they are now: a copy, safe to iterate while requests go on."""
+        with self._lock:
+            return dict(self.stats)
 
 
 @dataclass(frozen=True)
@@ -171,7 +190,7 @@ class Dispatcher:
             if request is not None:
                 request.close()
         error = answer.error
-        container.stats[outcome] += 1
+        container.count(outcome)
         if log.isEnabledFor(logging.DEBUG) and outcome in ("done", "kernel", "ignored"):
             log.debug("%s: pid %d %s -> %s", container.name, notice.tid, syscall or notice.nr,
                       outcome)

@@ -424,7 +424,7 @@ class Supervisor:
              intercept: frozenset[str] | None, containers: list[Container]) -> dict[str, object]:
         requests: Counter[str] = Counter()
         for container in containers:
-            requests.update(container.stats)
+            requests.update(container.counts())  # a copy: their threads count on
         return {"name": name, "profile": profile, "state": state, "connected": connected,
                 "intercept": sorted(intercept) if intercept is not None else None,
                 "requests": dict(requests), "latency_us": self.metrics.latency_quantiles(name)}

@@ -367,7 +367,7 @@ class _Session:
     def stats(self) -> str:
         if self.container is None:
             return "no requests"
-        stats = self.container.stats
+        stats = self.container.counts()
         return ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "no requests"
 
 

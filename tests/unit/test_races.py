@@ -6,13 +6,23 @@ runtimes (no privileges needed).
 
 from __future__ import annotations
 
+import errno
+import itertools
+import os
 import sys
 import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
-from tests.unit.test_dispatch import make_container
+from lxc_notify_plugin.caller.thread import CallerThread
+from lxc_notify_plugin.dispatch import Call, Container
+from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice
+from lxc_notify_plugin.supervisor import Supervisor
+from lxc_notify_plugin.transport.lxc import _Session
+from tests.unit.test_dispatch import CHR, X86_64, make_container, with_handler
 
 
 @pytest.fixture
@@ -24,6 +34,91 @@ def fine_switching() -> Iterator[None]:
         yield
     finally:
         sys.setswitchinterval(before)
+
+
+# --- 3: counts under threads ---------------------------------------------------------------
+
+def _every_outcome() -> object:
+    """A handler whose calls end in each outcome a handler can give, in turn."""
+    results: Iterator[Answer | OSError] = itertools.cycle((
+        Answer(), KERNEL_DECIDES, NOT_OURS, OSError(errno.EACCES, "no"),
+        OSError(errno.ESRCH, "gone")))
+
+    def handle(call: Call) -> Answer:
+        result = next(results)
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    return handle
+
+
+def test_counts_stay_right_while_status_reads_them(fine_switching: None) -> None:
+    """Many OCI listener threads of one container count while status reads the counts:
+    no count is lost and no reader sees the Counter change size under it."""
+    writers, per_round, rounds = 4, 12, 400
+    dispatcher = with_handler(_every_outcome())
+    # status sums a container's counters over its connections: the first is copied
+    # whole, the next ones are iterated (where a change of size shows).
+    settled = make_container()
+    settled.stats.update({"done": 1})
+    status = cast(Supervisor, SimpleNamespace(
+        metrics=SimpleNamespace(latency_quantiles=lambda name: {})))
+    current: list[Container] = [make_container()]
+    start, finish = threading.Barrier(writers + 1), threading.Barrier(writers + 1)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        caller = CallerThread()
+        try:
+            for _ in range(rounds):
+                start.wait()
+                container = current[0]
+                for n in range(per_round):
+                    nr = 133 if n % 6 else 165  # mount: a call this profile does not trap
+                    notice = Notice(n, os.getpid(), X86_64, nr, (0, CHR, 1, 0, 0, 0))
+                    dispatcher.answer(container, notice, caller, os.getpid(), listener_fd=-1)
+                finish.wait()
+        except BaseException as err:
+            failures.append(err)
+            start.abort()
+            finish.abort()
+        finally:
+            caller.close()
+
+    def read() -> None:
+        while not stop.is_set():
+            container = current[0]
+            try:
+                Supervisor._row(status, "box", "default", "running", True, None,
+                                [settled, container])
+                session = _Session(1)
+                session.container = container
+                session.stats()
+            except BaseException as err:
+                failures.append(err)
+                return
+
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    threads.append(threading.Thread(target=read))
+    for thread in threads:
+        thread.start()
+    lost = []
+    try:
+        for _ in range(rounds):
+            current[0] = make_container()
+            start.wait()
+            finish.wait()
+            total = sum(current[0].stats.values())
+            if total != writers * per_round:
+                lost.append(writers * per_round - total)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures
+    assert not lost, f"counts lost in {len(lost)} of {rounds} rounds: {lost}"
 
 
 # --- 5: one lock per container ---------------------------------------------------------------

@@ -310,7 +310,12 @@ class Supervisor:
                     if b"r" in wanted:
                         self._reload()
                     if b"s" in wanted:
-                        self._write_status()
+                        try:
+                            self._write_status()
+                        except Exception:
+                            # An admin's question must never stop the daemon: its
+                            # containers' calls would all get ENOSYS from then on.
+                            log.exception("status could not be written; still serving")
                     continue
                 if self.agent.fileno() in ready:
                     self.agent.accept()

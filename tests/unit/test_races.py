@@ -9,9 +9,12 @@ from __future__ import annotations
 import errno
 import itertools
 import os
+import socket
 import sys
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
 
@@ -19,7 +22,9 @@ import pytest
 
 from lxc_notify_plugin.caller.thread import CallerThread
 from lxc_notify_plugin.dispatch import Call, Container
+from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice
+from lxc_notify_plugin.service.config import DaemonConfig
 from lxc_notify_plugin.supervisor import Supervisor
 from lxc_notify_plugin.transport.lxc import _Session
 from tests.unit.test_dispatch import CHR, X86_64, make_container, with_handler
@@ -133,3 +138,70 @@ def test_each_container_has_its_own_lock() -> None:
         blocked = thread.is_alive()
     thread.join()
     assert not blocked and other.connections == 1 and busy.connections == 0
+
+
+# --- 4: a status that fails leaves the daemon serving --------------------------------------
+
+def _listening(path: Path, kind: int) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    sock.bind(str(path))
+    sock.listen()
+    return sock
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
+    """A daemon on sockets of its own in tmp_path (handed in as systemd would: no
+    root needed), with no udev, audit log or metrics file."""
+    paths = Paths(socket=tmp_path / "run" / "seccomp.sock", state_dir=tmp_path / "state",
+                  admin_profiles=tmp_path / "profiles", udev_control=tmp_path / "no-udev")
+    (tmp_path / "run").mkdir()
+    daemon = Supervisor(DaemonConfig(paths=paths))
+    daemon.lxc.bind(_listening(paths.socket, socket.SOCK_SEQPACKET))
+    daemon.agent.bind(_listening(paths.agent_socket, socket.SOCK_STREAM))
+    daemon._bound = True
+    yield daemon
+
+
+def _wait_for(path: Path, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_failed_status_leaves_the_daemon_serving(
+        supervisor: Supervisor, caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+    write_status = supervisor._write_status
+
+    def fail_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        write_status()
+
+    supervisor._write_status = fail_once  # type: ignore[method-assign]
+    failures: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            supervisor.serve()
+        except BaseException as err:
+            failures.append(err)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        supervisor.request_status()
+        _wait_for(supervisor.paths.status_file, 0.5)  # not written: it failed
+        supervisor.request_status()
+        answered = _wait_for(supervisor.paths.status_file)
+    finally:
+        supervisor.stop()
+        thread.join()
+    assert not failures, failures
+    assert answered and len(calls) == 2
+    assert "status" in caplog.text and "dictionary changed size" in caplog.text

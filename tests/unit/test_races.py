@@ -13,7 +13,7 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -21,11 +21,12 @@ from typing import cast
 import pytest
 
 from lxc_notify_plugin.caller.thread import CallerThread
-from lxc_notify_plugin.dispatch import Call, Container
+from lxc_notify_plugin.dispatch import Call, Container, Dispatcher
 from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice
 from lxc_notify_plugin.service.config import DaemonConfig
 from lxc_notify_plugin.supervisor import Supervisor
+from lxc_notify_plugin.transport.agent import OciAgent, parse_state
 from lxc_notify_plugin.transport.lxc import _Session
 from tests.unit.test_dispatch import CHR, X86_64, make_container, with_handler
 
@@ -205,3 +206,59 @@ def test_a_failed_status_leaves_the_daemon_serving(
     assert not failures, failures
     assert answered and len(calls) == 2
     assert "status" in caplog.text and "dictionary changed size" in caplog.text
+
+
+# --- 6: the agent's attach is one step -----------------------------------------------------
+
+STATE = (b'{"ociVersion":"1.0.2-dev","fds":["seccompFd"],"pid":24914,"metadata":"",'
+         b'"state":{"ociVersion":"1.0.2-dev","id":"rt1","status":"creating","pid":24914,'
+         b'"bundle":"/tmp/b"}}')
+
+
+class InterleavingLock:
+    """A lock that runs ``before`` once, just before its ``at``-th acquire: another
+    thread's step, forced in between two of the code's lock sections."""
+
+    def __init__(self, at: int, before: Callable[[], None]) -> None:
+        self._lock = threading.Lock()
+        self.acquires = 0
+        self.at, self.before = at, before
+        self.fired = False
+
+    def __enter__(self) -> None:
+        self.acquires += 1
+        if self.acquires == self.at and not self.fired:
+            self.fired = True
+            self.before()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def _agent(tmp_path: Path) -> OciAgent:
+    container = make_container()
+    # proc_root without the init: no user namespace, no NodeStore.
+    return OciAgent(tmp_path / "agent.sock", Dispatcher(), lambda state: (container, None),
+                    proc_root=str(tmp_path))
+
+
+def test_a_listener_attached_while_the_last_one_detaches_is_served_and_listed(
+        tmp_path: Path) -> None:
+    """The first listener of a container detaches while a second attaches: the second
+    must be counted in the container that status and reload see (it was counted in
+    one already dropped from the agent's table, so both missed it)."""
+    agent = _agent(tmp_path)
+    state = parse_state(STATE, 1)
+    first = agent._attach(state)
+    # The detach may come between any two of _attach's lock sections.
+    lock = InterleavingLock(2, lambda: agent._detach(state, first))
+    agent._lock = lock  # type: ignore[assignment]
+    second = agent._attach(state)
+    if not lock.fired:  # one section: the detach comes after the attach
+        lock.fired = True
+        agent._detach(state, first)
+    assert second.listeners == 1 and second.container.connections == 1
+    assert agent.containers() == [second.container]
+    agent._detach(state, second)
+    assert agent.containers() == [] and second.container.connections == 0

@@ -422,8 +422,7 @@ class OciAgent:
         except (ProtocolError, ValueError) as err:
             log.warning("agent: stored listener %s refused: %s", name, err)
             os.close(listener)
-            if self.keeper is not None:
-                self.keeper.release(name)
+            self._release(name)
             return
 
         def serve() -> None:
@@ -439,9 +438,29 @@ class OciAgent:
         thread = threading.Thread(target=serve, name=f"lxc-notify-oci-{name}")
         with self._lock:
             self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError as err:  # no thread to be had (the unit's task limit)
+            # Released too: left in systemd's store, served by no one, its callers
+            # would wait for ever; closed everywhere, the kernel answers them ENOSYS.
+            log.error("%s: listener kept by an earlier daemon (%s) not served, released: "
+                      "%s", state.container_id, name, err)
+            with self._lock:
+                self._threads.discard(thread)
+            os.close(listener)
+            self._release(name)
+            return
         log.info("%s: listener kept by an earlier daemon (%s) adopted",
                  state.container_id, name)
-        thread.start()
+
+    def _release(self, name: str) -> None:
+        """Take a listener out of the keeper (logged if it cannot be: start goes on)."""
+        if self.keeper is None:
+            return
+        try:
+            self.keeper.release(name)
+        except OSError as err:
+            log.error("agent: stored listener %s could not be released: %s", name, err)
 
     def _attach(self, state: ProcessState) -> _Live:
         """Count one more listener in its container's entry, made if it has none.

@@ -20,6 +20,7 @@ from typing import cast
 
 import pytest
 
+from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller.thread import CallerThread
 from lxc_notify_plugin.dispatch import Call, Container, Dispatcher
 from lxc_notify_plugin.paths import Paths
@@ -262,3 +263,59 @@ def test_a_listener_attached_while_the_last_one_detaches_is_served_and_listed(
     assert agent.containers() == [second.container]
     agent._detach(state, second)
     assert agent.containers() == [] and second.container.connections == 0
+
+
+# --- 2: no thread to be had ----------------------------------------------------------------
+
+class FakeKeeper:
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    def keep(self, listener: int, state: bytes) -> str | None:
+        return None
+
+    def release(self, name: str) -> None:
+        self.released.append(name)
+
+
+@pytest.fixture
+def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit's task limit is reached: the daemon's serving threads cannot start."""
+    start = threading.Thread.start
+
+    def refuse(thread: threading.Thread) -> None:
+        if thread.name.startswith("lxc-notify-"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+
+def _closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError as err:
+        return err.errno == errno.EBADF
+    return False
+
+
+def test_an_adopted_listener_without_a_thread_is_closed_and_released(
+        tmp_path: Path, no_threads: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(kernel, "is_listener", lambda fd, proc_root="/proc": True)
+    agent = _agent(tmp_path)
+    keeper = FakeKeeper()
+    agent.keeper = keeper
+    listener, other_end = os.pipe2(os.O_CLOEXEC)  # stands in for a kept listener
+    try:
+        agent.adopt("lxc-notify-oci-1", listener, STATE)
+        # Closed (its callers get ENOSYS from the kernel rather than wait for ever in
+        # systemd's fd store), released, and nothing of it left in the agent.
+        assert _closed(listener)
+        assert keeper.released == ["lxc-notify-oci-1"]
+        assert not agent._threads and not agent.containers()
+        assert "can't start new thread" in caplog.text
+    finally:
+        os.close(other_end)
+        if not _closed(listener):
+            os.close(listener)

@@ -23,6 +23,7 @@ import pytest
 from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller.thread import CallerThread
 from lxc_notify_plugin.dispatch import Call, Container, Dispatcher
+from lxc_notify_plugin.host import udev
 from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice
 from lxc_notify_plugin.service.config import DaemonConfig
@@ -319,3 +320,13 @@ def test_an_adopted_listener_without_a_thread_is_closed_and_released(
         os.close(other_end)
         if not _closed(listener):
             os.close(listener)
+
+
+def test_udev_without_a_thread_leaves_a_frozen_view(
+        tmp_path: Path, no_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve() starts the udev watcher: a RuntimeError there stopped the daemon."""
+    monkeypatch.setattr(udev, "udev_running", lambda control: True)
+    monkeypatch.setattr(udev.UdevWatcher, "_enumerate", lambda self, context: None)
+    watcher = udev.UdevWatcher(udev.HostDeviceIndex(), tmp_path / "control")
+    assert watcher.start() is False and not watcher.running
+    watcher.stop()  # joins no thread that never started

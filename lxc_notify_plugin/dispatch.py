@@ -122,6 +122,13 @@ class Outcome:
 # syscall we do not handle, or a family this container does not intercept).
 OUTCOMES: Final = ("done", "kernel", "errno", "gone", "fault", "error", "ignored", "unknown")
 
+# Errnos only the daemon's own limits give: a handler's EMFILE or ENFILE comes from
+# one of our opens (no handler gives the caller an fd: no ADDFD), never from the
+# caller's own fd table.  (The one kernel path that gives a caller EMFILE for
+# another reason, a mount when the anonymous device numbers run out, is one
+# we would meet as our own fsconfig's failure: a fault as well.)
+DAEMON_ONLY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE})
+
 
 Hook = Callable[[Outcome], None]
 
@@ -169,18 +176,22 @@ class Dispatcher:
             log.debug("%s", gone)
             answer, outcome = Answer(error=errno.ESRCH), "gone"
         except SupervisorFault as fault:
-            code = fault.errno or errno.EIO
-            log.error("%s: pid %d %s: %s (caller gets %s)", container.name, notice.tid,
-                      syscall, fault, errno.errorcode.get(code, code))
-            answer, outcome = Answer(error=code), "fault"
+            answer, outcome = self._fault(container, notice, syscall, fault), "fault"
         except OSError as err:
-            code = err.errno or errno.EIO
-            # ESRCH: /proc/TID of a task that just died.
-            outcome = "gone" if code == errno.ESRCH else "errno"
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s: pid %d %s -> %s", container.name, notice.tid, syscall,
-                          errno.errorcode.get(code, code))
-            answer = Answer(error=code)
+            if err.errno in DAEMON_ONLY_ERRNOS:
+                # Our own fd table (or the host's) is full: the supervisor's failure,
+                # logged as one, never the caller's errno (see DAEMON_ONLY_ERRNOS).
+                ours = SupervisorFault(f"serve {syscall}", err)
+                ours.__cause__ = err
+                answer, outcome = self._fault(container, notice, syscall, ours), "fault"
+            else:
+                code = err.errno or errno.EIO
+                # ESRCH: /proc/TID of a task that just died.
+                outcome = "gone" if code == errno.ESRCH else "errno"
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s: pid %d %s -> %s", container.name, notice.tid, syscall,
+                              errno.errorcode.get(code, code))
+                answer = Answer(error=code)
         except Exception as err:
             log.exception("%s: pid %d %s, notification %#x: supervisor error (caller gets "
                           "ENOSYS)", container.name, notice.tid, syscall, notice.notif_id)
@@ -189,18 +200,41 @@ class Dispatcher:
         finally:
             if request is not None:
                 request.close()
-        error = answer.error
+        self._finish(container, notice, syscall, outcome, answer, started,
+                     request.details if request is not None else {})
+        return answer
+
+    @staticmethod
+    def _fault(container: Container, notice: Notice, syscall: str,
+               fault: SupervisorFault) -> Answer:
+        code = fault_errno(fault)
+        log.error("%s: pid %d %s: %s (caller gets %s)", container.name, notice.tid,
+                  syscall or notice.nr, fault, errno.errorcode.get(code, code))
+        return Answer(error=code)
+
+    def _finish(self, container: Container, notice: Notice, syscall: str, outcome: str,
+                answer: Answer, started: int, details: dict[str, object]) -> None:
+        """Count one answered request and tell the hooks."""
         container.count(outcome)
         if log.isEnabledFor(logging.DEBUG) and outcome in ("done", "kernel", "ignored"):
             log.debug("%s: pid %d %s -> %s", container.name, notice.tid, syscall or notice.nr,
                       outcome)
         if self.hooks:
-            event = Outcome(container.name, notice.tid, syscall, outcome, error,
-                            time.monotonic_ns() - started,
-                            request.details if request is not None else {})
+            event = Outcome(container.name, notice.tid, syscall, outcome, answer.error,
+                            time.monotonic_ns() - started, details)
             for hook in self.hooks:
                 try:
                     hook(event)
                 except Exception:
                     log.exception("hook %r failed", hook)
-        return answer
+
+
+def fault_errno(fault: SupervisorFault) -> int:
+    """What the caller gets for a supervisor fault: the errno of the step that
+    failed, as the kernel would have given it for the same step, except for
+    DAEMON_ONLY_ERRNOS: those say *our* fd table is full, and the caller would
+    read them as its own; it gets ENOMEM, the kernel's answer when it cannot
+    get what a call needs (documented for mknod(2) and mount(2))."""
+    code = fault.errno or errno.EIO
+    return errno.ENOMEM if code in DAEMON_ONLY_ERRNOS else code
+

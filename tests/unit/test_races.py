@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import logging
 import os
 import socket
 import sys
@@ -22,7 +23,8 @@ import pytest
 
 from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller.thread import CallerThread
-from lxc_notify_plugin.dispatch import Call, Container, Dispatcher
+from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
+from lxc_notify_plugin.errors import SupervisorFault, own_step
 from lxc_notify_plugin.host import udev
 from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice
@@ -30,7 +32,13 @@ from lxc_notify_plugin.service.config import DaemonConfig
 from lxc_notify_plugin.supervisor import Supervisor
 from lxc_notify_plugin.transport.agent import OciAgent, parse_state
 from lxc_notify_plugin.transport.lxc import _Session
-from tests.unit.test_dispatch import CHR, X86_64, make_container, with_handler
+from tests.unit.test_dispatch import (
+    CHR,
+    X86_64,
+    FakeTransport,
+    make_container,
+    with_handler,
+)
 
 
 @pytest.fixture
@@ -330,3 +338,40 @@ def test_udev_without_a_thread_leaves_a_frozen_view(
     watcher = udev.UdevWatcher(udev.HostDeviceIndex(), tmp_path / "control")
     assert watcher.start() is False and not watcher.running
     watcher.stop()  # joins no thread that never started
+
+
+# --- 7: the daemon's own OSErrors are its faults, not the caller's errno ---------------------
+
+@pytest.mark.parametrize("raised", [
+    OSError(errno.EMFILE, "Too many open files"),  # one of our opens, unwrapped
+    OSError(errno.ENFILE, "Too many open files in system"),
+    SupervisorFault("make its private tmpfs", OSError(errno.EMFILE, "Too many open files")),
+])
+def test_a_full_fd_table_of_ours_is_a_fault_the_caller_sees_as_enomem(
+        raised: OSError, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Outcome] = []
+
+    def handle(call: Call) -> Answer:
+        raise raised
+
+    dispatcher = with_handler(handle)
+    dispatcher.hooks.append(seen.append)
+    transport = FakeTransport(dispatcher, make_container())
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert transport.ask(133, (0, CHR, 1)) == Answer(error=errno.ENOMEM)
+    finally:
+        transport.close()
+    assert [(o.outcome, o.error) for o in seen] == [("fault", errno.ENOMEM)]
+    assert "(caller gets ENOMEM)" in caplog.text
+
+
+def test_own_step_makes_our_oserrors_faults() -> None:
+    with pytest.raises(SupervisorFault) as caught, own_step("make the node store's directory"):
+        os.mkdir("/nonexistent/x")
+    assert caught.value.errno == errno.ENOENT and caught.value.step.startswith("make the node")
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
+    fault = SupervisorFault("setns", OSError(errno.EPERM, "no"))
+    with pytest.raises(SupervisorFault) as again, own_step("outer"):
+        raise fault
+    assert again.value is fault

@@ -23,7 +23,7 @@ from typing import Final
 
 from . import kernel
 from .caller.thread import CallerThread
-from .errors import RequestGone, SupervisorFault, ThreadIdentityLost
+from .errors import RequestGone, SupervisorFault, ThreadIdentityLost, own_step
 from .handlers import Registered, registry
 from .host.cgroups import DeviceCgroups
 from .host.shift import Shifter
@@ -204,6 +204,19 @@ class Dispatcher:
                      request.details if request is not None else {})
         return answer
 
+    def refuse(self, container: Container, notice: Notice, fault: SupervisorFault) -> Answer:
+        """The answer to a notification the transport cannot hand to ``answer``
+        (its thread has no CallerThread: ``caller_thread`` said why): logged,
+        counted and seen by the hooks as any other supervisor fault.  Never raises."""
+        started = time.monotonic_ns()
+        syscall, family = self.syscalls.get((notice.arch, notice.nr), ("", ""))
+        if not syscall or not container.policy.intercepts(family):
+            answer, outcome = KERNEL_DECIDES, "unknown"  # as answer() does: no thread needed
+        else:
+            answer, outcome = self._fault(container, notice, syscall, fault), "fault"
+        self._finish(container, notice, syscall, outcome, answer, started, {})
+        return answer
+
     @staticmethod
     def _fault(container: Container, notice: Notice, syscall: str,
                fault: SupervisorFault) -> Answer:
@@ -238,3 +251,13 @@ def fault_errno(fault: SupervisorFault) -> int:
     code = fault.errno or errno.EIO
     return errno.ENOMEM if code in DAEMON_ONLY_ERRNOS else code
 
+
+def caller_thread(proc_root: str = "/proc") -> CallerThread | SupervisorFault:
+    """This thread's CallerThread, or the fault that kept it from being made (its
+    fds: EMFILE when the daemon's fd table is full).  A transport answers each
+    notification with ``Dispatcher.refuse`` until one can be made."""
+    try:
+        with own_step("prepare its thread for callers"):
+            return CallerThread(proc_root)
+    except SupervisorFault as fault:
+        return fault

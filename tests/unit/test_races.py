@@ -6,6 +6,7 @@ runtimes (no privileges needed).
 
 from __future__ import annotations
 
+import array
 import errno
 import itertools
 import logging
@@ -30,10 +31,13 @@ from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice
 from lxc_notify_plugin.service.config import DaemonConfig
 from lxc_notify_plugin.supervisor import Supervisor
+from lxc_notify_plugin.transport import lxc as protocol
 from lxc_notify_plugin.transport.agent import OciAgent, parse_state
-from lxc_notify_plugin.transport.lxc import _Session
+from lxc_notify_plugin.transport.listener import serve_listener
+from lxc_notify_plugin.transport.lxc import LxcProxy, _Session
 from tests.unit.test_dispatch import (
     CHR,
+    COOKIE,
     X86_64,
     FakeTransport,
     make_container,
@@ -375,3 +379,85 @@ def test_own_step_makes_our_oserrors_faults() -> None:
     with pytest.raises(SupervisorFault) as again, own_step("outer"):
         raise fault
     assert again.value is fault
+
+
+# --- 1: a thread without its CallerThread still answers ---------------------------------------
+
+@pytest.fixture
+def no_caller_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CallerThread cannot open its fds: the daemon's fd table is full."""
+    def full(self: CallerThread, proc_root: str = "/proc") -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(CallerThread, "__init__", full)
+
+
+def test_lxc_answers_every_datagram_when_its_thread_state_cannot_be_made(
+        tmp_path: Path, no_caller_threads: None, caplog: pytest.LogCaptureFixture) -> None:
+    """Each datagram gets a reply at once (it got none: LXC answered ENOSYS after 30 s):
+    a trapped call the supervisor's fault (ENOMEM, logged), an untrapped one the kernel's."""
+    container = make_container()
+    sizes = kernel.notif_sizes()
+    proxy = LxcProxy(tmp_path / "s", Dispatcher(),
+                     lambda cookie: container if cookie == COOKIE else None, sizes)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.settimeout(10)
+    thread = threading.Thread(target=proxy._serve_connection, args=(theirs, 1))
+    thread.start()
+    replies = []
+    try:
+        with caplog.at_level(logging.ERROR):
+            for notif_id, nr in ((9, 133), (10, 165), (11, 133)):  # mknod, mount, mknod
+                raw = protocol.build(notif_id, os.getpid(), nr, X86_64,
+                                     (0, CHR | 0o600, os.makedev(1, 3)), init_pid=os.getpid(),
+                                     cookie=COOKIE, sizes=sizes)
+                # Three fds, as LXC sends (/proc/PID, its mem, the listener): unused here.
+                fds = [os.open("/", os.O_PATH | os.O_CLOEXEC) for _ in range(3)]
+                try:
+                    ours.sendmsg([raw], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          array.array("i", fds))])
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                replies.append(protocol.unpack_reply(ours.recv(4096)))
+    finally:
+        ours.close()
+        thread.join()
+    assert replies == [(9, 0, -errno.ENOMEM, 0),
+                       (10, 0, 0, kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE),
+                       (11, 0, -errno.ENOMEM, 0)]
+    assert container.counts() == {"fault": 2, "unknown": 1}
+    assert "Too many open files" in caplog.text and "(caller gets ENOMEM)" in caplog.text
+    assert container.connections == 0 and not proxy._threads
+
+
+def test_a_listener_answers_every_notification_when_its_thread_state_cannot_be_made(
+        no_caller_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OCI listener's thread too: it raised, and the listener was closed."""
+    pending_r, pending_w = os.pipe2(os.O_CLOEXEC)  # readable while a notification waits
+    stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
+    sent: list[tuple[int, int, int]] = []
+
+    def recv(listener: int, into: kernel.seccomp_notif) -> None:
+        os.read(listener, 1)
+        into.id, into.pid = 77, os.getpid()
+        into.data.arch, into.data.nr = X86_64, 133
+
+    def send(listener: int, resp: kernel.seccomp_notif_resp) -> None:
+        nonlocal pending_w
+        sent.append((resp.id, resp.error, resp.flags))
+        os.close(pending_w)  # no task left in the filter: POLLHUP
+        pending_w = -1
+
+    monkeypatch.setattr(kernel, "notif_recv", recv)
+    monkeypatch.setattr(kernel, "notif_send", send)
+    container = make_container()
+    os.write(pending_w, b"n")
+    try:
+        why = serve_listener(pending_r, container, os.getpid(), Dispatcher(), stop_r)
+    finally:
+        for fd in (pending_r, pending_w, stop_r, stop_w):
+            if fd >= 0:
+                os.close(fd)
+    assert (why, sent) == ("hangup", [(77, -errno.ENOMEM, 0)])
+    assert container.counts() == {"fault": 1}

@@ -20,11 +20,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar, Final
+from typing import TYPE_CHECKING, Final
 
 from . import kernel
 from .caller.thread import CallerThread
-from .errors import RequestGone, SupervisorFault, ThreadIdentityLost
+from .errors import RequestGone, SupervisorFault, ThreadIdentityLost, own_step
 from .handlers import Registered, registry
 from .host.cgroups import DeviceCgroups
 from .host.shift import Shifter
@@ -43,13 +43,23 @@ log = logging.getLogger(__name__)
 class Container:
     """A container the daemon serves: its record and the policy compiled from it.
 
-    ``policy`` is swapped whole on reload; a request reads it once."""
+    ``policy`` is swapped whole on reload; a request reads it once.
+
+    Its counters are written by every thread serving it (each LXC connection,
+    each OCI listener of the container) and read by status: both under the
+    container's own lock.  ``Counter[key] += 1`` is not atomic: a new key goes
+    through ``Counter.__missing__``, a Python call where threads switch, so two
+    threads could each store their own count over the other's (seen losing
+    dozens at once), and a status summing the counters while a key was added
+    failed with "dictionary changed size during iteration".  One uncontended
+    acquire per request is the whole cost; a lock shared by every container
+    would make their threads contend."""
 
     record: ContainerRecord
     policy: ContainerPolicy
-    stats: Counter[str] = field(default_factory=Counter)
+    stats: Counter[str] = field(default_factory=Counter)  # written by count() only
     connections: int = 0  # transports connected for it now
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -59,6 +69,16 @@ class Container:
         """Connections come and go on their own threads: counted under a lock."""
         with self._lock:
             self.connections += delta
+
+    def count(self, outcome: str) -> None:
+        """One more request that ended in ``outcome`` (any serving thread)."""
+        with self._lock:
+            self.stats[outcome] += 1
+
+    def counts(self) -> dict[str, int]:
+        """The counters as they are now: a copy, safe to iterate while requests go on."""
+        with self._lock:
+            return dict(self.stats)
 
 
 @dataclass(frozen=True)
@@ -117,6 +137,13 @@ class Outcome:
 # of an intercepted family the policy has no opinion on), unknown (an arch or
 # syscall we do not handle, or a family this container does not intercept).
 OUTCOMES: Final = ("done", "kernel", "errno", "gone", "fault", "error", "ignored", "unknown")
+
+# Errnos only the daemon's own limits give: a handler's EMFILE or ENFILE comes from
+# one of our opens (no handler gives the caller an fd: no ADDFD), never from the
+# caller's own fd table.  (The one kernel path that gives a caller EMFILE for
+# another reason, a mount when the anonymous device numbers run out, is one
+# we would meet as our own fsconfig's failure: a fault as well.)
+DAEMON_ONLY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE})
 
 
 Hook = Callable[[Outcome], None]
@@ -184,18 +211,22 @@ class Dispatcher:
             log.debug("%s", gone)
             answer, outcome = Answer(error=errno.ESRCH), "gone"
         except SupervisorFault as fault:
-            code = fault.errno or errno.EIO
-            log.error("%s: pid %d %s: %s (caller gets %s)", container.name, notice.tid,
-                      syscall, fault, errno.errorcode.get(code, code))
-            answer, outcome = Answer(error=code), "fault"
+            answer, outcome = self._fault(container, notice, syscall, fault), "fault"
         except OSError as err:
-            code = err.errno or errno.EIO
-            # ESRCH: /proc/TID of a task that just died.
-            outcome = "gone" if code == errno.ESRCH else "errno"
-            if log.isEnabledFor(logging.DEBUG):
-                log.debug("%s: pid %d %s -> %s", container.name, notice.tid, syscall,
-                          errno.errorcode.get(code, code))
-            answer = Answer(error=code)
+            if err.errno in DAEMON_ONLY_ERRNOS:
+                # Our own fd table (or the host's) is full: the supervisor's failure,
+                # logged as one, never the caller's errno (see DAEMON_ONLY_ERRNOS).
+                ours = SupervisorFault(f"serve {syscall}", err)
+                ours.__cause__ = err
+                answer, outcome = self._fault(container, notice, syscall, ours), "fault"
+            else:
+                code = err.errno or errno.EIO
+                # ESRCH: /proc/TID of a task that just died.
+                outcome = "gone" if code == errno.ESRCH else "errno"
+                if log.isEnabledFor(logging.DEBUG):
+                    log.debug("%s: pid %d %s -> %s", container.name, notice.tid, syscall,
+                              errno.errorcode.get(code, code))
+                answer = Answer(error=code)
         except Exception as err:
             log.exception("%s: pid %d %s, notification %#x: supervisor error (caller gets "
                           "ENOSYS)", container.name, notice.tid, syscall, notice.notif_id)
@@ -204,18 +235,64 @@ class Dispatcher:
         finally:
             if request is not None:
                 request.close()
-        error = answer.error
-        container.stats[outcome] += 1
+        self._finish(container, notice, syscall, outcome, answer, started,
+                     request.details if request is not None else {})
+        return answer
+
+    def refuse(self, container: Container, notice: Notice, fault: SupervisorFault) -> Answer:
+        """The answer to a notification the transport cannot hand to ``answer``
+        (its thread has no CallerThread: ``caller_thread`` said why): logged,
+        counted and seen by the hooks as any other supervisor fault.  Never raises."""
+        started = time.monotonic_ns()
+        syscall, family = self.syscalls.get((notice.arch, notice.nr), ("", ""))
+        if not syscall or not container.policy.intercepts(family):
+            answer, outcome = KERNEL_DECIDES, "unknown"  # as answer() does: no thread needed
+        else:
+            answer, outcome = self._fault(container, notice, syscall, fault), "fault"
+        self._finish(container, notice, syscall, outcome, answer, started, {})
+        return answer
+
+    @staticmethod
+    def _fault(container: Container, notice: Notice, syscall: str,
+               fault: SupervisorFault) -> Answer:
+        code = fault_errno(fault)
+        log.error("%s: pid %d %s: %s (caller gets %s)", container.name, notice.tid,
+                  syscall or notice.nr, fault, errno.errorcode.get(code, code))
+        return Answer(error=code)
+
+    def _finish(self, container: Container, notice: Notice, syscall: str, outcome: str,
+                answer: Answer, started: int, details: dict[str, object]) -> None:
+        """Count one answered request and tell the hooks."""
+        container.count(outcome)
         if log.isEnabledFor(logging.DEBUG) and outcome in ("done", "kernel", "ignored"):
             log.debug("%s: pid %d %s -> %s", container.name, notice.tid, syscall or notice.nr,
                       outcome)
         if self.hooks:
-            event = Outcome(container.name, notice.tid, syscall, outcome, error,
-                            time.monotonic_ns() - started,
-                            request.details if request is not None else {})
+            event = Outcome(container.name, notice.tid, syscall, outcome, answer.error,
+                            time.monotonic_ns() - started, details)
             for hook in self.hooks:
                 try:
                     hook(event)
                 except Exception:
                     log.exception("hook %r failed", hook)
-        return answer
+
+
+def fault_errno(fault: SupervisorFault) -> int:
+    """What the caller gets for a supervisor fault: the errno of the step that
+    failed, as the kernel would have given it for the same step, except for
+    DAEMON_ONLY_ERRNOS: those say *our* fd table is full, and the caller would
+    read them as its own; it gets ENOMEM, the kernel's answer when it cannot
+    get what a call needs (documented for mknod(2) and mount(2))."""
+    code = fault.errno or errno.EIO
+    return errno.ENOMEM if code in DAEMON_ONLY_ERRNOS else code
+
+
+def caller_thread(proc_root: str = "/proc") -> CallerThread | SupervisorFault:
+    """This thread's CallerThread, or the fault that kept it from being made (its
+    fds: EMFILE when the daemon's fd table is full).  A transport answers each
+    notification with ``Dispatcher.refuse`` until one can be made."""
+    try:
+        with own_step("prepare its thread for callers"):
+            return CallerThread(proc_root)
+    except SupervisorFault as fault:
+        return fault

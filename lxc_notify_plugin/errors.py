@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class LxcNotifyError(Exception):
     """Root of every error this package raises on purpose."""
@@ -67,3 +70,18 @@ class SupervisorFault(LxcNotifyError, OSError):
         OSError.__init__(self, code, f"supervisor could not {step}: {cause}")
         self.step = step
         self.cause = cause
+
+
+@contextmanager
+def own_step(step: str) -> Iterator[None]:
+    """Run one of the daemon's own steps (its private tmpfs, the node store's
+    directory, a thread's fds): an OSError in it is the supervisor's failure,
+    raised as a SupervisorFault ``from`` it, so that the dispatcher logs it as
+    one and never answers it to the caller as if the kernel had said it.
+    Faults and domain errors raised inside pass through unchanged."""
+    try:
+        yield
+    except SupervisorFault:
+        raise
+    except OSError as err:
+        raise SupervisorFault(step, err) from err

@@ -310,7 +310,12 @@ class Supervisor:
                     if b"r" in wanted:
                         self._reload()
                     if b"s" in wanted:
-                        self._write_status()
+                        try:
+                            self._write_status()
+                        except Exception:
+                            # An admin's question must never stop the daemon: its
+                            # containers' calls would all get ENOSYS from then on.
+                            log.exception("status could not be written; still serving")
                     continue
                 if self.agent.fileno() in ready:
                     self.agent.accept()
@@ -424,7 +429,7 @@ class Supervisor:
              intercept: frozenset[str] | None, containers: list[Container]) -> dict[str, object]:
         requests: Counter[str] = Counter()
         for container in containers:
-            requests.update(container.stats)
+            requests.update(container.counts())  # a copy: their threads count on
         return {"name": name, "profile": profile, "state": state, "connected": connected,
                 "intercept": sorted(intercept) if intercept is not None else None,
                 "requests": dict(requests), "latency_us": self.metrics.latency_quantiles(name)}

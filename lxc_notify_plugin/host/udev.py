@@ -116,10 +116,15 @@ class UdevWatcher:
         except Exception:
             log.exception("udev could not be read: static [[devices]] entries only")
             return False
+        thread = threading.Thread(target=self._follow, args=(monitor,), name="lxc-notify-udev")
+        try:
+            thread.start()
+        except RuntimeError as err:  # no thread to be had (the unit's task limit)
+            log.error("udev: %d device nodes known, but no thread to follow udev events "
+                      "(%s): device rules see a frozen view", len(self.index), err)
+            return False
+        self._thread = thread
         log.info("udev: %d device nodes known; following udev events", len(self.index))
-        self._thread = threading.Thread(target=self._follow, args=(monitor,),
-                                        name="lxc-notify-udev")
-        self._thread.start()
         self.running = True
         return True
 

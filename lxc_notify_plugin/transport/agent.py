@@ -422,8 +422,7 @@ class OciAgent:
         except (ProtocolError, ValueError) as err:
             log.warning("agent: stored listener %s refused: %s", name, err)
             os.close(listener)
-            if self.keeper is not None:
-                self.keeper.release(name)
+            self._release(name)
             return
 
         def serve() -> None:
@@ -439,50 +438,81 @@ class OciAgent:
         thread = threading.Thread(target=serve, name=f"lxc-notify-oci-{name}")
         with self._lock:
             self._threads.add(thread)
+        try:
+            thread.start()
+        except RuntimeError as err:  # no thread to be had (the unit's task limit)
+            # Released too: left in systemd's store, served by no one, its callers
+            # would wait for ever; closed everywhere, the kernel answers them ENOSYS.
+            log.error("%s: listener kept by an earlier daemon (%s) not served, released: "
+                      "%s", state.container_id, name, err)
+            with self._lock:
+                self._threads.discard(thread)
+            os.close(listener)
+            self._release(name)
+            return
         log.info("%s: listener kept by an earlier daemon (%s) adopted",
                  state.container_id, name)
-        thread.start()
+
+    def _release(self, name: str) -> None:
+        """Take a listener out of the keeper (logged if it cannot be: start goes on)."""
+        if self.keeper is None:
+            return
+        try:
+            self.keeper.release(name)
+        except OSError as err:
+            log.error("agent: stored listener %s could not be released: %s", name, err)
 
     def _attach(self, state: ProcessState) -> _Live:
-        from ..handlers.nodes import NodeStore
+        """Count one more listener in its container's entry, made if it has none.
 
+        Finding the entry and counting in it are one lock section: between two,
+        the container's last listener could detach and drop the entry, and this
+        one would then be served from an entry that status and reload no longer
+        see.  Its twins' names are held in the same section (and released in
+        _detach's), so a detach meanwhile cannot forget them under it."""
         key = (state.container_id, state.init_pid)
         with self._lock:
             live = self._live.get(key)
-        if live is None:
-            container, passthrough = self.resolve(state)
-            if passthrough is not None:
-                log.warning("%s: every call goes back to the kernel: %s", container.name,
-                            passthrough)
-            try:
-                user_ns: str | None = os.readlink(f"{self.proc_root}/{state.init_pid}/ns/user")
-            except OSError:
-                user_ns = None  # init already gone: POLLHUP follows
-            with self._lock:
-                live = self._live.setdefault(key, _Live(container, user_ns))
-        with self._lock:
-            live.listeners += 1
-            live.container.add_connection(1)
-        if live.user_ns is not None:
-            NodeStore.hold(live.user_ns)  # each listener, as each LXC connection
+            if live is not None:
+                self._count_in(live, 1)
+                return live
+        # Resolving reads the profile and the state directory: not under the lock.
+        container, passthrough = self.resolve(state)
+        if passthrough is not None:
+            log.warning("%s: every call goes back to the kernel: %s", container.name,
+                        passthrough)
+        try:
+            user_ns: str | None = os.readlink(f"{self.proc_root}/{state.init_pid}/ns/user")
+        except OSError:
+            user_ns = None  # init already gone: POLLHUP follows
+        with self._lock:  # another listener may have made the entry meanwhile
+            live = self._live.setdefault(key, _Live(container, user_ns))
+            self._count_in(live, 1)
         return live
 
     def _detach(self, state: ProcessState, live: _Live) -> None:
-        from ..handlers.nodes import NodeStore
-
         with self._lock:
-            live.listeners -= 1
-            live.container.add_connection(-1)
+            self._count_in(live, -1)
             last = live.listeners == 0
             if last:
                 self._live.pop((state.container_id, state.init_pid), None)
-        if live.user_ns is not None:
-            NodeStore.release(live.user_ns)  # the last one takes its twins' names along
         if last and self.on_gone is not None:
             try:
                 self.on_gone(live.container.name)
             except Exception:
                 log.exception("%s: forgetting it failed", live.container.name)
+
+    @staticmethod
+    def _count_in(live: _Live, delta: int) -> None:
+        """One listener more or less in ``live`` (under the agent's lock)."""
+        from ..handlers.nodes import NodeStore
+
+        live.listeners += delta
+        live.container.add_connection(delta)
+        if live.user_ns is not None:
+            # Each listener holds its twins' names, as each LXC connection does;
+            # the last one takes them along.
+            (NodeStore.hold if delta > 0 else NodeStore.release)(live.user_ns)
 
 
 # --- which policy an OCI container runs under ---------------------------------------------

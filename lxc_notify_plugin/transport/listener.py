@@ -26,7 +26,7 @@ import threading
 
 from .. import kernel
 from ..caller.thread import CallerThread
-from ..dispatch import Container, Dispatcher
+from ..dispatch import Container, Dispatcher, caller_thread
 from ..request import Notice
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,9 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
     """Answer every notification on ``listener_fd`` until no task is left in its
     filter ("hangup") or ``stop_fd`` becomes readable ("stopped").  The caller
     owns both fds.  Every notification received gets an answer."""
-    caller = CallerThread(proc_root)
+    # Made again for each notification while it cannot be (EMFILE: its fds): each
+    # one meanwhile is answered as a supervisor fault, and the listener kept.
+    caller = caller_thread(proc_root)
     notif, resp = kernel.seccomp_notif(), kernel.seccomp_notif_resp()  # reused per request
     poller = select.poll()
     poller.register(listener_fd, select.POLLIN)
@@ -80,7 +82,12 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
                 raise
             data = notif.data
             notice = Notice(notif.id, notif.pid, data.arch, data.nr, tuple(data.args))
-            answer = dispatcher.answer(container, notice, caller, init_pid, listener_fd)
+            if not isinstance(caller, CallerThread):
+                caller = caller_thread(proc_root)
+            if isinstance(caller, CallerThread):
+                answer = dispatcher.answer(container, notice, caller, init_pid, listener_fd)
+            else:
+                answer = dispatcher.refuse(container, notice, caller)
             resp.id, resp.val, resp.error = notif.id, answer.val, -answer.error
             resp.flags = kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE if answer.let_kernel_decide else 0
             try:
@@ -89,12 +96,13 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
                 if err.errno != errno.ENOENT:
                     raise
                 log.debug("%s: pid %d left before its answer", container.name, notif.pid)
-            if caller.broken:
+            if isinstance(caller, CallerThread) and caller.broken:
                 log.critical("%s: this thread's identity is not its own any more: it stops "
                              "serving the listener", container.name)
                 return "broken"
     finally:
-        caller.close()
+        if isinstance(caller, CallerThread):
+            caller.close()
 
 
 class SideListeners:

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
-from ..errors import ProtocolError
+from ..errors import ProtocolError, SupervisorFault
 from ..kernel.seccomp import SECCOMP_USER_NOTIF_FLAG_CONTINUE, NotifSizes
 from ..paths import claim_socket_path
 from ..request import Notice
@@ -265,28 +265,35 @@ class LxcProxy:
             thread.join()
 
     def _serve_connection(self, conn: socket.socket, peer_pid: int) -> None:
-        from ..caller.thread import CallerThread  # not needed to parse a datagram
+        # Not needed to parse a datagram:
+        from ..caller.thread import CallerThread
+        from ..dispatch import caller_thread
         from ..handlers.nodes import NodeStore
 
         session = _Session(peer_pid)
-        caller: CallerThread | None = None
+        # Made with the first datagram, and again with each one while it cannot be
+        # (EMFILE: its fds): each datagram meanwhile is answered as a supervisor
+        # fault, never left to LXC's 30 s timeout.
+        caller: CallerThread | SupervisorFault | None = None
         held: str | None = None  # the user namespace whose twins this connection keeps
         try:
-            caller = CallerThread(self.proc_root)
             while True:
                 datagram, fds, flags = _receive(conn)
                 try:
                     if not datagram and not fds:
                         break  # the monitor closed: the container stopped
+                    if not isinstance(caller, CallerThread):
+                        caller = caller_thread(self.proc_root)
                     reply = self._reply(datagram, fds, flags, session, caller)
                 finally:
                     for fd in fds:
                         os.close(fd)
-                if held is None and caller.cached_view is not None:
+                if (held is None and isinstance(caller, CallerThread)
+                        and caller.cached_view is not None):
                     held = caller.cached_view.user_ns
                     NodeStore.hold(held)
                 conn.send(reply)
-                if caller.broken:
+                if isinstance(caller, CallerThread) and caller.broken:
                     log.critical("%s: closing the connection: this thread's identity is "
                                  "not its own any more", session.label)
                     break
@@ -297,7 +304,7 @@ class LxcProxy:
             log.exception("%s: connection thread failed", session.label)
         finally:
             conn.close()
-            if caller is not None:
+            if isinstance(caller, CallerThread):
                 caller.close()
             if held is not None:
                 # With the container's last connection, its twins' names go.
@@ -312,8 +319,9 @@ class LxcProxy:
                 self._threads.pop(threading.current_thread(), None)
 
     def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
-               caller: CallerThread) -> bytes:
-        """The reply for one datagram.  Never raises: every datagram gets an answer."""
+               caller: CallerThread | SupervisorFault) -> bytes:
+        """The reply for one datagram.  Never raises: every datagram gets an answer.
+        ``caller`` is the thread's CallerThread, or why it has none."""
         try:
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 raise ProtocolError("datagram or its fds were truncated")
@@ -333,8 +341,11 @@ class LxcProxy:
             return notification.reply(error=errno.ENOSYS)
         notice = Notice(notification.notif_id, notification.pid, notification.arch,
                         notification.nr, notification.args)
-        answer = self.dispatcher.answer(container, notice, caller, notification.init_pid,
-                                        listener_fd=fds[2], proc_fd=fds[0])
+        if isinstance(caller, SupervisorFault):
+            answer = self.dispatcher.refuse(container, notice, caller)
+        else:
+            answer = self.dispatcher.answer(container, notice, caller, notification.init_pid,
+                                            listener_fd=fds[2], proc_fd=fds[0])
         if answer.let_kernel_decide:
             return notification.reply(flags=SECCOMP_USER_NOTIF_FLAG_CONTINUE)
         return notification.reply(error=answer.error, val=answer.val)
@@ -367,7 +378,7 @@ class _Session:
     def stats(self) -> str:
         if self.container is None:
             return "no requests"
-        stats = self.container.stats
+        stats = self.container.counts()
         return ", ".join(f"{k} {v}" for k, v in sorted(stats.items())) or "no requests"
 
 

@@ -1,0 +1,463 @@
+"""Issue 20, part 3: every notification gets an answer, and counts stay right under threads.
+
+Each test here failed before its fix; fakes stand in for the kernel and the
+runtimes (no privileges needed).
+"""
+
+from __future__ import annotations
+
+import array
+import errno
+import itertools
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
+
+import pytest
+
+from lxc_notify_plugin import kernel
+from lxc_notify_plugin.caller.thread import CallerThread
+from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
+from lxc_notify_plugin.errors import SupervisorFault, own_step
+from lxc_notify_plugin.host import udev
+from lxc_notify_plugin.paths import Paths
+from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice
+from lxc_notify_plugin.service.config import DaemonConfig
+from lxc_notify_plugin.supervisor import Supervisor
+from lxc_notify_plugin.transport import lxc as protocol
+from lxc_notify_plugin.transport.agent import OciAgent, parse_state
+from lxc_notify_plugin.transport.listener import serve_listener
+from lxc_notify_plugin.transport.lxc import LxcProxy, _Session
+from tests.unit.test_dispatch import (
+    CHR,
+    COOKIE,
+    X86_64,
+    FakeTransport,
+    make_container,
+    with_handler,
+)
+
+
+@pytest.fixture
+def fine_switching() -> Iterator[None]:
+    """Threads switch every microsecond, not every 5 ms: races show up in a short test."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+# --- 3: counts under threads ---------------------------------------------------------------
+
+def _every_outcome() -> object:
+    """A handler whose calls end in each outcome a handler can give, in turn."""
+    results: Iterator[Answer | OSError] = itertools.cycle((
+        Answer(), KERNEL_DECIDES, NOT_OURS, OSError(errno.EACCES, "no"),
+        OSError(errno.ESRCH, "gone")))
+
+    def handle(call: Call) -> Answer:
+        result = next(results)
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    return handle
+
+
+def test_counts_stay_right_while_status_reads_them(fine_switching: None) -> None:
+    """Many OCI listener threads of one container count while status reads the counts:
+    no count is lost and no reader sees the Counter change size under it."""
+    writers, per_round, rounds = 4, 12, 400
+    dispatcher = with_handler(_every_outcome())
+    # status sums a container's counters over its connections: the first is copied
+    # whole, the next ones are iterated (where a change of size shows).
+    settled = make_container()
+    settled.stats.update({"done": 1})
+    status = cast(Supervisor, SimpleNamespace(
+        metrics=SimpleNamespace(latency_quantiles=lambda name: {})))
+    current: list[Container] = [make_container()]
+    start, finish = threading.Barrier(writers + 1), threading.Barrier(writers + 1)
+    stop = threading.Event()
+    failures: list[BaseException] = []
+
+    def write() -> None:
+        caller = CallerThread()
+        try:
+            for _ in range(rounds):
+                start.wait()
+                container = current[0]
+                for n in range(per_round):
+                    nr = 133 if n % 6 else 165  # mount: a call this profile does not trap
+                    notice = Notice(n, os.getpid(), X86_64, nr, (0, CHR, 1, 0, 0, 0))
+                    dispatcher.answer(container, notice, caller, os.getpid(), listener_fd=-1)
+                finish.wait()
+        except BaseException as err:
+            failures.append(err)
+            start.abort()
+            finish.abort()
+        finally:
+            caller.close()
+
+    def read() -> None:
+        while not stop.is_set():
+            container = current[0]
+            try:
+                Supervisor._row(status, "box", "default", "running", True, None,
+                                [settled, container])
+                session = _Session(1)
+                session.container = container
+                session.stats()
+            except BaseException as err:
+                failures.append(err)
+                return
+
+    threads = [threading.Thread(target=write) for _ in range(writers)]
+    threads.append(threading.Thread(target=read))
+    for thread in threads:
+        thread.start()
+    lost = []
+    try:
+        for _ in range(rounds):
+            current[0] = make_container()
+            start.wait()
+            finish.wait()
+            total = sum(current[0].stats.values())
+            if total != writers * per_round:
+                lost.append(writers * per_round - total)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    assert not failures, failures
+    assert not lost, f"counts lost in {len(lost)} of {rounds} rounds: {lost}"
+
+
+# --- 5: one lock per container ---------------------------------------------------------------
+
+def test_each_container_has_its_own_lock() -> None:
+    """A container's threads never wait for another container's (it was one class-wide lock)."""
+    busy, other = make_container(), make_container()
+    with busy._lock:
+        thread = threading.Thread(target=other.add_connection, args=(1,))
+        thread.start()
+        thread.join(2.0)
+        blocked = thread.is_alive()
+    thread.join()
+    assert not blocked and other.connections == 1 and busy.connections == 0
+
+
+# --- 4: a status that fails leaves the daemon serving --------------------------------------
+
+def _listening(path: Path, kind: int) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    sock.bind(str(path))
+    sock.listen()
+    return sock
+
+
+@pytest.fixture
+def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
+    """A daemon on sockets of its own in tmp_path (handed in as systemd would: no
+    root needed), with no udev, audit log or metrics file."""
+    paths = Paths(socket=tmp_path / "run" / "seccomp.sock", state_dir=tmp_path / "state",
+                  admin_profiles=tmp_path / "profiles", udev_control=tmp_path / "no-udev")
+    (tmp_path / "run").mkdir()
+    daemon = Supervisor(DaemonConfig(paths=paths))
+    daemon.lxc.bind(_listening(paths.socket, socket.SOCK_SEQPACKET))
+    daemon.agent.bind(_listening(paths.agent_socket, socket.SOCK_STREAM))
+    daemon._bound = True
+    yield daemon
+
+
+def _wait_for(path: Path, seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_a_failed_status_leaves_the_daemon_serving(
+        supervisor: Supervisor, caplog: pytest.LogCaptureFixture) -> None:
+    calls = []
+    write_status = supervisor._write_status
+
+    def fail_once() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("dictionary changed size during iteration")
+        write_status()
+
+    supervisor._write_status = fail_once  # type: ignore[method-assign]
+    failures: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            supervisor.serve()
+        except BaseException as err:
+            failures.append(err)
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        supervisor.request_status()
+        _wait_for(supervisor.paths.status_file, 0.5)  # not written: it failed
+        supervisor.request_status()
+        answered = _wait_for(supervisor.paths.status_file)
+    finally:
+        supervisor.stop()
+        thread.join()
+    assert not failures, failures
+    assert answered and len(calls) == 2
+    assert "status" in caplog.text and "dictionary changed size" in caplog.text
+
+
+# --- 6: the agent's attach is one step -----------------------------------------------------
+
+STATE = (b'{"ociVersion":"1.0.2-dev","fds":["seccompFd"],"pid":24914,"metadata":"",'
+         b'"state":{"ociVersion":"1.0.2-dev","id":"rt1","status":"creating","pid":24914,'
+         b'"bundle":"/tmp/b"}}')
+
+
+class InterleavingLock:
+    """A lock that runs ``before`` once, just before its ``at``-th acquire: another
+    thread's step, forced in between two of the code's lock sections."""
+
+    def __init__(self, at: int, before: Callable[[], None]) -> None:
+        self._lock = threading.Lock()
+        self.acquires = 0
+        self.at, self.before = at, before
+        self.fired = False
+
+    def __enter__(self) -> None:
+        self.acquires += 1
+        if self.acquires == self.at and not self.fired:
+            self.fired = True
+            self.before()
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def _agent(tmp_path: Path) -> OciAgent:
+    container = make_container()
+    # proc_root without the init: no user namespace, no NodeStore.
+    return OciAgent(tmp_path / "agent.sock", Dispatcher(), lambda state: (container, None),
+                    proc_root=str(tmp_path))
+
+
+def test_a_listener_attached_while_the_last_one_detaches_is_served_and_listed(
+        tmp_path: Path) -> None:
+    """The first listener of a container detaches while a second attaches: the second
+    must be counted in the container that status and reload see (it was counted in
+    one already dropped from the agent's table, so both missed it)."""
+    agent = _agent(tmp_path)
+    state = parse_state(STATE, 1)
+    first = agent._attach(state)
+    # The detach may come between any two of _attach's lock sections.
+    lock = InterleavingLock(2, lambda: agent._detach(state, first))
+    agent._lock = lock  # type: ignore[assignment]
+    second = agent._attach(state)
+    if not lock.fired:  # one section: the detach comes after the attach
+        lock.fired = True
+        agent._detach(state, first)
+    assert second.listeners == 1 and second.container.connections == 1
+    assert agent.containers() == [second.container]
+    agent._detach(state, second)
+    assert agent.containers() == [] and second.container.connections == 0
+
+
+# --- 2: no thread to be had ----------------------------------------------------------------
+
+class FakeKeeper:
+    def __init__(self) -> None:
+        self.released: list[str] = []
+
+    def keep(self, listener: int, state: bytes) -> str | None:
+        return None
+
+    def release(self, name: str) -> None:
+        self.released.append(name)
+
+
+@pytest.fixture
+def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The unit's task limit is reached: the daemon's serving threads cannot start."""
+    start = threading.Thread.start
+
+    def refuse(thread: threading.Thread) -> None:
+        if thread.name.startswith("lxc-notify-"):
+            raise RuntimeError("can't start new thread")
+        start(thread)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+
+
+def _closed(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError as err:
+        return err.errno == errno.EBADF
+    return False
+
+
+def test_an_adopted_listener_without_a_thread_is_closed_and_released(
+        tmp_path: Path, no_threads: None, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(kernel, "is_listener", lambda fd, proc_root="/proc": True)
+    agent = _agent(tmp_path)
+    keeper = FakeKeeper()
+    agent.keeper = keeper
+    listener, other_end = os.pipe2(os.O_CLOEXEC)  # stands in for a kept listener
+    try:
+        agent.adopt("lxc-notify-oci-1", listener, STATE)
+        # Closed (its callers get ENOSYS from the kernel rather than wait for ever in
+        # systemd's fd store), released, and nothing of it left in the agent.
+        assert _closed(listener)
+        assert keeper.released == ["lxc-notify-oci-1"]
+        assert not agent._threads and not agent.containers()
+        assert "can't start new thread" in caplog.text
+    finally:
+        os.close(other_end)
+        if not _closed(listener):
+            os.close(listener)
+
+
+def test_udev_without_a_thread_leaves_a_frozen_view(
+        tmp_path: Path, no_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """serve() starts the udev watcher: a RuntimeError there stopped the daemon."""
+    monkeypatch.setattr(udev, "udev_running", lambda control: True)
+    monkeypatch.setattr(udev.UdevWatcher, "_enumerate", lambda self, context: None)
+    watcher = udev.UdevWatcher(udev.HostDeviceIndex(), tmp_path / "control")
+    assert watcher.start() is False and not watcher.running
+    watcher.stop()  # joins no thread that never started
+
+
+# --- 7: the daemon's own OSErrors are its faults, not the caller's errno ---------------------
+
+@pytest.mark.parametrize("raised", [
+    OSError(errno.EMFILE, "Too many open files"),  # one of our opens, unwrapped
+    OSError(errno.ENFILE, "Too many open files in system"),
+    SupervisorFault("make its private tmpfs", OSError(errno.EMFILE, "Too many open files")),
+])
+def test_a_full_fd_table_of_ours_is_a_fault_the_caller_sees_as_enomem(
+        raised: OSError, caplog: pytest.LogCaptureFixture) -> None:
+    seen: list[Outcome] = []
+
+    def handle(call: Call) -> Answer:
+        raise raised
+
+    dispatcher = with_handler(handle)
+    dispatcher.hooks.append(seen.append)
+    transport = FakeTransport(dispatcher, make_container())
+    try:
+        with caplog.at_level(logging.ERROR):
+            assert transport.ask(133, (0, CHR, 1)) == Answer(error=errno.ENOMEM)
+    finally:
+        transport.close()
+    assert [(o.outcome, o.error) for o in seen] == [("fault", errno.ENOMEM)]
+    assert "(caller gets ENOMEM)" in caplog.text
+
+
+def test_own_step_makes_our_oserrors_faults() -> None:
+    with pytest.raises(SupervisorFault) as caught, own_step("make the node store's directory"):
+        os.mkdir("/nonexistent/x")
+    assert caught.value.errno == errno.ENOENT and caught.value.step.startswith("make the node")
+    assert isinstance(caught.value.__cause__, FileNotFoundError)
+    fault = SupervisorFault("setns", OSError(errno.EPERM, "no"))
+    with pytest.raises(SupervisorFault) as again, own_step("outer"):
+        raise fault
+    assert again.value is fault
+
+
+# --- 1: a thread without its CallerThread still answers ---------------------------------------
+
+@pytest.fixture
+def no_caller_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CallerThread cannot open its fds: the daemon's fd table is full."""
+    def full(self: CallerThread, proc_root: str = "/proc") -> None:
+        raise OSError(errno.EMFILE, "Too many open files")
+
+    monkeypatch.setattr(CallerThread, "__init__", full)
+
+
+def test_lxc_answers_every_datagram_when_its_thread_state_cannot_be_made(
+        tmp_path: Path, no_caller_threads: None, caplog: pytest.LogCaptureFixture) -> None:
+    """Each datagram gets a reply at once (it got none: LXC answered ENOSYS after 30 s):
+    a trapped call the supervisor's fault (ENOMEM, logged), an untrapped one the kernel's."""
+    container = make_container()
+    sizes = kernel.notif_sizes()
+    proxy = LxcProxy(tmp_path / "s", Dispatcher(),
+                     lambda cookie: container if cookie == COOKIE else None, sizes)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    ours.settimeout(10)
+    thread = threading.Thread(target=proxy._serve_connection, args=(theirs, 1))
+    thread.start()
+    replies = []
+    try:
+        with caplog.at_level(logging.ERROR):
+            for notif_id, nr in ((9, 133), (10, 165), (11, 133)):  # mknod, mount, mknod
+                raw = protocol.build(notif_id, os.getpid(), nr, X86_64,
+                                     (0, CHR | 0o600, os.makedev(1, 3)), init_pid=os.getpid(),
+                                     cookie=COOKIE, sizes=sizes)
+                # Three fds, as LXC sends (/proc/PID, its mem, the listener): unused here.
+                fds = [os.open("/", os.O_PATH | os.O_CLOEXEC) for _ in range(3)]
+                try:
+                    ours.sendmsg([raw], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          array.array("i", fds))])
+                finally:
+                    for fd in fds:
+                        os.close(fd)
+                replies.append(protocol.unpack_reply(ours.recv(4096)))
+    finally:
+        ours.close()
+        thread.join()
+    assert replies == [(9, 0, -errno.ENOMEM, 0),
+                       (10, 0, 0, kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE),
+                       (11, 0, -errno.ENOMEM, 0)]
+    assert container.counts() == {"fault": 2, "unknown": 1}
+    assert "Too many open files" in caplog.text and "(caller gets ENOMEM)" in caplog.text
+    assert container.connections == 0 and not proxy._threads
+
+
+def test_a_listener_answers_every_notification_when_its_thread_state_cannot_be_made(
+        no_caller_threads: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The OCI listener's thread too: it raised, and the listener was closed."""
+    pending_r, pending_w = os.pipe2(os.O_CLOEXEC)  # readable while a notification waits
+    stop_r, stop_w = os.pipe2(os.O_CLOEXEC)
+    sent: list[tuple[int, int, int]] = []
+
+    def recv(listener: int, into: kernel.seccomp_notif) -> None:
+        os.read(listener, 1)
+        into.id, into.pid = 77, os.getpid()
+        into.data.arch, into.data.nr = X86_64, 133
+
+    def send(listener: int, resp: kernel.seccomp_notif_resp) -> None:
+        nonlocal pending_w
+        sent.append((resp.id, resp.error, resp.flags))
+        os.close(pending_w)  # no task left in the filter: POLLHUP
+        pending_w = -1
+
+    monkeypatch.setattr(kernel, "notif_recv", recv)
+    monkeypatch.setattr(kernel, "notif_send", send)
+    container = make_container()
+    os.write(pending_w, b"n")
+    try:
+        why = serve_listener(pending_r, container, os.getpid(), Dispatcher(), stop_r)
+    finally:
+        for fd in (pending_r, pending_w, stop_r, stop_w):
+            if fd >= 0:
+                os.close(fd)
+    assert (why, sent) == ("hangup", [(77, -errno.ENOMEM, 0)])
+    assert container.counts() == {"fault": 1}

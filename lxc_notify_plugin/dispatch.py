@@ -27,6 +27,7 @@ from .caller.thread import CallerThread
 from .errors import RequestGone, SupervisorFault, ThreadIdentityLost, own_step
 from .handlers import Registered, registry
 from .host.cgroups import DeviceCgroups
+from .host.flaglock import MountFlagLocks
 from .host.shift import Shifter
 from .policy.effective import ContainerPolicy
 from .policy.mknod import HostDevices
@@ -88,6 +89,7 @@ class HostViews:
     devices: HostDevices | None = None  # udev's index, while udev runs
     cgroups: DeviceCgroups = field(default_factory=DeviceCgroups)
     shifter: Shifter = field(default_factory=Shifter)  # what each fs type shifts with
+    flag_locks: MountFlagLocks = field(default_factory=MountFlagLocks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +183,7 @@ class Dispatcher:
             side, self._side = self._side, None
         if side is not None:
             side.close()
+        self.host.flag_locks.close()
 
     def answer(self, container: Container, notice: Notice, thread: CallerThread,
                init_pid: int, listener_fd: int, proc_fd: int = -1) -> Answer:

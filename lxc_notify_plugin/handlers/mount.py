@@ -151,7 +151,12 @@ def _mount(call: Call) -> Answer:
             if policy.mount.shift:
                 mount_fd = _shift(call.host.shifter, request, fs_type, mount_fd,
                                   bool(policy.mount.unshifted_fallback))
-            _attach(thread, request, mount_fd, target_fd)
+            # Whatever the container does later, the forced flags stay.
+            locked_fd = call.host.flag_locks.lock(mount_fd, thread.host_mnt_ns_fd)
+            try:
+                _attach(thread, request, locked_fd, target_fd)
+            finally:
+                os.close(locked_fd)
         finally:
             os.close(mount_fd)
     finally:

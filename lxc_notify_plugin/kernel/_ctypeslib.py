@@ -127,6 +127,8 @@ SYSCALLS: Final[Mapping[str, Signature]] = {
     "mount_setattr": Signature(c_long, (c_int, c_char_p, c_uint, c_void_p, c_size_t)),
     # setns(int fd, int flags)
     "setns": Signature(c_long, (c_int, c_int)),
+    # pivot_root(const char __user *new_root, const char __user *put_old)
+    "pivot_root": Signature(c_long, (c_char_p, c_char_p)),
     # unshare(unsigned long unshare_flags)
     "unshare": Signature(c_long, (c_ulong,)),
     # capget(cap_user_header_t header, cap_user_data_t dataptr)

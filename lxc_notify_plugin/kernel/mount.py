@@ -49,7 +49,7 @@ __all__ = [
     "MOUNT_ATTR_STRICTATIME", "MOUNT_ATTR_NODIRATIME", "MOUNT_ATTR_IDMAP",
     "MOUNT_ATTR_NOSYMFOLLOW", "MOUNT_ATTR_SIZE_VER0", "mount_attr", "fsopen", "fspick", "fsconfig",
     "fsmount", "open_tree", "move_mount", "mount_setattr", "private_tmpfs", "MNT_DETACH",
-    "umount2", "fs_context_messages"
+    "umount2", "pivot_root", "fs_context_messages"
 ]
 
 # --- classic mount(2) flags (include/uapi/linux/mount.h) ------------------------------------
@@ -154,6 +154,7 @@ _open_tree = _ctypeslib.syscall("open_tree")
 _move_mount = _ctypeslib.syscall("move_mount")
 _mount_setattr = _ctypeslib.syscall("mount_setattr")
 _umount2 = _ctypeslib.function("umount2")
+_pivot_root = _ctypeslib.syscall("pivot_root")
 
 
 def fsopen(fs_name: bytes, flags: int = FSOPEN_CLOEXEC) -> int:
@@ -199,6 +200,12 @@ def mount_setattr(dir_fd: int, path: bytes, flags: int, attr_set: int = 0, attr_
 
 def umount2(target: bytes, flags: int = 0) -> None:
     _umount2(target, flags)
+
+
+def pivot_root(new_root: bytes, put_old: bytes) -> None:
+    """``pivot_root(".", ".")`` stacks the old root under the new one: then
+    ``umount2(".", MNT_DETACH)`` drops it."""
+    _pivot_root(new_root, put_old)
 
 
 def fs_context_messages(fs_fd: int) -> list[str]:

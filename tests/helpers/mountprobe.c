@@ -62,6 +62,13 @@ int main(int argc, char **argv) {
         if (fd >= 0) close(fd);
         return result(fd);
     }
+    if (strcmp(cmd, "setattr") == 0 && argc == 5) {
+        /* setattr TGT SET CLR: mount_setattr(2) of the mount at TGT, attributes as numbers */
+        struct { unsigned long long attr_set, attr_clr, propagation, userns_fd; } attr = {
+            strtoull(argv[3], NULL, 0), strtoull(argv[4], NULL, 0), 0, 0};
+        return result(syscall(442 /* mount_setattr */, AT_FDCWD, argv[2], 0, &attr,
+                              sizeof attr));
+    }
     if (strcmp(cmd, "nested") == 0 && argc == 7) {
         /* nested SRC TGT TYPE FLAGS FILE: mount in a new mount namespace, then
          * say whether FILE (under TGT) is seen here and TGT is absent from

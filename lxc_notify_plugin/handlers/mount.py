@@ -39,7 +39,7 @@ import os
 import stat
 
 from .. import kernel
-from ..caller.actor import MountRefused, actor_for
+from ..caller.actor import Actor, MountRefused, actor_for
 from ..caller.task import INODE_CAPS, CallerCreds, in_container_userns, read_creds
 from ..caller.thread import AT_FDCWD, CallerThread
 from ..dispatch import Call
@@ -51,6 +51,7 @@ from ..policy.mount import (
     Option,
     choice,
     config_steps,
+    flags_error,
     forced_flags,
     fuse_options,
     mount_attrs,
@@ -112,67 +113,110 @@ def _mount(call: Call) -> Answer:
     if not _privileged(request, creds):
         log.debug("mount %s: caller lacks CAP_SYS_ADMIN in the container", fs_type)
         return KERNEL_DECIDES
-    # Everything the call names is read before anything is looked at, as the
-    # kernel copies its strings first; then checked still valid.
-    target = request.read_string(target_address)
-    source = request.read_string(source_address) if source_address else None
+    # The strings in the kernel's order (copy_mount_string, copy_mount_options):
+    # source, data, then the target's walk; then the flags, then the options.
+    source = _read_source(request, source_address)
     data = _read_data(request, data_address)
+    target = request.read_string(target_address)  # getname(): ENAMETOOLONG, EFAULT
     request.note(source=source, target=target)
     request.ensure_valid()
-    options = parse_options(data)
-    bad = refused_option(options)
-    if bad is not None:
-        log.info("mount %s: option %s is refused (it would act outside the container)",
-                 fs_type, bad)
-        raise PermissionError(errno.EPERM, f"mount option {bad} is refused")
-    forced = forced_flags(policy.mount)
     kind, program = decided
-    if kind != EMULATE:
-        return _redirect(call, creds, program, fs_type, source, target, flags | forced, options)
-    if source is None:
-        raise OSError(errno.EINVAL, "no source")  # get_tree_bdev: "No source specified"
-    actor = actor_for(thread, request)
+    actor = actor_for(thread, request) if kind == EMULATE else None
     target_fd = _open_target(call, creds, target)
     try:
-        node_fd = _source_node(call, creds, source)
-        try:
-            # The kernel opens the device in the actor, in the caller's cgroups,
-            # read-only or read-write as the superblock will be after the caller's
-            # options and ours: the device cgroup is the kernel's own check.
-            mount_fd = actor.new_mount(fs_type, node_fd, config_steps(fs_type, flags, options,
-                                                                      forced),
-                                       mount_attrs(flags, forced))
-        except MountRefused as err:
-            log.info("mount %s: %s%s", fs_type, err.strerror, f" ({err.said})" if err.said else "")
-            raise OSError(err.errno, err.strerror) from None
-        finally:
-            os.close(node_fd)
-        try:
-            if policy.mount.shift:
-                mount_fd = _shift(call.host.shifter, request, fs_type, mount_fd,
-                                  bool(policy.mount.unshifted_fallback))
-            # Whatever the container does later, the forced flags stay.
-            locked_fd = call.host.flag_locks.lock(mount_fd, thread.host_mnt_ns_fd)
-            try:
-                _attach(thread, request, locked_fd, target_fd)
-            finally:
-                os.close(locked_fd)
-        finally:
-            os.close(mount_fd)
+        source, options = _check_arguments(fs_type, flags, source, data)
+        forced = forced_flags(policy.mount)
+        if kind != EMULATE or actor is None:
+            return _redirect(call, creds, program, fs_type, source, target, flags | forced,
+                             options)
+        return _emulate(call, creds, actor, fs_type, flags, forced, source, options,
+                        target_fd)
     finally:
         os.close(target_fd)
-    log.debug("mounted %s from %s on %s for host uid %d (flags %#x)", fs_type,
-              os.fsdecode(source), os.fsdecode(target), creds.fsuid, flags | forced)
+
+
+def _read_source(request: Request, address: int) -> bytes | None:
+    """strndup_user(PATH_MAX): no NUL within it is EINVAL (not getname's
+    ENAMETOOLONG); a fault EFAULT; NULL None."""
+    if not address:
+        return None
+    try:
+        return request.read_string(address)
+    except OSError as err:
+        if err.errno == errno.ENAMETOOLONG:
+            raise OSError(errno.EINVAL, "source longer than PATH_MAX") from None
+        raise
+
+
+def _check_arguments(fs_type: str, flags: int, source: bytes | None,
+                     data: bytes) -> tuple[bytes | None, tuple[Option, ...]]:
+    """path_mount()'s and the option parse's answers, in their order: the flags,
+    then each option (a ``source=`` in the data is the source when the call gave
+    none, a second one EINVAL); then get_tree_bdev's "no source" (EINVAL)."""
+    error = flags_error(flags)
+    if error is not None:
+        raise OSError(error, "unknown mount flags")
+    kept = []
+    for option in parse_options(data):
+        bad = refused_option((option,))
+        if bad is not None:
+            log.info("mount %s: option %s is refused (it would act outside the container)",
+                     fs_type, bad)
+            raise PermissionError(errno.EPERM, f"mount option {bad} is refused")
+        if option.key == b"source":
+            if option.value is None or source is not None:
+                raise OSError(errno.EINVAL, "a second or empty source")  # "Multiple sources"
+            source = option.value
+            continue
+        kept.append(option)
+    if not source:
+        raise OSError(errno.EINVAL, "no source")  # get_tree_bdev, lookup_bdev("")
+    return source, tuple(kept)
+
+
+def _emulate(call: Call, creds: CallerCreds, actor: Actor, fs_type: str, flags: int,
+             forced: int, source: bytes | None, options: tuple[Option, ...],
+             target_fd: int) -> Answer:
+    request, policy, thread = call.request, call.policy, call.thread
+    assert source is not None
+    node_fd = _source_node(call, creds, source)
+    try:
+        # The kernel opens the device in the actor, in the caller's cgroups,
+        # read-only or read-write as the superblock will be after the caller's
+        # options and ours: the device cgroup is the kernel's own check.
+        mount_fd = actor.new_mount(fs_type, node_fd, config_steps(fs_type, flags, options,
+                                                                  forced),
+                                   mount_attrs(flags, forced))
+    except MountRefused as err:
+        log.info("mount %s: %s%s", fs_type, err.strerror, f" ({err.said})" if err.said else "")
+        raise OSError(err.errno, err.strerror) from None
+    finally:
+        os.close(node_fd)
+    try:
+        if policy.mount.shift:
+            mount_fd = _shift(call.host.shifter, request, fs_type, mount_fd,
+                              bool(policy.mount.unshifted_fallback))
+        # Whatever the container does later, the forced flags stay.
+        locked_fd = call.host.flag_locks.lock(mount_fd, thread.host_mnt_ns_fd)
+        try:
+            _attach(thread, request, locked_fd, target_fd)
+        finally:
+            os.close(locked_fd)
+    finally:
+        os.close(mount_fd)
+    log.debug("mounted %s from %s for host uid %d (flags %#x)", fs_type, os.fsdecode(source),
+              creds.fsuid, flags | forced)
     return DONE
 
 
 def _read_data(request: Request, address: int) -> bytes:
     """The data page: up to a page, as much as is readable (copy_mount_options),
-    as a string up to its NUL; a fault on its first byte is EFAULT."""
+    its last byte made NUL (path_mount), as a string up to its NUL; a fault on
+    its first byte is EFAULT."""
     if not address:
         return b""
     page = kernel.read_task_memory_prefix(request.tid, address, _PAGE)
-    return page.split(b"\0", 1)[0]
+    return page[:_PAGE - 1].split(b"\0", 1)[0]
 
 
 def _open_target(call: Call, creds: CallerCreds, target: bytes) -> int:

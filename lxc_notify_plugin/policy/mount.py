@@ -18,6 +18,7 @@ answers ENOSYS there, which makes util-linux's mount(8) fall back to
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
@@ -77,11 +78,26 @@ REDIRECT = "fuse"  # run the policy's FUSE program in the container instead
 
 
 def mount_flags(raw: int) -> int:
-    """The flags as do_mount() sees them: the old magic in the top half dropped."""
-    flags = raw & 0xFFFFFFFF  # an unsigned long, but every flag lives in 32 bits
+    """The flags as path_mount() sees them: where bits 16..31 are exactly the old
+    magic 0xC0ED, every bit from 16 up (the upper 32 included) is dropped.  A
+    compat caller's arguments arrive already cut to 32 bits (the request)."""
+    flags = raw & _ULONG
     if flags & kernel.MS_MGC_MSK == kernel.MS_MGC_VAL:
-        flags &= ~kernel.MS_MGC_MSK
+        flags &= 0xFFFF
     return flags
+
+
+# MS_NOUSER is the int 1 << 31: tested against the unsigned long flags it is
+# sign-extended, so path_mount() answers EINVAL for any bit from 31 up.
+_NOUSER_EXTENDED: Final = 0xFFFF_FFFF_8000_0000
+_ULONG: Final = 0xFFFF_FFFF_FFFF_FFFF
+
+
+def flags_error(flags: int) -> int | None:
+    """path_mount()'s answer to the flags alone (after the target's walk), or None."""
+    if flags & _NOUSER_EXTENDED:
+        return errno.EINVAL
+    return None
 
 
 def choice(policy: MountPolicy, fs_type: str) -> tuple[str, str] | None:
@@ -110,10 +126,10 @@ class Option:
 
 def parse_options(data: bytes) -> tuple[Option, ...]:
     """A mount(2) data string as vfs_parse_monolithic_sep() splits it: on commas,
-    each ``key[=value]``, empty pieces skipped."""
+    each ``key[=value]``; empty pieces and pieces with an empty key ("=x") skipped."""
     options = []
     for piece in data.split(b","):
-        if not piece:
+        if not piece or piece.startswith(b"="):
             continue
         key, sep, value = piece.partition(b"=")
         options.append(Option(key, value if sep else None))
@@ -143,7 +159,8 @@ def translate(flags: int, forced: int) -> Translated:
     """MS_* (with the policy's forced flags) as superblock flags and mount attributes.
 
     The atime setting is one of three (relatime, the default; noatime;
-    strictatime), as do_mount() picks it: MS_NOATIME wins over MS_STRICTATIME.
+    strictatime), as path_mount() picks it: MS_STRICTATIME wins over MS_NOATIME
+    (it clears the atime bits, then sets strictatime last).
     """
     flags = (flags & _KNOWN) | forced
     sb_flags = tuple(name for bit, name in _SB_FLAGS if flags & bit)
@@ -151,10 +168,10 @@ def translate(flags: int, forced: int) -> Translated:
     for bit, attr in _MOUNT_ATTRS:
         if flags & bit:
             attrs |= attr
-    if flags & kernel.MS_NOATIME:
-        attrs |= kernel.MOUNT_ATTR_NOATIME
-    elif flags & kernel.MS_STRICTATIME:
+    if flags & kernel.MS_STRICTATIME:
         attrs |= kernel.MOUNT_ATTR_STRICTATIME
+    elif flags & kernel.MS_NOATIME:
+        attrs |= kernel.MOUNT_ATTR_NOATIME
     return Translated(sb_flags, attrs, flags)
 
 
@@ -226,6 +243,10 @@ def filter_rules(policy: object) -> tuple[Rule, ...]:
     """mount(2) only when it makes a new superblock; every fsopen (its
     filesystem name is a string, which a filter cannot read)."""
     return (Rule("mount", None, (ArgMatch(3, 0, mask=NOT_NEW),)),
+            # The old magic 0xC0ED0000 carries the MS_PRIVATE and MS_SLAVE bits, so
+            # the rule above never sees a call with it: trapped, and judged after
+            # path_mount()'s own dropping of the magic.
+            Rule("mount", None, (ArgMatch(3, kernel.MS_MGC_VAL, mask=kernel.MS_MGC_MSK),)),
             Rule("fsopen", None))
 
 

@@ -26,7 +26,6 @@ from . import kernel
 from .caller.thread import CallerThread
 from .errors import RequestGone, SupervisorFault, ThreadIdentityLost, own_step
 from .handlers import Registered, registry
-from .host.cgroups import DeviceCgroups
 from .host.flaglock import MountFlagLocks
 from .host.shift import Shifter
 from .policy.effective import ContainerPolicy
@@ -87,7 +86,6 @@ class HostViews:
     """What the host knows that handlers may consult (kept current elsewhere)."""
 
     devices: HostDevices | None = None  # udev's index, while udev runs
-    cgroups: DeviceCgroups = field(default_factory=DeviceCgroups)
     shifter: Shifter = field(default_factory=Shifter)  # what each fs type shifts with
     flag_locks: MountFlagLocks = field(default_factory=MountFlagLocks)
 

@@ -64,6 +64,7 @@ import pyseccomp
 
 from .. import kernel
 from ..errors import SupervisorFault
+from ..host.cgroups import procs_files
 from ..policy.filter import EQ, MASKED_EQ, NE
 
 if TYPE_CHECKING:
@@ -316,7 +317,6 @@ class Actors:
         if len(self.by_cgroups) >= _MAX_ACTORS:
             oldest = min(self.by_cgroups, key=lambda k: self.by_cgroups[k].used)
             self.by_cgroups.pop(oldest).close()
-        from ..host.cgroups import procs_files  # noqa: PLC0415  (host imports caller)
         files = procs_files(proc_cgroup, mountinfo())
         if not files:
             raise ActorFailed("find the caller's cgroups",

@@ -280,8 +280,10 @@ def rebase_self_path(path: bytes, dir_fd: int, creds: CallerCreds) -> tuple[int,
     after following the magic link, and so do its ``cwd`` and ``root``; any
     other ``/proc/self/...`` names the
     caller's pid.  These are the caller's own: they reach nothing it could not
-    reach by passing the fd as a dirfd.  Every other magic link is refused
-    (ELOOP), since following it would use our ptrace rights, not the caller's.
+    reach by passing the fd as a dirfd.  Every other magic link (another
+    task's ``/proc/PID/root``) is left to the exact walk, which follows it in
+    the container's user namespace with the caller's rights
+    (``CallerScope.open_exactly``), never with ours.
     """
     if not path.startswith(b"/"):
         return dir_fd, path

@@ -305,9 +305,19 @@ class CallerScope:
             return self.open_path(path, flags)
         except PermissionError:
             pass
+        except OSError as err:
+            if err.errno != errno.ELOOP:
+                raise
+            # Our walk refuses magic links (following one would use our ptrace
+            # rights).  The kernel follows them for the caller where the caller
+            # may (/proc/1/root/... for container root): the helper, holding the
+            # caller's ids and capabilities, follows them under the caller's
+            # root, and the kernel's ptrace check decides; a real symlink loop
+            # is ELOOP there too.
+            return self._open_in_userns(path, flags, magic_links=True)
         return self._open_in_userns(path, flags)
 
-    def _open_in_userns(self, path: bytes, flags: int) -> int:
+    def _open_in_userns(self, path: bytes, flags: int, *, magic_links: bool = False) -> int:
         request, creds, view = self.request, self.creds, self.request.container
         helper = self._helper()
         uids = tuple(view.uid_map.to_inside(u) for u in (*creds.uids, creds.fsuid))
@@ -322,10 +332,15 @@ class CallerScope:
                 root_fd = os.open("root", DIR_FLAGS, dir_fd=request.proc_fd)
         try:
             absolute = path.startswith(b"/")
+            if magic_links:  # under a chroot to the caller's root: no RESOLVE_* at all
+                start_fd, resolve = (root_fd if absolute else self.start_fd), 0
+            else:
+                start_fd = -1 if absolute else self.start_fd
+                resolve = _RESOLVE | (kernel.RESOLVE_IN_ROOT if absolute else 0)
             return helper.open_as(
-                root_fd=root_fd, start_fd=-1 if absolute else self.start_fd, path=path,
+                root_fd=root_fd, start_fd=start_fd, path=path,
                 flags=flags | os.O_CLOEXEC,
-                resolve=_RESOLVE | (kernel.RESOLVE_IN_ROOT if absolute else 0),
+                resolve=resolve,
                 uids=uids, gids=gids,  # type: ignore[arg-type]  # no None: checked above
                 groups=groups, caps=creds.cap_effective)
         finally:

@@ -99,8 +99,12 @@ def handle(call: Call) -> Answer:
                 rule = rules[0]
             if rule.mode_cap is not None:
                 mode = stat.S_IFMT(mode) | stat.S_IMODE(mode) & rule.mode_cap
+            # CAP_FSETID keeps S_ISGID for a caller outside the file's group
+            # (mode_strip_sgid), if the directory's owner is mapped.
+            fsetid = creds.caps_over(request.container, parent.uid, parent.gid) & (
+                1 << kernel.CAP_FSETID)
             who = Identity(creds.fsuid, creds.fsgid, creds.groups, creds.umask,
-                           1 << kernel.CAP_MKNOD)
+                           1 << kernel.CAP_MKNOD | fsetid)
             try:
                 actor.mknodat(parent_fd, leaf, mode, dev, who)
             except PermissionError as err:

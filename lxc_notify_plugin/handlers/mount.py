@@ -40,7 +40,13 @@ import stat
 
 from .. import kernel
 from ..caller.actor import Actor, MountRefused, actor_for
-from ..caller.task import INODE_CAPS, CallerCreds, in_container_userns, read_creds
+from ..caller.task import (
+    INODE_CAPS,
+    CallerCreds,
+    in_container_userns,
+    read_creds,
+    rebase_self_path,
+)
 from ..caller.thread import AT_FDCWD, CallerThread
 from ..dispatch import Call
 from ..errors import SupervisorFault
@@ -222,10 +228,11 @@ def _read_data(request: Request, address: int) -> bytes:
 def _open_target(call: Call, creds: CallerCreds, target: bytes) -> int:
     """The mount point, as the caller's walk reaches it (an O_PATH fd)."""
     request = call.request
+    if not target:
+        raise OSError(errno.ENOENT, "empty target")
+    dir_fd, target = rebase_self_path(target, AT_FDCWD, creds)
     with call.thread.as_caller(request, creds, creds.cap_effective & INODE_CAPS,
-                               dir_fd=AT_FDCWD, relative=not target.startswith(b"/")) as scope:
-        if not target:
-            raise OSError(errno.ENOENT, "empty target")
+                               dir_fd=dir_fd, relative=not target.startswith(b"/")) as scope:
         return scope.open_exactly(target, _TARGET_FLAGS)
 
 
@@ -237,10 +244,9 @@ def _source_node(call: Call, creds: CallerCreds, source: bytes) -> int:
     (EACCES), which it checks again itself when the actor's fsconfig resolves
     the node through this fd."""
     request, thread = call.request, call.thread
-    with thread.as_caller(request, creds, creds.cap_effective & INODE_CAPS, dir_fd=AT_FDCWD,
+    dir_fd, source = rebase_self_path(source, AT_FDCWD, creds)
+    with thread.as_caller(request, creds, creds.cap_effective & INODE_CAPS, dir_fd=dir_fd,
                           relative=not source.startswith(b"/")) as scope:
-        if not source:
-            raise OSError(errno.ENOENT, "empty source")
         node_fd = scope.open_exactly(source, _SOURCE_FLAGS)
     try:
         if not stat.S_ISBLK(os.fstat(node_fd).st_mode):

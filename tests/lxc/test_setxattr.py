@@ -140,7 +140,10 @@ def test_paths_stay_inside_the_container(docker: Container) -> None:
     assert docker.probe("xattr", "set", f"{link}/{name}", OPAQUE, "y") == "ok"
     assert not Path("/", name).exists()
     assert host_xattr(docker, f"/{name}") == b"y"
-    assert docker.probe("xattr", "set", f"/proc/1/root/{name}", OPAQUE, "y") == "ELOOP"
+    # Another task's root is followed as the kernel follows it for container root.
+    docker.sh(f"mkdir /{name}-magic")
+    assert docker.probe("xattr", "set", f"/proc/1/root/{name}-magic", OPAQUE, "y") == "ok"
+    assert host_xattr(docker, f"/{name}-magic") == b"y"
 
 
 def test_a_host_mounted_overlay_honours_the_opaque_directory(docker: Container) -> None:

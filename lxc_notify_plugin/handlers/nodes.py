@@ -211,7 +211,7 @@ def overmount_usable_twin(thread: CallerThread, request: Request, node: Placehol
         os.mknod(name, st.st_mode, st.st_rdev, dir_fd=store)
         os.chown(name, st.st_uid, st.st_gid, dir_fd=store, follow_symlinks=False)
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=store)
-        _copy_acl(node.fd, store, name)
+        _copy_acl(thread.proc_root, node.fd, store, name)
         try:
             tree_fd = kernel.open_tree(store, name.encode(),
                                        kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC)
@@ -235,17 +235,17 @@ def overmount_usable_twin(thread: CallerThread, request: Request, node: Placehol
         os.close(store)
 
 
-def _copy_acl(from_fd: int, store_fd: int, name: str) -> None:
+def _copy_acl(proc_root: str, from_fd: int, store_fd: int, name: str) -> None:
     """The twin gets the caller node's access ACL (from the directory's default ACL)."""
     try:
-        acl = os.getxattr(f"/proc/thread-self/fd/{from_fd}", _ACL_ACCESS)
+        acl = os.getxattr(f"{proc_root}/thread-self/fd/{from_fd}", _ACL_ACCESS)
     except OSError as err:
         if err.errno in (errno.ENODATA, errno.EOPNOTSUPP):
             return
         raise
     target = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=store_fd)
     try:
-        os.setxattr(f"/proc/thread-self/fd/{target}", _ACL_ACCESS, acl)
+        os.setxattr(f"{proc_root}/thread-self/fd/{target}", _ACL_ACCESS, acl)
     finally:
         os.close(target)
 

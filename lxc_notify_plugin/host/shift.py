@@ -79,8 +79,9 @@ class Shiftfs:
 
     name = "shiftfs"
 
-    def __init__(self, filesystems: str = "/proc/filesystems") -> None:
+    def __init__(self, filesystems: str = "/proc/filesystems", proc_root: str = "/proc") -> None:
         self.filesystems = filesystems
+        self.proc_root = proc_root
 
     def unavailable(self) -> str | None:
         try:
@@ -93,7 +94,7 @@ class Shiftfs:
     def shift(self, mount_fd: int, userns_fd: int) -> int:
         fs_fd = kernel.fsopen(b"shiftfs")
         try:
-            source = f"/proc/thread-self/fd/{mount_fd}".encode()
+            source = f"{self.proc_root}/thread-self/fd/{mount_fd}".encode()
             kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, b"source", source)
             kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_FLAG, b"mark")
             kernel.fsconfig(fs_fd, kernel.FSCONFIG_CMD_CREATE)

@@ -98,6 +98,8 @@ LIBC: Final[Mapping[str, Signature]] = {
     "sysinfo": Signature(c_int, (c_void_p,)),
     # int ioctl(int fd, unsigned long request, void *argp);
     "ioctl": Signature(c_int, (c_int, c_ulong, c_void_p)),
+    # int sched_getcpu(void);  the CPU the calling thread runs on now (rseq/vDSO)
+    "sched_getcpu": Signature(c_int, ()),
     # int ioctl(int fd, unsigned long request, unsigned long arg);  argument by value
     "ioctl_value": Signature(c_int, (c_int, c_ulong, c_ulong), symbol="ioctl"),
 }

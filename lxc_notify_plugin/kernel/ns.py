@@ -44,7 +44,8 @@ __all__ = [
     "PR_GET_SECUREBITS", "PR_SET_SECUREBITS", "PR_SET_NO_NEW_PRIVS", "PR_GET_NO_NEW_PRIVS",
     "PR_CAP_AMBIENT", "SECBIT_NOROOT", "SECBIT_NOROOT_LOCKED", "SECBIT_NO_SETUID_FIXUP",
     "SECBIT_NO_SETUID_FIXUP_LOCKED", "SECBIT_KEEP_CAPS", "SECBIT_KEEP_CAPS_LOCKED",
-    "SECBIT_NO_CAP_AMBIENT_RAISE", "SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED", "prctl", "set_pdeathsig",
+    "SECBIT_NO_CAP_AMBIENT_RAISE", "SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED", "prctl", "sched_getcpu",
+    "set_pdeathsig",
     "get_pdeathsig", "set_dumpable", "get_dumpable", "set_keepcaps", "get_keepcaps",
     "set_securebits", "get_securebits"
 ]
@@ -147,6 +148,14 @@ SECBIT_KEEP_CAPS: Final = 1 << 4
 SECBIT_KEEP_CAPS_LOCKED: Final = 1 << 5
 SECBIT_NO_CAP_AMBIENT_RAISE: Final = 1 << 6
 SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: Final = 1 << 7
+
+_sched_getcpu = _ctypeslib.function("sched_getcpu")
+
+
+def sched_getcpu() -> int:
+    """The CPU the calling thread runs on now (it may move at any time)."""
+    return _sched_getcpu()
+
 
 _prctl = _ctypeslib.function("prctl")
 

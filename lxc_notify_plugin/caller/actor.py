@@ -645,6 +645,7 @@ def load_seccomp(rules: list[dict[str, Any]]) -> int:
     """Load ``rules`` (default allow; errno or notify per rule) on every arch the
     container runs, and return the filter's listener fd."""
     filt = pyseccomp.SyscallFilter(pyseccomp.ALLOW)
+    filt.set_attr(pyseccomp.Attr.CTL_NNP, 0)  # libseccomp sets no_new_privs by default
     for arch in {"x86_64": (pyseccomp.Arch.X86, pyseccomp.Arch.X32),
                  "aarch64": (pyseccomp.Arch.ARM,)}.get(os.uname().machine, ()):
         filt.add_arch(arch)

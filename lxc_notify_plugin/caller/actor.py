@@ -50,6 +50,7 @@ import errno
 import json
 import logging
 import os
+import resource
 import select
 import signal
 import socket
@@ -142,6 +143,8 @@ class ProgramOrder:
     securebits: int
     no_new_privs: bool
     seccomp: list[dict[str, Any]]  # rules, see seccomp_rules_wire(); [] for none
+    rlimits: list[tuple[int, int, int]]  # (resource, soft, hard), the caller's
+    oom_score_adj: int
 
 
 class Actor:
@@ -556,6 +559,10 @@ def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int
     # The actor follows the daemon's CPU; the program must not stay pinned there.
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    # Its resource limits and OOM score, as host root (raising one above ours
+    # needs CAP_SYS_RESOURCE, which this host withholds from everyone: then it
+    # is lowered to ours and named in the report).
+    unmatched = _take_limits(order)
     for (name, kind), fd in zip(NAMESPACES, ns_fds, strict=True):
         step(f"enter the {name} namespace", kernel.setns, fd, kind)
     step("take the caller's root", os.fchdir, root_fd)
@@ -631,8 +638,29 @@ def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int
     except BlockingIOError:
         stderr = ""
     assert status is not None
-    _send(channel, {"exit": os.waitstatus_to_exitcode(status), "stderr": stderr})
+    _send(channel, {"exit": os.waitstatus_to_exitcode(status), "stderr": stderr,
+                    "unmatched": unmatched})
     return 0
+
+
+def _take_limits(order: dict[str, Any]) -> list[str]:
+    """Set the caller's rlimits and oom_score_adj; the names of those we could not."""
+    unmatched = []
+    for resource_id, soft, hard in order["rlimits"]:
+        try:
+            resource.setrlimit(resource_id, (soft, hard))
+        except (OSError, ValueError):
+            _, our_hard = resource.getrlimit(resource_id)
+            capped = our_hard if soft == resource.RLIM_INFINITY else min(soft, our_hard)
+            with contextlib.suppress(OSError, ValueError):
+                resource.setrlimit(resource_id, (capped, our_hard))
+            unmatched.append(f"rlimit {resource_id}")
+    try:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(order["oom_score_adj"]))
+    except OSError:
+        unmatched.append("oom_score_adj")
+    return unmatched
 
 
 def seccomp_rules_wire(rules: Sequence[Any]) -> list[dict[str, Any]]:

@@ -12,6 +12,9 @@ What the program gets, and from where (the actor, ``caller/actor.py``, does it):
   defaults, ours), with a listener of its own that the dispatcher serves on
   another thread.
 
+* its resource limits (``prlimit``) and OOM score adjustment, where they are
+  not above ours (raising either needs host privilege the daemon lacks).
+
 What it cannot get: the caller's securebits (Linux shows no other task's
 securebits anywhere; the program gets none, as a container's root has by
 default) and its LSM label (see docs/CONTEXT.md).
@@ -22,6 +25,7 @@ from __future__ import annotations
 import errno
 import logging
 import os
+import resource
 
 from ..caller.actor import NAMESPACES, ProgramOrder, actor_for, seccomp_rules_wire
 from ..caller.task import CallerCreds, status_field
@@ -35,6 +39,23 @@ _MISSING = 127  # the shell's "command not found"
 _MNT_FORCE = 1
 # LXC's default profile says reject_force_umount: umount2(MNT_FORCE) is EACCES.
 _REJECT_FORCE_UMOUNT = Rule("umount2", errno.EACCES, (ArgMatch(1, _MNT_FORCE, mask=_MNT_FORCE),))
+
+
+_RLIMITS = tuple(getattr(resource, name) for name in dir(resource) if name.startswith("RLIMIT_"))
+
+
+def _limits(tid: int) -> list[tuple[int, int, int]]:
+    """The caller's resource limits (per process: any of its threads' ids names them);
+    checked valid with the rest of the order."""
+    return [(r, *resource.prlimit(tid, r)) for r in sorted(set(_RLIMITS))]
+
+
+def _oom_score_adj(proc_fd: int) -> int:
+    fd = os.open("oom_score_adj", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+    try:
+        return int(os.read(fd, 32).strip() or b"0")
+    finally:
+        os.close(fd)
 
 
 def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_errno: int,
@@ -64,6 +85,8 @@ def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_er
         securebits=0,
         no_new_privs=status_field(status, b"NoNewPrivs") == b"1",
         seccomp=seccomp_rules_wire([*lxc_rules(call.policy), _REJECT_FORCE_UMOUNT]),
+        rlimits=_limits(request.tid),
+        oom_score_adj=_oom_score_adj(request.proc_fd),
     )
     actor = actor_for(thread, request)
     fds: list[int] = []
@@ -79,6 +102,9 @@ def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_er
     finally:
         for fd in fds:
             os.close(fd)
+    if report.get("unmatched"):
+        log.info("%s for %s runs with ours where the caller's are higher: %s", what,
+                    view.name, ", ".join(map(str, report["unmatched"])))
     code = report.get("exit")
     if code == 0:
         return

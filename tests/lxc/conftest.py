@@ -68,13 +68,14 @@ def unit_capability_mask() -> int:
 
 def unit_wrapper() -> list[str]:
     """The unit's restrictions as a command prefix, for machines where systemd is
-    not init: the same bounding set (setpriv), no_new_privs and umask."""
+    not init: the same bounding set (setpriv) and umask; no no_new_privs (the
+    FUSE program must get the container's)."""
     settings = unit_settings()
     caps = ",".join("+" + name.removeprefix("CAP_").lower()
                     for name in settings["CapabilityBoundingSet"].split())
-    assert settings["NoNewPrivileges"] == "yes"
+    assert "NoNewPrivileges" not in settings
     return ["sh", "-c", f'umask {settings["UMask"]} && exec "$@"', "unit",
-            "setpriv", f"--bounding-set=-all,{caps}", "--no-new-privs", "--"]
+            "setpriv", f"--bounding-set=-all,{caps}", "--"]
 HELPER_SOURCE = Path(__file__).resolve().parent.parent / "helpers" / "nodeprobe.c"
 
 
@@ -147,7 +148,7 @@ class Daemon:
         """Start the daemon; ``held`` sockets and ``stored`` fds (by name) are passed
         as systemd passes a socket unit's sockets and its fd store."""
         # Under test_service.py's bounded run, every daemon starts as the systemd
-        # unit starts it: its capability bounding set, no_new_privs and umask.
+        # unit starts it: its capability bounding set and umask (no no_new_privs).
         wrapper = unit_wrapper() if os.environ.get(UNDER_UNIT) else []
         activated: list[str] = []
         environment = {**os.environ, **(env or {})}
@@ -174,7 +175,7 @@ class Daemon:
             status = Path(f"/proc/{self.pid}/status").read_text()
             fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
             assert int(fields["CapBnd"], 16) == unit_capability_mask(), fields["CapBnd"]
-            assert fields["NoNewPrivs"].strip() == "1"
+            assert fields["NoNewPrivs"].strip() == "0"  # the unit sets none: see its comment
 
     def _pid_file_is_ours(self) -> bool:
         try:

@@ -135,7 +135,7 @@ def test_a_daemon_under_the_units_restrictions_serves(own_daemon: MakeDaemon,
                                                       tmp_path: Path,
                                                       own_container: MakeContainer) -> None:
     """systemd is not init here: the unit's ExecStart runs under the same bounding set,
-    no_new_privs and umask (setpriv), and the real tests of every handler run against it."""
+    and umask (setpriv), and the real tests of every handler run against it."""
     monkeypatch.setenv(UNDER_UNIT, "1")
     daemon = own_daemon()  # Daemon.start checks CapBnd and NoNewPrivs of the process
     assert unit_wrapper()[0] == "sh"

@@ -58,7 +58,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -236,17 +236,29 @@ class Actor:
                 os.sched_setaffinity(self.process.pid, range(os.cpu_count() or 1))
 
     def new_mount(self, fs_type: str, source_fd: int, steps: Sequence[tuple[str, bytes,
-                  bytes | None]], attrs: int) -> int:
+                  bytes | None]], attrs: int, *, name: bytes | None = None,
+                  root_fd: int = -1, start_fd: int = -1) -> int:
         """A detached mount of a new (or shared) superblock of ``fs_type`` on the block
         node ``source_fd`` (the caller's own node, an O_PATH fd): fsopen, the source,
         ``steps`` in order (("flag", key, None) or ("string", key, value)), CMD_CREATE,
         fsmount with ``attrs``.  The kernel opens the device here, in the caller's
         cgroups, with the access the superblock will have.  The fs context's messages
-        come back in the error."""
+        come back in the error.
+
+        ``name`` is the source as the caller wrote it: the mount shows it (findmnt,
+        ``umount /dev/x``), as the kernel's would.  It is resolved under the caller's
+        root (``root_fd``) from ``start_fd``, and used only if it reaches the very
+        node ``source_fd`` is (checked before and, by device number, after the
+        superblock is made); otherwise the mount is made through the fd."""
         wire = [[kind, key.hex(), None if value is None else value.hex()]
                 for kind, key, value in steps]
-        answer, fds = self._call({"op": "mount", "fs_type": fs_type, "steps": wire,
-                                  "attrs": attrs}, [source_fd])
+        message: dict[str, Any] = {"op": "mount", "fs_type": fs_type, "steps": wire,
+                                   "attrs": attrs}
+        fds = [source_fd]
+        if name is not None and root_fd >= 0 and start_fd >= 0:
+            message["name"] = name.hex()
+            fds += [root_fd, start_fd]
+        answer, fds = self._call(message, fds)
         if answer.get("errno"):
             _close_all(fds)
             code = int(answer["errno"])
@@ -465,16 +477,67 @@ def _do_mknodat(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity
 
 
 def _do_mount(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+    node = os.fstat(fds[0])
+    name = bytes.fromhex(message["name"]) if "name" in message and len(fds) == 3 else None
+    if name is not None and not _names_node(name, fds[1], fds[2], node):
+        name = None
+    answer, mount_fd = _make_mount(message, fds[0], name, fds[1:])
+    if mount_fd >= 0 and name is not None:
+        dev = os.fstat(mount_fd).st_dev
+        if os.major(dev) != 0 and dev != node.st_rdev:
+            # The name reached another device by the time the kernel walked it
+            # (the container raced us): made again through the fd.
+            os.close(mount_fd)
+            answer, mount_fd = _make_mount(message, fds[0], None, [])
+    try:
+        _send(sock, answer, [mount_fd] if mount_fd >= 0 else [])
+    finally:
+        if mount_fd >= 0:
+            os.close(mount_fd)
+
+
+def _names_node(name: bytes, root_fd: int, start_fd: int, node: os.stat_result) -> bool:
+    """Whether ``name``, walked under the caller's root from ``start_fd``, is ``node``."""
+    try:
+        with _chrooted(root_fd, start_fd):
+            found = os.stat(name)
+    except OSError:
+        return False
+    return (found.st_dev, found.st_ino, found.st_rdev) == (node.st_dev, node.st_ino,
+                                                           node.st_rdev)
+
+
+@contextlib.contextmanager
+def _chrooted(root_fd: int, start_fd: int) -> Iterator[None]:
+    """Under the caller's root, at ``start_fd`` (its cwd, or its root for an absolute
+    name); back at the host's root after (the actor's cwd is the host's /)."""
+    host_root = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fchdir(root_fd)
+        os.chroot(".")
+        os.fchdir(start_fd)
+        try:
+            yield
+        finally:
+            os.fchdir(host_root)
+            os.chroot(".")
+    finally:
+        os.close(host_root)
+
+
+def _make_mount(message: dict[str, Any], node_fd: int, name: bytes | None,
+                where: list[int]) -> tuple[dict[str, Any], int]:
+    """(answer, mount fd or -1)."""
     stage = "fsopen"
     fs_fd = -1
     try:
         fs_fd = kernel.fsopen(str(message["fs_type"]).encode())
         stage = "configure"
-        # The source is the caller's own node, reached through our fd: the
-        # kernel's lookup_bdev() follows the link and checks that node's mount
-        # (nodev: EACCES) as it would for the caller's path.
-        kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, b"source",
-                        f"/proc/self/fd/{fds[0]}".encode())
+        # By name: the kernel's lookup_bdev() walks it under the caller's root (as
+        # host root) at CMD_CREATE.  By fd: it follows our link to the caller's own
+        # node.  Either way it checks that node's mount (nodev: EACCES) itself.
+        source = name if name is not None else f"/proc/self/fd/{node_fd}".encode()
+        kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, b"source", source)
         for kind, key_hex, value_hex in message["steps"]:
             key = bytes.fromhex(key_hex)
             if kind == "flag":
@@ -482,20 +545,20 @@ def _do_mount(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> N
             else:
                 kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, key, bytes.fromhex(value_hex))
         stage = "create"
-        kernel.fsconfig(fs_fd, kernel.FSCONFIG_CMD_CREATE)
+        if name is not None:
+            with _chrooted(where[0], where[1]):
+                kernel.fsconfig(fs_fd, kernel.FSCONFIG_CMD_CREATE)
+        else:
+            kernel.fsconfig(fs_fd, kernel.FSCONFIG_CMD_CREATE)
         stage = "fsmount"
-        mount_fd = kernel.fsmount(fs_fd, kernel.FSMOUNT_CLOEXEC, int(message["attrs"]))
+        return {"errno": 0}, kernel.fsmount(fs_fd, kernel.FSMOUNT_CLOEXEC,
+                                            int(message["attrs"]))
     except OSError as err:
         messages = kernel.fs_context_messages(fs_fd) if fs_fd >= 0 else []
-        _send(sock, {"errno": _errno_of(err), "stage": stage, "messages": messages})
-        return
+        return {"errno": _errno_of(err), "stage": stage, "messages": messages}, -1
     finally:
         if fs_fd >= 0:
             os.close(fs_fd)
-    try:
-        _send(sock, {"errno": 0}, [mount_fd])
-    finally:
-        os.close(mount_fd)
 
 
 def _do_run(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:

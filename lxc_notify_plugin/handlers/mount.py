@@ -186,18 +186,31 @@ def _emulate(call: Call, creds: CallerCreds, actor: Actor, fs_type: str, flags: 
     request, policy, thread = call.request, call.policy, call.thread
     assert source is not None
     node_fd = _source_node(call, creds, source)
+    where: list[int] = []
     try:
+        name = None
+        if not source.startswith((b"/proc/", b"/dev/fd/")):
+            # The caller's own words for its source, for the mount table; the
+            # actor uses them only if they still reach this node.
+            name = source
+            for which in ("root", "root" if source.startswith(b"/") else "cwd"):
+                where.append(os.open(which, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
+                                     dir_fd=request.proc_fd))
         # The kernel opens the device in the actor, in the caller's cgroups,
         # read-only or read-write as the superblock will be after the caller's
         # options and ours: the device cgroup is the kernel's own check.
         mount_fd = actor.new_mount(fs_type, node_fd, config_steps(fs_type, flags, options,
                                                                   forced),
-                                   mount_attrs(flags, forced))
+                                   mount_attrs(flags, forced), name=name,
+                                   root_fd=where[0] if where else -1,
+                                   start_fd=where[1] if where else -1)
     except MountRefused as err:
         log.info("mount %s: %s%s", fs_type, err.strerror, f" ({err.said})" if err.said else "")
         raise OSError(err.errno, err.strerror) from None
     finally:
         os.close(node_fd)
+        for fd in where:
+            os.close(fd)
     try:
         if policy.mount.shift:
             mount_fd = _shift(call.host.shifter, request, fs_type, mount_fd,

@@ -80,6 +80,7 @@ _PROGRAM_TIMEOUT_S = 20.0  # a FUSE program's foreground part
 _IDLE_S = 2.0  # then an actor alone in its cgroup leaves it
 _MAX_ACTORS = 8  # per thread; the least recently used goes first
 _MISSING = 127  # the shell's "command not found"
+_LSM_REFUSED = 125  # the caller's LSM profile could not be set for the exec
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MESSAGE_MAX = 1 << 16
 
@@ -145,6 +146,7 @@ class ProgramOrder:
     seccomp: list[dict[str, Any]]  # rules, see seccomp_rules_wire(); [] for none
     rlimits: list[tuple[int, int, int]]  # (resource, soft, hard), the caller's
     oom_score_adj: int
+    lsm_label: str  # the caller's AppArmor profile to exec under; "" for none
 
 
 class Actor:
@@ -608,8 +610,23 @@ def _do_run(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> Non
     _send(sock, report or {"step": "run the program", "errno": errno.EIO})
 
 
+def _set_exec_label(host_proc_fd: int, label: str) -> None:
+    for name in ("thread-self/attr/apparmor/exec", "thread-self/attr/exec"):
+        try:
+            fd = os.open(name, os.O_WRONLY | os.O_CLOEXEC, dir_fd=host_proc_fd)
+        except FileNotFoundError:
+            continue
+        try:
+            os.write(fd, f"exec {label}".encode())
+        finally:
+            os.close(fd)
+        return
+    raise OSError(errno.ENOENT, "no AppArmor exec attribute")
+
+
 def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int]) -> int:
     """In the fork: become the caller, then fork and wait for the program."""
+    host_proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     ns_fds, root_fd, cwd_fd = fds[:len(NAMESPACES)], fds[-2], fds[-1]
 
     def step(name: str, action: Callable[..., Any], *args: Any) -> None:
@@ -666,6 +683,14 @@ def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the program, in the container's pid namespace
+        if order["lsm_label"]:
+            # The caller's AppArmor profile for the exec (change_onexec): written
+            # through the host's /proc, where this task has a name.  Refused:
+            # the program does not run, rather than run unconfined.
+            try:
+                _set_exec_label(host_proc_fd, order["lsm_label"])
+            except OSError:
+                os._exit(_LSM_REFUSED)
         try:
             null = os.open("/dev/null", os.O_RDWR)
             os.dup2(null, 0)

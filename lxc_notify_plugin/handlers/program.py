@@ -15,9 +15,13 @@ What the program gets, and from where (the actor, ``caller/actor.py``, does it):
 * its resource limits (``prlimit``) and OOM score adjustment, where they are
   not above ours (raising either needs host privilege the daemon lacks).
 
+* its AppArmor profile, for the exec (``change_onexec``), where the host has
+  AppArmor and the caller is confined; if AppArmor refuses, the program does
+  not run (EPERM), rather than run unconfined.
+
 What it cannot get: the caller's securebits (Linux shows no other task's
 securebits anywhere; the program gets none, as a container's root has by
-default) and its LSM label (see docs/CONTEXT.md).
+default); an SELinux or Smack label (not handled: Debian's LXC uses AppArmor).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from ..policy.lxc_policy import rules as lxc_rules
 log = logging.getLogger(__name__)
 
 _MISSING = 127  # the shell's "command not found"
+_LSM_REFUSED = 125  # caller/actor.py: the caller's AppArmor profile could not be set
 _MNT_FORCE = 1
 # LXC's default profile says reject_force_umount: umount2(MNT_FORCE) is EACCES.
 _REJECT_FORCE_UMOUNT = Rule("umount2", errno.EACCES, (ArgMatch(1, _MNT_FORCE, mask=_MNT_FORCE),))
@@ -56,6 +61,25 @@ def _oom_score_adj(proc_fd: int) -> int:
         return int(os.read(fd, 32).strip() or b"0")
     finally:
         os.close(fd)
+
+
+def apparmor_label(proc_fd: int) -> str:
+    """The caller's AppArmor profile ("" where it is unconfined or the host has no
+    AppArmor): ``/proc/TID/attr/apparmor/current`` says "NAME (MODE)"."""
+    for name in ("attr/apparmor/current", "attr/current"):
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+        except (FileNotFoundError, PermissionError):
+            continue
+        try:
+            text = os.read(fd, 4096).decode(errors="replace").strip().rstrip("\0")
+        except OSError:
+            return ""  # no LSM answers this attribute here
+        finally:
+            os.close(fd)
+        label = text.rsplit(" (", 1)[0] if text.endswith(")") else text
+        return "" if label in ("", "unconfined") else label
+    return ""
 
 
 def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_errno: int,
@@ -87,6 +111,7 @@ def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_er
         seccomp=seccomp_rules_wire([*lxc_rules(call.policy), _REJECT_FORCE_UMOUNT]),
         rlimits=_limits(request.tid),
         oom_score_adj=_oom_score_adj(request.proc_fd),
+        lsm_label=apparmor_label(request.proc_fd),
     )
     actor = actor_for(thread, request)
     fds: list[int] = []
@@ -109,6 +134,10 @@ def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_er
     if code == 0:
         return
     stderr = str(report.get("stderr", "")).strip()
+    if code == _LSM_REFUSED:
+        log.warning("%s: AppArmor refused the caller's profile for %s (%s)", what, argv[0],
+                    view.name)
+        raise OSError(errno.EPERM, "the caller's AppArmor profile could not be applied")
     if code == _MISSING:
         log.warning("%s: %r is not in the container (%s)", what, argv[0], view.name)
         raise OSError(missing_errno, f"{argv[0]} not found in the container")

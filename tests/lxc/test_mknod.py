@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from pathlib import Path
 
-from tests.lxc.conftest import Container, Daemon
+from tests.lxc.conftest import Container, Daemon, supervised_container
 
 
 def unique(prefix: str = "n") -> str:
@@ -167,3 +167,20 @@ def test_a_mount_flagged_nodev_stays_nodev(container: Container) -> None:
         assert container.probe("open", f"{plain}/null") == "ok"
     finally:
         container.sh(f"umount {plain}/null; umount {plain}; umount {flagged}; true")
+
+
+def test_a_stopped_container_leaves_no_cgroup_behind(daemon: Daemon, nodeprobe: Path) -> None:
+    """The actor that made a node for the container is in its cgroups while it
+    works: LXC removes them as soon as the container's init is gone and does
+    not retry a removal that fails (EBUSY), so the actor must be gone or out."""
+    box = supervised_container(daemon, nodeprobe)
+    try:
+        name = unique("left")
+        assert box.probe("mknod", f"/tmp/{name}", "c", "1", "3") == "ok"
+        # Stopped at once, while the actor may still be inside.
+        box.stop()
+        left = [p for p in Path("/sys/fs/cgroup").glob(f"**/lxc.payload.{box.name}")
+                if p.is_dir()]
+        assert left == [], left
+    finally:
+        box.destroy()

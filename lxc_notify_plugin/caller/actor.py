@@ -34,8 +34,8 @@ leaks whatever it forgets.  So every such step happens here, in an *actor*:
 An actor must not keep a cgroup alive that its owner wants to remove
 (``rmdir`` of a cgroup with a task in it is EBUSY, and LXC does not retry:
 seen, a container's cgroups were left behind): it stays in the caller's
-cgroups only while it works and for 20 ms after, then waits in the
-daemon's own (moving back in costs ~0.2 ms, paid once per burst); it exits
+cgroups only while it works and for 2 ms after, then waits in the
+daemon's own (moving back in costs ~0.25 ms, paid once per burst); it exits
 at once when the container's init exits (a pidfd, polled with its socket),
 when its connection's thread ends (PR_SET_PDEATHSIG), and after 10 s idle.
 
@@ -79,7 +79,7 @@ log = logging.getLogger(__name__)
 
 _TIMEOUT_S = 25.0  # below LXC's 30 s: a hung device is ours to end
 _PROGRAM_TIMEOUT_S = 20.0  # a FUSE program's foreground part
-_LEAVE_S = 0.02  # idle this long, an actor leaves the caller's cgroups (back in: ~0.2 ms)
+_LEAVE_S = 0.002  # idle this long, an actor leaves the caller's cgroups (back in: ~0.25 ms)
 _IDLE_S = 10.0  # idle this long outside them, it exits
 _MAX_ACTORS = 8  # per thread; the least recently used goes first
 _MISSING = 127  # the shell's "command not found"

@@ -170,6 +170,8 @@ def _host_setup(box: Container, image: Image) -> None:
     own(root / "blk" / "secret")
     os.mknod(root / "blk" / "secret" / "disk", 0o660 | 0o060000, image.rdev)
     own(root / "blk" / "secret" / "disk")
+    os.mknod(root / "blk" / "nodriver", 0o660 | 0o060000, os.makedev(259, 4000))  # ENXIO
+    own(root / "blk" / "nodriver")
     (root / "blk" / "foreign").mkdir(mode=0o700)  # searchable only by an unmapped owner
     os.mknod(root / "blk" / "foreign" / "disk", 0o660 | 0o060000, image.rdev)
     own(root / "blk" / "foreign" / "disk")
@@ -300,6 +302,12 @@ CASES: dict[str, str] = {
                                        + f"; opts {{T}} {RO_RW}; umount {{T}}",
     "null-source-with-source-and-ro-in-data": mnt("-", data="source=/blk/disk,ro")
                                               + f"; opts {{T}} {RO_RW}; umount {{T}}",
+    "source-in-data-through-symlinks": "; ".join((
+        mnt("-", data="source=/h/climb"), "umount {T}", mnt("-", data="source={LOOP}"),
+        mnt("-", data="source=/dev/hdisk"), mnt("-", "{M}", data="source=/h/climb"))),
+    "sources-that-are-not-block-devices": "; ".join(mnt(path) for path in (
+        "/dev/null", "/blk", "/blk/nodriver")),
+    "src-magic-links-to-non-devices": mnt("/proc/self/exe") + "; " + mnt("/proc/self/ns/mnt"),
     "sources-that-are-not-one": "; ".join((mnt("/blk/disk", data="source=/blk/disk"),
                                            mnt("-", data="source="), mnt("-", data="source"),
                                            mnt("-"))),
@@ -507,6 +515,8 @@ KNOWN: dict[str, str] = {
     "src-proc-self-root": MAGIC.format("source /proc/self/root/...: ENOENT"),
     "src-proc-1-root": MAGIC.format("source /proc/1/root/...: ELOOP"),
     "src-proc-self-root-climbing": MAGIC.format("source /proc/self/root/../..: ENOENT"),
+    "src-magic-links-to-non-devices": MAGIC.format("/proc/self/exe, /proc/self/ns/mnt: "
+                                                   "ENOENT, not ENOTBLK"),
     "src-fd-of-a-directory": MAGIC.format("source /proc/self/fd/N of a dir: ENOENT"),
     "src-fd-of-a-nodev-node": MAGIC.format("source /proc/self/fd/N on nodev: ENOENT"),
     "tgt-proc-self-fd": MAGIC.format("target /proc/self/fd/N: ENOENT"),

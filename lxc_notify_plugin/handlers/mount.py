@@ -71,6 +71,8 @@ from .program import run_as_caller
 log = logging.getLogger(__name__)
 
 _PAGE = 4096
+_ATIME_ATTRS = kernel.MOUNT_ATTR__ATIME | kernel.MOUNT_ATTR_NODIRATIME
+_FSCONFIG_MAX = 256  # fsconfig() takes no key or value this long (strndup_user)
 _SOURCE_FLAGS = os.O_PATH | os.O_CLOEXEC
 _TARGET_FLAGS = os.O_PATH | os.O_CLOEXEC
 
@@ -130,7 +132,8 @@ def _mount(call: Call) -> Answer:
     actor = actor_for(thread, request) if kind == EMULATE else None
     target_fd = _open_target(call, creds, target)
     try:
-        source, options = _check_arguments(fs_type, flags, source, data)
+        source, options = _check_arguments(fs_type, flags, source, data,
+                                           parse=kind == EMULATE)
         forced = forced_flags(policy.mount)
         if kind != EMULATE or actor is None:
             return _redirect(call, creds, program, fs_type, source, target, flags | forced,
@@ -154,27 +157,39 @@ def _read_source(request: Request, address: int) -> bytes | None:
         raise
 
 
-def _check_arguments(fs_type: str, flags: int, source: bytes | None,
-                     data: bytes) -> tuple[bytes | None, tuple[Option, ...]]:
+def _check_arguments(fs_type: str, flags: int, source: bytes | None, data: bytes, *,
+                     parse: bool) -> tuple[bytes | None, tuple[Option, ...]]:
     """path_mount()'s and the option parse's answers, in their order: the flags,
-    then each option (a ``source=`` in the data is the source when the call gave
-    none, a second one EINVAL); then get_tree_bdev's "no source" (EINVAL)."""
+    then each option in turn (refused: EPERM; the filesystem's own parser, in a
+    context of ours that is never created: EINVAL; a ``source=`` in the data is
+    the source when the call gave none, a second one EINVAL), all before the
+    source is looked up; then get_tree_bdev's "no source" (EINVAL)."""
     error = flags_error(flags)
     if error is not None:
         raise OSError(error, "unknown mount flags")
     kept = []
-    for option in parse_options(data):
-        bad = refused_option((option,))
-        if bad is not None:
-            log.info("mount %s: option %s is refused (it would act outside the container)",
-                     fs_type, bad)
-            raise PermissionError(errno.EPERM, f"mount option {bad} is refused")
-        if option.key == b"source":
-            if option.value is None or source is not None:
-                raise OSError(errno.EINVAL, "a second or empty source")  # "Multiple sources"
-            source = option.value
-            continue
-        kept.append(option)
+    fs_fd = kernel.fsopen(fs_type.encode()) if parse else -1
+    try:
+        for option in parse_options(data):
+            bad = refused_option((option,))
+            if bad is not None:
+                log.info("mount %s: option %s is refused (it would act outside the "
+                         "container)", fs_type, bad)
+                raise PermissionError(errno.EPERM, f"mount option {bad} is refused")
+            if option.key == b"source":
+                if option.value is None or source is not None:
+                    raise OSError(errno.EINVAL, "a second or empty source")  # "Multiple sources"
+                source = option.value
+                continue
+            if fs_fd >= 0:
+                if option.value is None:
+                    kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_FLAG, option.key)
+                else:
+                    kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, option.key, option.value)
+            kept.append(option)
+    finally:
+        if fs_fd >= 0:
+            os.close(fs_fd)
     if not source:
         raise OSError(errno.EINVAL, "no source")  # get_tree_bdev, lookup_bdev("")
     return source, tuple(kept)
@@ -185,11 +200,16 @@ def _emulate(call: Call, creds: CallerCreds, actor: Actor, fs_type: str, flags: 
              target_fd: int) -> Answer:
     request, policy, thread = call.request, call.policy, call.thread
     assert source is not None
+    # The forced flags are locked with the mount; so is the atime setting (the
+    # kernel always locks it).  The caller's other flags come after the lock,
+    # so it can change them later as on a mount of its own.
+    every_attr = mount_attrs(flags, forced)
+    locked_attrs = mount_attrs(0, forced) | every_attr & _ATIME_ATTRS
     node_fd = _source_node(call, creds, source)
     where: list[int] = []
     try:
         name = None
-        if not source.startswith((b"/proc/", b"/dev/fd/")):
+        if not source.startswith((b"/proc/", b"/dev/fd/")) and len(source) < _FSCONFIG_MAX:
             # The caller's own words for its source, for the mount table; the
             # actor uses them only if they still reach this node.
             name = source
@@ -201,7 +221,7 @@ def _emulate(call: Call, creds: CallerCreds, actor: Actor, fs_type: str, flags: 
         # options and ours: the device cgroup is the kernel's own check.
         mount_fd = actor.new_mount(fs_type, node_fd, config_steps(fs_type, flags, options,
                                                                   forced),
-                                   mount_attrs(flags, forced), name=name,
+                                   locked_attrs, name=name,
                                    root_fd=where[0] if where else -1,
                                    start_fd=where[1] if where else -1)
     except MountRefused as err:
@@ -218,6 +238,9 @@ def _emulate(call: Call, creds: CallerCreds, actor: Actor, fs_type: str, flags: 
         # Whatever the container does later, the forced flags stay.
         locked_fd = call.host.flag_locks.lock(mount_fd, thread.host_mnt_ns_fd)
         try:
+            if every_attr & ~locked_attrs:
+                kernel.mount_setattr(locked_fd, b"", kernel.AT_EMPTY_PATH,
+                                     attr_set=every_attr & ~locked_attrs)
             _attach(thread, request, locked_fd, target_fd)
         finally:
             os.close(locked_fd)
@@ -240,13 +263,36 @@ def _read_data(request: Request, address: int) -> bytes:
 
 def _open_target(call: Call, creds: CallerCreds, target: bytes) -> int:
     """The mount point, as the caller's walk reaches it (an O_PATH fd)."""
-    request = call.request
     if not target:
         raise OSError(errno.ENOENT, "empty target")
-    dir_fd, target = rebase_self_path(target, AT_FDCWD, creds)
-    with call.thread.as_caller(request, creds, creds.cap_effective & INODE_CAPS,
-                               dir_fd=dir_fd, relative=not target.startswith(b"/")) as scope:
-        return scope.open_exactly(target, _TARGET_FLAGS)
+    return _walk(call, creds, target, _TARGET_FLAGS)
+
+
+def _walk(call: Call, creds: CallerCreds, path: bytes, flags: int) -> int:
+    """``path`` as the kernel's walk reaches it for the caller: its own names for
+    itself (``/proc/self/fd/N``, ``/dev/fd/N``, cwd, root) as the magic links
+    are followed, the rest walked with its rights (``open_exactly``)."""
+    request = call.request
+    dir_fd, rebased = rebase_self_path(path, AT_FDCWD, creds)
+    if dir_fd != AT_FDCWD:
+        try:
+            if rebased == b".":
+                # The caller's fd itself, whatever it is (a node, a directory, a
+                # namespace): the magic link's target, with no walk after it.
+                return os.open(f"fd/{dir_fd}", flags, dir_fd=request.proc_fd)
+            return _walk_from(call, creds, rebased, dir_fd, flags)
+        except OSError as err:
+            if err.errno in (errno.EBADF, errno.ENOENT) and dir_fd >= 0:
+                # /proc/self/fd/N of an fd that is not open: no such entry.
+                raise OSError(errno.ENOENT, "no such fd") from None
+            raise
+    return _walk_from(call, creds, rebased, AT_FDCWD, flags)
+
+
+def _walk_from(call: Call, creds: CallerCreds, path: bytes, dir_fd: int, flags: int) -> int:
+    with call.thread.as_caller(call.request, creds, creds.cap_effective & INODE_CAPS,
+                               dir_fd=dir_fd, relative=not path.startswith(b"/")) as scope:
+        return scope.open_exactly(path, flags)
 
 
 def _source_node(call: Call, creds: CallerCreds, source: bytes) -> int:
@@ -256,11 +302,7 @@ def _source_node(call: Call, creds: CallerCreds, source: bytes) -> int:
     walk, that it is a block node (ENOTBLK), and that its mount allows devices
     (EACCES), which it checks again itself when the actor's fsconfig resolves
     the node through this fd."""
-    request, thread = call.request, call.thread
-    dir_fd, source = rebase_self_path(source, AT_FDCWD, creds)
-    with thread.as_caller(request, creds, creds.cap_effective & INODE_CAPS, dir_fd=dir_fd,
-                          relative=not source.startswith(b"/")) as scope:
-        node_fd = scope.open_exactly(source, _SOURCE_FLAGS)
+    node_fd = _walk(call, creds, source, _SOURCE_FLAGS)
     try:
         if not stat.S_ISBLK(os.fstat(node_fd).st_mode):
             raise OSError(errno.ENOTBLK, "source is not a block device")
@@ -291,9 +333,19 @@ def _shift(shifter: Shifter, request: Request, fs_type: str, mount_fd: int,
     return attach_fd
 
 
+def _is_mount_root(fd: int) -> bool:
+    return bool(kernel.statx_attributes(fd) & kernel.STATX_ATTR_MOUNT_ROOT)
+
+
 def _attach(thread: CallerThread, request: Request, mount_fd: int, target_fd: int) -> None:
     """move_mount onto the target, in the caller's mount namespace; undone if the
     caller stopped waiting meanwhile (its restarted call would mount again)."""
+    target = os.fstat(target_fd)
+    if not stat.S_ISDIR(target.st_mode):
+        raise OSError(errno.ENOTDIR, "target is not a directory")  # graft_tree()
+    if target.st_dev == os.fstat(mount_fd).st_dev and _is_mount_root(target_fd):
+        # do_add_mount(): the same superblock already mounted right there.
+        raise OSError(errno.EBUSY, "the same filesystem is mounted on the target")
     request.ensure_valid()
     with thread.mount_namespace_of(request):
         try:

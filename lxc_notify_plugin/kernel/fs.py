@@ -34,7 +34,8 @@ __all__ = [
     "statx_struct", "STATX_TYPE", "STATX_MODE", "STATX_NLINK", "STATX_UID", "STATX_GID",
     "STATX_ATIME", "STATX_MTIME", "STATX_CTIME", "STATX_INO", "STATX_SIZE", "STATX_BLOCKS",
     "STATX_BASIC_STATS", "STATX_BTIME", "STATX_MNT_ID", "STATX_DIOALIGN", "STATX_MNT_ID_UNIQUE",
-    "STATX_SUBVOL", "FileIdentity", "file_identity", "statfs", "fs_type", "FUSE_SUPER_MAGIC"
+    "STATX_SUBVOL", "FileIdentity", "file_identity", "statfs", "fs_type", "FUSE_SUPER_MAGIC",
+    "STATX_ATTR_MOUNT_ROOT", "statx_attributes"
 ]
 
 AT_FDCWD: Final = -100
@@ -165,6 +166,16 @@ class FileIdentity:
     gid: int
     mount_id: int
     mount_id_unique: bool  # Linux 6.8+: never reused this boot; older ids are reused
+
+
+STATX_ATTR_MOUNT_ROOT: Final = 0x00002000  # the file is the root of a mount (5.8)
+
+
+def statx_attributes(fd: int) -> int:
+    """``stx_attributes`` of the file ``fd`` (``STATX_ATTR_*``)."""
+    buf = statx()
+    _statx(fd, b"", AT_EMPTY_PATH, STATX_TYPE, ctypes.byref(buf))
+    return int(buf.stx_attributes & buf.stx_attributes_mask)
 
 
 def file_identity(fd: int) -> FileIdentity:

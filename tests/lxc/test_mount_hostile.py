@@ -506,43 +506,16 @@ OWN_INIT = {"tgt-proc-1-root"}
 
 
 # Differences that are product bugs (kernel, ours), found by this suite.
-MAGIC = "a magic link ({}) is not followed as the kernel follows it"
-FILE_TARGET = "a target that is not a directory: move_mount's EINVAL, not graft_tree's ENOTDIR"
 KNOWN: dict[str, str] = {
-    "src-proc-self-fd": MAGIC.format("source /proc/self/fd/N: ENOENT"),
-    "src-dev-fd": MAGIC.format("source /dev/fd/N: ENOENT"),
-    "src-proc-self-cwd": MAGIC.format("source /proc/self/cwd/...: ENOENT"),
-    "src-proc-self-root": MAGIC.format("source /proc/self/root/...: ENOENT"),
-    "src-proc-1-root": MAGIC.format("source /proc/1/root/...: ELOOP"),
-    "src-proc-self-root-climbing": MAGIC.format("source /proc/self/root/../..: ENOENT"),
-    "src-magic-links-to-non-devices": MAGIC.format("/proc/self/exe, /proc/self/ns/mnt: "
-                                                   "ENOENT, not ENOTBLK"),
-    "src-fd-of-a-directory": MAGIC.format("source /proc/self/fd/N of a dir: ENOENT"),
-    "src-fd-of-a-nodev-node": MAGIC.format("source /proc/self/fd/N on nodev: ENOENT"),
-    "tgt-proc-self-fd": MAGIC.format("target /proc/self/fd/N: ENOENT"),
-    "tgt-dev-fd": MAGIC.format("target /dev/fd/N: ENOENT"),
-    "tgt-proc-self-cwd": MAGIC.format("target /proc/self/cwd: ENOENT"),
-    "tgt-proc-1-root": MAGIC.format("target /proc/1/root/...: ELOOP"),
-    "tgt-proc-self-root-climbing": MAGIC.format("target /proc/self/root/../..: ENOENT"),
-    "user-with-sys-admin-proc-1-root": MAGIC.format("/proc/1/root as uid 1000: ELOOP, "
-                                                   "not the ptrace check's EACCES"),
-    "host-loop-by-any-path": MAGIC.format("/proc/1/root/dev/loopN: ELOOP, not ENOENT"),
-    "over-proc": MAGIC.format("target /proc/self/fd: ENOENT"),
-    "bad-option-then-refused-one": "a refused option answers EPERM before an earlier "
-                                   "option's EINVAL (the kernel stops at the first bad one)",
-    "bad-option-before-the-source": "the source is looked up (ENOENT) before the options "
-                                    "are parsed (the kernel's EINVAL comes first)",
     "option-values-over-256-bytes": "fsconfig limits values to 255 bytes; mount(2) takes "
                                     "any value within its page",
     "remount-rdonly-keeping-flags": "remount of an emulated mount's superblock: EPERM (the "
                                     "superblock belongs to the host's user namespace)",
     "remount-back-to-rw": "remount of an emulated mount's superblock: EPERM",
-    "same-superblock-same-place": "the same superblock mounted again on the same mount "
-                                  "point: stacked, where do_add_mount answers EBUSY",
-    "target-is-a-file": FILE_TARGET,
-    "bind-remount-rw-of-a-read-only-mount": "the caller's own MS_RDONLY is locked with the "
-                                            "forced flags: a bind remount rw is EPERM",
-    "over-the-containers-dev": FILE_TARGET + " (/dev/hdisk)",
+    # Documented limitation, not a bug: lock_mnt_tree() always locks the atime
+    # setting with the forced flags (docs/CONTEXT.md, "Forced flags").
+    "bind-remount-changing-atime": "the atime setting of an emulated mount is locked "
+                                   "with its forced flags: a bind remount changing it is EPERM",
 }
 
 
@@ -562,14 +535,8 @@ def test_the_reference_is_the_kernel(hostile: Hostile) -> None:
     assert hostile.kernel(script) == "ok\nok\nENOENT\nnot-mounted"
 
 
-def test_i386_upper_garbage_is_not_applicable() -> None:
-    pytest.skip("x86_64 only: a compat caller's flags arrive cut to 32 bits; "
-                "the 64-bit upper bits are covered by upper-flag-bits")
-
-
 @pytest.mark.parametrize("what", [
-    pytest.param("target", marks=pytest.mark.xfail(strict=True, reason=FILE_TARGET)),
-    "source"])
+    "target", "source"])
 def test_a_symlink_flipping_during_the_mount(hostile: Hostile, what: str) -> None:
     """A thread flips a symlink between a good and a bad path while another
     mounts through it: every answer is one the kernel gives for this race or

@@ -14,8 +14,10 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
-from ..policy.families import Family, built
+from ..policy.catalog import built
+from ..policy.families import Family
 from ..request import Answer
 
 # A handler takes a dispatch.Call; typed loosely here so that this module stays
@@ -25,7 +27,7 @@ Handle = Callable[..., Answer]
 
 @dataclass(frozen=True)
 class Registered:
-    family: Family
+    family: Family[Any]
     handle: Handle
 
 

@@ -23,7 +23,7 @@ from ..caller.task import INODE_CAPS, in_container_userns, read_creds, rebase_se
 from ..caller.thread import AT_FDCWD
 from ..dispatch import Call
 from ..policy.effective import ContainerPolicy
-from ..policy.mknod import choose, mknod_rules, needs_path
+from ..policy.mknod import FAMILY, choose, mknod_rules, needs_path
 from ..policy.profile import KERNEL
 from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
 from . import nodes
@@ -52,7 +52,7 @@ def handle(call: Call) -> Answer:
     else:  # the filter traps only these two; anything else is not ours to judge
         return NOT_OURS
     major, minor = os.major(dev), os.minor(dev)
-    rules = mknod_rules(policy.devices, kind, major, minor, call.host.devices)
+    rules = mknod_rules(policy.of(FAMILY), kind, major, minor, call.host.devices)
     if rules is None:
         return NOT_OURS  # a whiteout (c 0:0): the kernel allows it itself
     request.note(dev=f"{kind} {major}:{minor}", mode=f"{stat.S_IMODE(mode):04o}")

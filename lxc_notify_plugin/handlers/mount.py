@@ -53,6 +53,7 @@ from ..errors import SupervisorFault
 from ..host.shift import Shifter, ShiftUnsupported
 from ..policy.mount import (
     EMULATE,
+    FAMILY,
     NOT_NEW,
     Option,
     choice,
@@ -88,7 +89,7 @@ def _fsopen(call: Call) -> Answer:
         name = request.read_string(request.args[0], _PAGE)
     except OSError:
         return KERNEL_DECIDES  # the kernel's EFAULT or ENAMETOOLONG
-    if choice(policy.mount, name.decode(errors="replace")) is None:
+    if choice(policy.of(FAMILY), name.decode(errors="replace")) is None:
         return NOT_OURS
     request.note(fstype=name)
     creds = read_creds(request, call.thread.status)
@@ -111,7 +112,7 @@ def _mount(call: Call) -> Answer:
         fs_type = request.read_string(type_address, _PAGE).decode(errors="replace")
     except OSError:
         return KERNEL_DECIDES
-    decided = choice(policy.mount, fs_type)
+    decided = choice(policy.of(FAMILY), fs_type)
     if decided is None:
         return NOT_OURS
     request.note(fstype=fs_type, flags=f"{raw_flags & 0xFFFFFFFF:#x}")
@@ -131,7 +132,7 @@ def _mount(call: Call) -> Answer:
     target_fd = _open_target(call, creds, target)
     try:
         source, options = _check_arguments(fs_type, flags, source, data)
-        forced = forced_flags(policy.mount)
+        forced = forced_flags(policy.of(FAMILY))
         if kind != EMULATE or actor is None:
             return _redirect(call, creds, program, fs_type, source, target, flags | forced,
                              options)
@@ -212,9 +213,9 @@ def _emulate(call: Call, creds: CallerCreds, actor: Actor, fs_type: str, flags: 
         for fd in where:
             os.close(fd)
     try:
-        if policy.mount.shift:
+        if policy.of(FAMILY).shift:
             mount_fd = _shift(call.host.shifter, request, fs_type, mount_fd,
-                              bool(policy.mount.unshifted_fallback))
+                              bool(policy.of(FAMILY).unshifted_fallback))
         # Whatever the container does later, the forced flags stay.
         locked_fd = call.host.flag_locks.lock(mount_fd, thread.host_mnt_ns_fd)
         try:

@@ -43,6 +43,7 @@ from ..caller.task import INODE_CAPS, in_container_userns, read_creds, rebase_se
 from ..caller.thread import AT_FDCWD, CallerScope
 from ..dispatch import Call
 from ..policy.setxattr import (
+    FAMILY,
     XATTR_CREATE,
     XATTR_NAME_MAX,
     XATTR_REPLACE,
@@ -69,7 +70,7 @@ def handle(call: Call) -> Answer:
         if err.errno in (errno.EFAULT, errno.ENAMETOOLONG):
             return KERNEL_DECIDES  # EFAULT or ERANGE, after any EBADF
         raise
-    if not name or not name_allowed(policy.profile.xattrs, name):
+    if not name or not name_allowed(policy.of(FAMILY).allowed, name):
         return NOT_OURS
     request.note(name=name, size=size, flags=flags)
     if size > XATTR_SIZE_MAX:

@@ -48,7 +48,6 @@ from ..caller.task import (
     rebase_self_path,
 )
 from ..caller.thread import AT_FDCWD, CallerThread
-from ..dispatch import Call
 from ..errors import SupervisorFault
 from ..host.shift import Shifter, ShiftUnsupported
 from ..policy.mount import (
@@ -67,6 +66,7 @@ from ..policy.mount import (
     refused_option,
 )
 from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
+from .call import Call
 from .program import run_as_caller
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,6 @@ import os
 from .. import kernel
 from ..caller.task import INODE_CAPS, in_container_userns, read_creds, rebase_self_path
 from ..caller.thread import AT_FDCWD, CallerScope
-from ..dispatch import Call
 from ..policy.setxattr import (
     FAMILY,
     XATTR_CREATE,
@@ -51,6 +50,7 @@ from ..policy.setxattr import (
     name_allowed,
 )
 from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
+from .call import Call
 
 log = logging.getLogger(__name__)
 

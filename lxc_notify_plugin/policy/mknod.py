@@ -309,4 +309,4 @@ FAMILY: Family[DevicePolicy] = Family(
         "CAP_CHOWN": "giving a usable twin node the owner of the node it stands for",
         "CAP_DAC_READ_SEARCH": "open_by_handle for twins",
     },
-    host_views=("devices",))
+    host_views=("devices", "nodes"))

@@ -268,7 +268,6 @@ class LxcProxy:
         # Not needed to parse a datagram:
         from ..caller.thread import CallerThread
         from ..dispatch import caller_thread
-        from ..handlers.nodes import NodeStore
 
         session = _Session(peer_pid)
         # Made with the first datagram, and again with each one while it cannot be
@@ -291,7 +290,7 @@ class LxcProxy:
                 if (held is None and isinstance(caller, CallerThread)
                         and caller.cached_view is not None):
                     held = caller.cached_view.user_ns
-                    NodeStore.hold(held)
+                    self.dispatcher.host.nodes.hold(held)
                 conn.send(reply)
                 if isinstance(caller, CallerThread) and caller.broken:
                     log.critical("%s: closing the connection: this thread's identity is "
@@ -308,7 +307,7 @@ class LxcProxy:
                 caller.close()
             if held is not None:
                 # With the container's last connection, its twins' names go.
-                NodeStore.release(held)
+                self.dispatcher.host.nodes.release(held)
             # A connection that never named a container is a liveness probe
             # (lxc-notify start, tests): not worth an info line.
             log.log(logging.INFO if session.container else logging.DEBUG,

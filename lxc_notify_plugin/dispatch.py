@@ -21,14 +21,14 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from . import kernel
-from .caller.thread import CallerThread
+from .caller.thread import ThreadState
 from .errors import RequestGone, SupervisorFault, ThreadIdentityLost, own_step
 from .handlers import Registered, registry
 from .handlers.call import Call, Container, HostViews
 from .request import KERNEL_DECIDES, Answer, Notice, Request
 
 __all__ = ["OUTCOMES", "Call", "Container", "Dispatcher", "HostViews", "Outcome",
-           "caller_thread"]
+           "thread_state"]
 
 if TYPE_CHECKING:
     from .transport.listener import SideListeners
@@ -107,7 +107,7 @@ class Dispatcher:
             side.close()
         self.host.flag_locks.close()
 
-    def answer(self, container: Container, notice: Notice, thread: CallerThread,
+    def answer(self, container: Container, notice: Notice, thread: ThreadState,
                init_pid: int, listener_fd: int, proc_fd: int = -1) -> Answer:
         """The answer to one notification.  Never raises.
 
@@ -166,7 +166,7 @@ class Dispatcher:
 
     def refuse(self, container: Container, notice: Notice, fault: SupervisorFault) -> Answer:
         """The answer to a notification the transport cannot hand to ``answer``
-        (its thread has no CallerThread: ``caller_thread`` said why): logged,
+        (its thread has no ThreadState: ``thread_state`` said why): logged,
         counted and seen by the hooks as any other supervisor fault.  Never raises."""
         started = time.monotonic_ns()
         syscall, family = self.syscalls.get((notice.arch, notice.nr), ("", ""))
@@ -212,12 +212,12 @@ def fault_errno(fault: SupervisorFault) -> int:
     return errno.ENOMEM if code in DAEMON_ONLY_ERRNOS else code
 
 
-def caller_thread(proc_root: str = "/proc") -> CallerThread | SupervisorFault:
-    """This thread's CallerThread, or the fault that kept it from being made (its
+def thread_state(proc_root: str = "/proc") -> ThreadState | SupervisorFault:
+    """This thread's ThreadState, or the fault that kept it from being made (its
     fds: EMFILE when the daemon's fd table is full).  A transport answers each
     notification with ``Dispatcher.refuse`` until one can be made."""
     try:
         with own_step("prepare its thread for callers"):
-            return CallerThread(proc_root)
+            return ThreadState(proc_root)
     except SupervisorFault as fault:
         return fault

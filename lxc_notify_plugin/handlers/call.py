@@ -15,7 +15,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from ..caller.thread import CallerThread
+from ..caller.thread import ThreadState
 from ..errors import SupervisorFault
 from ..host.flaglock import MountFlagLocks
 from ..host.shift import Shifter
@@ -90,7 +90,7 @@ class Call:
 
     request: Request
     policy: ContainerPolicy
-    thread: CallerThread
+    thread: ThreadState
     host: HostViews
     container: Container | None = None
     dispatcher: ListenerServer | None = None

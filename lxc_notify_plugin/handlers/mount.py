@@ -47,7 +47,7 @@ from ..caller.task import (
     read_creds,
     rebase_self_path,
 )
-from ..caller.thread import AT_FDCWD, CallerThread
+from ..caller.thread import AT_FDCWD, ThreadState
 from ..errors import SupervisorFault
 from ..host.shift import Shifter, ShiftUnsupported
 from ..policy.mount import (
@@ -292,7 +292,7 @@ def _shift(shifter: Shifter, request: Request, fs_type: str, mount_fd: int,
     return attach_fd
 
 
-def _attach(thread: CallerThread, request: Request, mount_fd: int, target_fd: int) -> None:
+def _attach(thread: ThreadState, request: Request, mount_fd: int, target_fd: int) -> None:
     """move_mount onto the target, in the caller's mount namespace; undone if the
     caller stopped waiting meanwhile (its restarted call would mount again)."""
     request.ensure_valid()

@@ -24,7 +24,7 @@ import stat
 import threading
 
 from .. import kernel
-from ..caller.thread import CallerScope, CallerThread
+from ..caller.thread import CallerScope, ThreadState
 from ..errors import SupervisorFault
 from ..kernel.fd import OwnedFd
 from ..request import Request
@@ -207,7 +207,7 @@ class Placeholder:
         self._held.close()
 
 
-def overmount_usable_twin(thread: CallerThread, request: Request, node: Placeholder,
+def overmount_usable_twin(thread: ThreadState, request: Request, node: Placeholder,
                           nodes: NodeStore) -> None:
     """Bind an identical, usable node over ``node``, in the caller's mount namespace.
     Runs as the daemon, outside any caller scope."""

@@ -15,15 +15,20 @@ import fnmatch
 import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..errors import ConfigError
 from .families import Described, Family, Setting, Settings
 from .filter import NE, ArgMatch, Rule
 from .schema import check_keys, union, want
 
-if TYPE_CHECKING:
-    from .profile import Profile
+S = TypeVar("S")
+
+
+class _Sections(Protocol):
+    """A Profile or a ContainerPolicy (not imported: they import the families)."""
+
+    def of(self, family: Family[S]) -> S: ...
 
 _MAX_MAJOR = (1 << 12) - 1  # the kernel's 32-bit dev_t: 12-bit major, 20-bit minor
 _MAX_MINOR = (1 << 20) - 1
@@ -133,7 +138,7 @@ class DevicePolicy:
         object.__setattr__(self, "ranges", tuple(ranges))
 
     @classmethod
-    def from_profile(cls, profile: Profile) -> DevicePolicy:
+    def from_profile(cls, profile: _Sections) -> DevicePolicy:
         return profile.of(FAMILY)
 
     def candidates(self, kind: str, major: int, minor: int,

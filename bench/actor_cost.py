@@ -55,8 +55,8 @@ def main() -> int:
     args = parser.parse_args()
     with open("/proc/self/cgroup", "rb") as f:
         ours = f.read()
-    with open("/proc/self/mountinfo") as f:
-        files = procs_files(ours, f.read())
+    with open("/proc/self/mountinfo") as text:
+        files = procs_files(ours, text.read())
     actor = Actor(files, os.getpid())
     actor.follow_cpu = not args.no_follow
     who = Identity(0, 0, (), 0o022, 1 << kernel.CAP_MKNOD)

@@ -120,6 +120,7 @@ def cmd_profile_compile(args: argparse.Namespace) -> int:
 
 def cmd_profile_check(args: argparse.Namespace) -> int:
     """Check every file; report each bad one on one line; non-zero if any is bad."""
+    from .policy import mknod
     from .policy.effective import ContainerPolicy
     from .policy.lxc_policy import check_with_libseccomp
     from .policy.profile import load_profile
@@ -130,7 +131,8 @@ def cmd_profile_check(args: argparse.Namespace) -> int:
             path = file if "/" in file or file.endswith(".toml") else f"./{file}"
             profile = load_profile(path, _paths(args).profile_search_path)
             check_with_libseccomp(ContainerPolicy.from_profile(profile))
-            print(f"{file}: ok ({profile.name}: {len(profile.devices)} device rules, "
+            devices = profile.of(mknod.FAMILY).devices
+            print(f"{file}: ok ({profile.name}: {len(devices)} device rules, "
                   f"intercepts {', '.join(sorted(profile.intercept)) or 'nothing'})")
         except LxcNotifyError as err:
             print(f"lxc-notify: {err}", file=sys.stderr)
@@ -219,7 +221,7 @@ def cmd_service(args: argparse.Namespace) -> int:
         sys.stdout.write(unit.render(config=config, options=_path_options(args)))
         sys.stdout.write("\n" + unit.render_socket(_paths(args)))
     elif args.action == "capabilities":
-        for name, why in unit.CAPABILITIES.items():
+        for name, why in unit.capabilities().items():
             print(f"{name:20} {why}")
     elif args.action == "install":
         _settings(args)  # a bad daemon.toml fails here, before anything is written

@@ -14,102 +14,26 @@ from __future__ import annotations
 
 import errno
 import logging
-import os
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
 from . import kernel
-from .caller.thread import CallerThread
+from .caller.thread import ThreadState
 from .errors import RequestGone, SupervisorFault, ThreadIdentityLost, own_step
 from .handlers import Registered, registry
-from .host.flaglock import MountFlagLocks
-from .host.shift import Shifter
-from .policy.effective import ContainerPolicy
-from .policy.mknod import HostDevices
+from .handlers.call import Call, Container, HostViews
 from .request import KERNEL_DECIDES, Answer, Notice, Request
-from .state import ContainerRecord
+
+__all__ = ["OUTCOMES", "Call", "Container", "Dispatcher", "HostViews", "Outcome",
+           "thread_state"]
 
 if TYPE_CHECKING:
     from .transport.listener import SideListeners
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Container:
-    """A container the daemon serves: its record and the policy compiled from it.
-
-    ``policy`` is swapped whole on reload; a request reads it once.
-
-    Its counters are written by every thread serving it (each LXC connection,
-    each OCI listener of the container) and read by status: both under the
-    container's own lock.  ``Counter[key] += 1`` is not atomic: a new key goes
-    through ``Counter.__missing__``, a Python call where threads switch, so two
-    threads could each store their own count over the other's (seen losing
-    dozens at once), and a status summing the counters while a key was added
-    failed with "dictionary changed size during iteration".  One uncontended
-    acquire per request is the whole cost; a lock shared by every container
-    would make their threads contend."""
-
-    record: ContainerRecord
-    policy: ContainerPolicy
-    stats: Counter[str] = field(default_factory=Counter)  # written by count() only
-    connections: int = 0  # transports connected for it now
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    @property
-    def name(self) -> str:
-        return self.record.name
-
-    def add_connection(self, delta: int) -> None:
-        """Connections come and go on their own threads: counted under a lock."""
-        with self._lock:
-            self.connections += delta
-
-    def count(self, outcome: str) -> None:
-        """One more request that ended in ``outcome`` (any serving thread)."""
-        with self._lock:
-            self.stats[outcome] += 1
-
-    def counts(self) -> dict[str, int]:
-        """The counters as they are now: a copy, safe to iterate while requests go on."""
-        with self._lock:
-            return dict(self.stats)
-
-
-@dataclass(frozen=True)
-class HostViews:
-    """What the host knows that handlers may consult (kept current elsewhere)."""
-
-    devices: HostDevices | None = None  # udev's index, while udev runs
-    shifter: Shifter = field(default_factory=Shifter)  # what each fs type shifts with
-    flag_locks: MountFlagLocks = field(default_factory=MountFlagLocks)
-
-
-@dataclass(frozen=True, slots=True)
-class Call:
-    """Everything a handler gets for one request."""
-
-    request: Request
-    policy: ContainerPolicy
-    thread: CallerThread
-    host: HostViews
-    container: Container | None = None
-    dispatcher: Dispatcher | None = None
-
-    def serve_listener(self, listener_fd: int) -> None:
-        """Serve a seccomp listener of a program started for this container, on a
-        thread of its own (the dispatcher owns ``listener_fd`` from now on)."""
-        if self.dispatcher is None or self.container is None:
-            os.close(listener_fd)
-            raise SupervisorFault("serve a program's listener",
-                                  OSError(errno.EINVAL, "no dispatcher for this call"))
-        self.dispatcher.serve_listener(listener_fd, self.container,
-                                       self.request.container.init_pid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +107,7 @@ class Dispatcher:
             side.close()
         self.host.flag_locks.close()
 
-    def answer(self, container: Container, notice: Notice, thread: CallerThread,
+    def answer(self, container: Container, notice: Notice, thread: ThreadState,
                init_pid: int, listener_fd: int, proc_fd: int = -1) -> Answer:
         """The answer to one notification.  Never raises.
 
@@ -242,7 +166,7 @@ class Dispatcher:
 
     def refuse(self, container: Container, notice: Notice, fault: SupervisorFault) -> Answer:
         """The answer to a notification the transport cannot hand to ``answer``
-        (its thread has no CallerThread: ``caller_thread`` said why): logged,
+        (its thread has no ThreadState: ``thread_state`` said why): logged,
         counted and seen by the hooks as any other supervisor fault.  Never raises."""
         started = time.monotonic_ns()
         syscall, family = self.syscalls.get((notice.arch, notice.nr), ("", ""))
@@ -288,12 +212,12 @@ def fault_errno(fault: SupervisorFault) -> int:
     return errno.ENOMEM if code in DAEMON_ONLY_ERRNOS else code
 
 
-def caller_thread(proc_root: str = "/proc") -> CallerThread | SupervisorFault:
-    """This thread's CallerThread, or the fault that kept it from being made (its
+def thread_state(proc_root: str = "/proc") -> ThreadState | SupervisorFault:
+    """This thread's ThreadState, or the fault that kept it from being made (its
     fds: EMFILE when the daemon's fd table is full).  A transport answers each
     notification with ``Dispatcher.refuse`` until one can be made."""
     try:
         with own_step("prepare its thread for callers"):
-            return CallerThread(proc_root)
+            return ThreadState(proc_root)
     except SupervisorFault as fault:
         return fault

@@ -73,7 +73,7 @@ from ..policy.filter import EQ, MASKED_EQ, NE
 
 if TYPE_CHECKING:
     from ..request import Request
-    from .thread import CallerThread
+    from .thread import ThreadState
 
 log = logging.getLogger(__name__)
 
@@ -384,7 +384,7 @@ class Actors:
         self.by_cgroups = {}
 
 
-def actor_for(thread: CallerThread, request: Request) -> Actor:
+def actor_for(thread: ThreadState, request: Request) -> Actor:
     """The actor in ``request``'s caller's cgroups (spawned on first use, with the
     daemon's identity: never under a caller's root or ids)."""
     proc_cgroup = thread.cgroup.read(request)

@@ -13,59 +13,12 @@ import re
 from dataclasses import dataclass
 
 from .. import kernel
-from ..request import Request
+from ..request import ContainerView, Request
 
 # Capabilities whose effect on an inode depends on its owner and group being
 # mapped into the caller's user namespace (capable_wrt_inode_uidgid).
 INODE_CAPS = (1 << kernel.CAP_DAC_OVERRIDE | 1 << kernel.CAP_DAC_READ_SEARCH
               | 1 << kernel.CAP_FOWNER | 1 << kernel.CAP_FSETID)
-
-
-@dataclass(frozen=True, slots=True)
-class IdMap:
-    """One ``uid_map``/``gid_map``: (inside, outside, count) ranges."""
-
-    ranges: tuple[tuple[int, int, int], ...]
-
-    @classmethod
-    def parse(cls, text: str) -> IdMap:
-        return cls(tuple((int(a), int(b), int(c)) for a, b, c in
-                         (line.split() for line in text.splitlines() if line.strip())))
-
-    def maps_host_id(self, host_id: int) -> bool:
-        return any(outside <= host_id < outside + count for _, outside, count in self.ranges)
-
-    def to_inside(self, host_id: int) -> int | None:
-        """The id ``host_id`` has inside the namespace, None if it has none."""
-        for inside, outside, count in self.ranges:
-            if outside <= host_id < outside + count:
-                return inside + host_id - outside
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class ContainerView:
-    """What stays true about a running container: read once per init pid."""
-
-    name: str
-    init_pid: int
-    user_ns: str  # readlink of its ns/user: "user:[INODE]", unique while it lives
-    uid_map: IdMap
-    gid_map: IdMap
-
-    @classmethod
-    def read(cls, name: str, init_pid: int, proc_root: str = "/proc") -> ContainerView:
-        base = f"{proc_root}/{init_pid}"
-        try:
-            user_ns = os.readlink(f"{base}/ns/user")
-            with open(f"{base}/uid_map") as uid_map, open(f"{base}/gid_map") as gid_map:
-                return cls(name, init_pid, user_ns,
-                           IdMap.parse(uid_map.read()), IdMap.parse(gid_map.read()))
-        except FileNotFoundError as err:
-            raise OSError(errno.ESRCH, f"container init {init_pid} is gone") from err
-
-    def maps_owner(self, uid: int, gid: int) -> bool:
-        return self.uid_map.maps_host_id(uid) and self.gid_map.maps_host_id(gid)
 
 
 @dataclass(frozen=True, slots=True)

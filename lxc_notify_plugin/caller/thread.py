@@ -47,8 +47,8 @@ from typing import Protocol, TypeVar
 
 from .. import kernel
 from ..errors import SupervisorFault, ThreadIdentityLost
-from ..request import Request
-from .task import INODE_CAPS, CallerCreds, ContainerView, TaskFile
+from ..request import ContainerView, Request
+from .task import INODE_CAPS, CallerCreds, TaskFile
 from .userns import UsernsHelper
 
 
@@ -63,7 +63,7 @@ DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _RESOLVE = kernel.RESOLVE_NO_MAGICLINKS
 
 
-class CallerThread:
+class ThreadState:
     """Per-thread state of one supervisor thread.  Create it *in* that thread:
     the constructor unshares the thread's filesystem state from the daemon."""
 
@@ -183,7 +183,7 @@ class CallerThread:
 class CallerScope:
     """One step done as the caller: entered with ``with``, undone on exit."""
 
-    def __init__(self, thread: CallerThread, request: Request, creds: CallerCreds, caps: int,
+    def __init__(self, thread: ThreadState, request: Request, creds: CallerCreds, caps: int,
                  dir_fd: int, relative: bool) -> None:
         self.thread = thread
         self.request = request
@@ -416,7 +416,7 @@ class MountNamespaceScope:
     host's, so a chroot could not survive either.
     """
 
-    def __init__(self, thread: CallerThread, request: Request) -> None:
+    def __init__(self, thread: ThreadState, request: Request) -> None:
         self.thread = thread
         self.request = request
         self.joined = False
@@ -507,4 +507,4 @@ def check_leaf(parent_fd: int, leaf: bytes, trailing_slash: bool) -> None:
         raise OSError(errno.EEXIST, "exists")
 
 
-__all__ = ["AT_FDCWD", "INODE_CAPS", "CallerScope", "CallerThread", "MountNamespaceScope"]
+__all__ = ["AT_FDCWD", "INODE_CAPS", "CallerScope", "ThreadState", "MountNamespaceScope"]

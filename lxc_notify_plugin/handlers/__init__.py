@@ -2,7 +2,8 @@
 
 A handler module has the name of its family's policy module
 (``policy/mknod.py`` -> ``handlers/mknod.py``) and defines
-``handle(call: Call) -> Answer``.  It raises OSError with the errno the
+``handle(call: Call) -> Answer``, with ``Call`` and the types it carries
+from ``handlers/call.py`` (never from the dispatcher).  It raises OSError with the errno the
 kernel would give; the dispatcher turns that into the answer.  The registry
 here pairs every family declared in ``policy/`` with its handler, so nothing
 else lists them.
@@ -14,18 +15,21 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import TYPE_CHECKING, Any
 
-from ..policy.families import Family, built
+from ..policy.catalog import built
+from ..policy.families import Family
 from ..request import Answer
 
-# A handler takes a dispatch.Call; typed loosely here so that this module stays
-# importable from policy-level code without the dispatcher.
-Handle = Callable[..., Answer]
+if TYPE_CHECKING:  # the registry itself needs no handler's types
+    from .call import Call
+
+Handle = Callable[["Call"], Answer]
 
 
 @dataclass(frozen=True)
 class Registered:
-    family: Family
+    family: Family[Any]
     handle: Handle
 
 

@@ -21,12 +21,13 @@ from .. import kernel
 from ..caller.actor import Identity, actor_for
 from ..caller.task import INODE_CAPS, in_container_userns, read_creds, rebase_self_path
 from ..caller.thread import AT_FDCWD
-from ..dispatch import Call
+from ..kernel.fd import OwnedFd
 from ..policy.effective import ContainerPolicy
-from ..policy.mknod import choose, mknod_rules, needs_path
+from ..policy.mknod import FAMILY, choose, mknod_rules, needs_path
 from ..policy.profile import KERNEL
 from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
 from . import nodes
+from .call import Call
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def handle(call: Call) -> Answer:
     else:  # the filter traps only these two; anything else is not ours to judge
         return NOT_OURS
     major, minor = os.major(dev), os.minor(dev)
-    rules = mknod_rules(policy.devices, kind, major, minor, call.host.devices)
+    rules = mknod_rules(policy.of(FAMILY), kind, major, minor, call.host.devices)
     if rules is None:
         return NOT_OURS  # a whiteout (c 0:0): the kernel allows it itself
     request.note(dev=f"{kind} {major}:{minor}", mode=f"{stat.S_IMODE(mode):04o}")
@@ -75,25 +76,24 @@ def handle(call: Call) -> Answer:
     dir_fd, path = rebase_self_path(path, dir_fd, creds)
 
     placeholder: nodes.Placeholder | None = None
-    parent_fd = -1
-    # The walk is exact (CallerScope.open_exactly); CAP_MKNOD is ours to lend.
-    with thread.as_caller(request, creds, 1 << kernel.CAP_MKNOD, dir_fd=dir_fd,
-                          relative=not path.startswith(b"/")) as scope:
-        parent_fd, leaf = scope.open_parent(path)
-        try:
+    # The caller's directory: closed once, on every path below.
+    with OwnedFd() as parent_dir:
+        # The walk is exact (CallerScope.open_exactly); CAP_MKNOD is ours to lend.
+        with thread.as_caller(request, creds, 1 << kernel.CAP_MKNOD, dir_fd=dir_fd,
+                              relative=not path.startswith(b"/")) as scope:
+            opened, leaf = scope.open_parent(path)
+            parent_fd = parent_dir.own(opened)
             try:
                 parent = kernel.file_identity(parent_fd)
             except PermissionError:
                 if not _on_fuse(parent_fd):
                     raise
-                os.close(parent_fd)
                 return KERNEL_DECIDES
             if needs_path(rules):
                 where = scope.container_path(parent_fd, leaf)
                 rule = choose(rules, where)
                 if rule is None:
                     log.debug("%s %d:%d is not allowed at %s", kind, major, minor, where)
-                    os.close(parent_fd)
                     return refused(policy)
             else:
                 rule = rules[0]
@@ -109,7 +109,6 @@ def handle(call: Call) -> Answer:
                 actor.mknodat(parent_fd, leaf, mode, dev, who)
             except PermissionError as err:
                 if _on_fuse(parent_fd):
-                    os.close(parent_fd)
                     return KERNEL_DECIDES
                 # Refused on the directory's permissions (EACCES; EPERM is the
                 # device cgroup's, final).  The caller's DAC capabilities reach the
@@ -131,13 +130,9 @@ def handle(call: Call) -> Answer:
                 with scope.with_daemon_caps():
                     nodes.unlink_quietly(parent_fd, leaf)  # no node left behind
                 raise
-        except BaseException:
-            os.close(parent_fd)
-            raise
-    try:
         if placeholder is not None:
             try:
-                nodes.overmount_usable_twin(thread, request, placeholder)
+                nodes.overmount_usable_twin(thread, request, placeholder, call.host.nodes)
             except nodes.Detached:
                 # A cwd on a lazily unmounted filesystem: the node is made, as the
                 # kernel would make it, but stays unusable (no mount can reach it).
@@ -148,8 +143,6 @@ def handle(call: Call) -> Answer:
                 raise
             finally:
                 placeholder.close()
-    finally:
-        os.close(parent_fd)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("made %s %d:%d at %s for host uid %d", kind, major, minor, os.fsdecode(path),
                   creds.fsuid)

@@ -47,12 +47,12 @@ from ..caller.task import (
     read_creds,
     rebase_self_path,
 )
-from ..caller.thread import AT_FDCWD, CallerThread
-from ..dispatch import Call
+from ..caller.thread import AT_FDCWD, ThreadState
 from ..errors import SupervisorFault
 from ..host.shift import Shifter, ShiftUnsupported
 from ..policy.mount import (
     EMULATE,
+    FAMILY,
     NOT_NEW,
     Option,
     choice,
@@ -66,6 +66,7 @@ from ..policy.mount import (
     refused_option,
 )
 from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
+from .call import Call
 from .program import run_as_caller
 
 log = logging.getLogger(__name__)
@@ -90,7 +91,7 @@ def _fsopen(call: Call) -> Answer:
         name = request.read_string(request.args[0], _PAGE)
     except OSError:
         return KERNEL_DECIDES  # the kernel's EFAULT or ENAMETOOLONG
-    if choice(policy.mount, name.decode(errors="replace")) is None:
+    if choice(policy.of(FAMILY), name.decode(errors="replace")) is None:
         return NOT_OURS
     request.note(fstype=name)
     creds = read_creds(request, call.thread.status)
@@ -113,7 +114,7 @@ def _mount(call: Call) -> Answer:
         fs_type = request.read_string(type_address, _PAGE).decode(errors="replace")
     except OSError:
         return KERNEL_DECIDES
-    decided = choice(policy.mount, fs_type)
+    decided = choice(policy.of(FAMILY), fs_type)
     if decided is None:
         return NOT_OURS
     request.note(fstype=fs_type, flags=f"{raw_flags & 0xFFFFFFFF:#x}")
@@ -134,7 +135,7 @@ def _mount(call: Call) -> Answer:
     try:
         source, options = _check_arguments(fs_type, flags, source, data,
                                            parse=kind == EMULATE)
-        forced = forced_flags(policy.mount)
+        forced = forced_flags(policy.of(FAMILY))
         if kind != EMULATE or actor is None:
             return _redirect(call, creds, program, fs_type, source, target, flags | forced,
                              options)
@@ -232,9 +233,9 @@ def _emulate(call: Call, creds: CallerCreds, actor: Actor, fs_type: str, flags: 
         for fd in where:
             os.close(fd)
     try:
-        if policy.mount.shift:
+        if policy.of(FAMILY).shift:
             mount_fd = _shift(call.host.shifter, request, fs_type, mount_fd,
-                              bool(policy.mount.unshifted_fallback))
+                              bool(policy.of(FAMILY).unshifted_fallback))
         # Whatever the container does later, the forced flags stay.
         locked_fd = call.host.flag_locks.lock(mount_fd, thread.host_mnt_ns_fd)
         try:
@@ -337,7 +338,7 @@ def _is_mount_root(fd: int) -> bool:
     return bool(kernel.statx_attributes(fd) & kernel.STATX_ATTR_MOUNT_ROOT)
 
 
-def _attach(thread: CallerThread, request: Request, mount_fd: int, target_fd: int) -> None:
+def _attach(thread: ThreadState, request: Request, mount_fd: int, target_fd: int) -> None:
     """move_mount onto the target, in the caller's mount namespace; undone if the
     caller stopped waiting meanwhile (its restarted call would mount again)."""
     target = os.fstat(target_fd)

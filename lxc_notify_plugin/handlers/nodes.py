@@ -24,8 +24,9 @@ import stat
 import threading
 
 from .. import kernel
-from ..caller.thread import CallerScope, CallerThread
+from ..caller.thread import CallerScope, ThreadState
 from ..errors import SupervisorFault
+from ..kernel.fd import OwnedFd
 from ..request import Request
 
 log = logging.getLogger(__name__)
@@ -121,54 +122,54 @@ def _probe(dir_fd: int) -> bool | None:
 
 class NodeStore:
     """A tmpfs of the daemon's own, mounted nowhere, where usable twins are made:
-    one directory per container user namespace, removed with the last ``release``."""
+    one directory per container user namespace, removed with the last ``release``.
 
-    _lock = threading.Lock()
-    _root_fd = -1
-    _names = itertools.count()
-    _holders: dict[str, int] = {}  # key -> connections and listeners serving it now
+    One per daemon, in its ``HostViews`` (the transports hold and release
+    names through it, the mknod handler makes twins in it)."""
 
-    @classmethod
-    def directory(cls, key: str) -> int:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._root_fd = -1
+        self._names = itertools.count()
+        self._holders: dict[str, int] = {}  # key -> connections and listeners serving it now
+
+    def directory(self, key: str) -> int:
         """An fd of the store directory for ``key`` (made on first use)."""
-        with cls._lock:
-            if cls._root_fd < 0:
+        with self._lock:
+            if self._root_fd < 0:
                 try:
-                    cls._root_fd = kernel.private_tmpfs(
+                    self._root_fd = kernel.private_tmpfs(
                         {"mode": "0700"}, kernel.MOUNT_ATTR_NOSUID | kernel.MOUNT_ATTR_NOEXEC)
                 except OSError as err:
                     raise SupervisorFault("make its private tmpfs", err) from err
         name = _store_name(key)
         with contextlib.suppress(FileExistsError):
-            os.mkdir(name, 0o700, dir_fd=cls._root_fd)
-        return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=cls._root_fd)
+            os.mkdir(name, 0o700, dir_fd=self._root_fd)
+        return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root_fd)
 
-    @classmethod
-    def next_name(cls) -> str:
-        return f"node{next(cls._names)}"
+    def next_name(self) -> str:
+        return f"node{next(self._names)}"
 
-    @classmethod
-    def hold(cls, key: str) -> None:
+    def hold(self, key: str) -> None:
         """A connection (or listener) serves the container ``key`` names."""
-        with cls._lock:
-            cls._holders[key] = cls._holders.get(key, 0) + 1
+        with self._lock:
+            self._holders[key] = self._holders.get(key, 0) + 1
 
-    @classmethod
-    def release(cls, key: str) -> None:
+    def release(self, key: str) -> None:
         """That connection ended; with the last one, the container stopped: its names go.
 
         Counted, not dropped at every end: LXC reconnects while an old connection's
         thread is still finishing, and an exec'd process's listener ends while the
         container runs on; its twins must keep their names (link count 1, bindable)."""
-        with cls._lock:  # forgotten under it: a hold meanwhile finds its names
-            left = cls._holders.get(key, 0) - 1
+        with self._lock:  # forgotten under it: a hold meanwhile finds its names
+            left = self._holders.get(key, 0) - 1
             if left > 0:
-                cls._holders[key] = left
+                self._holders[key] = left
                 return
-            cls._holders.pop(key, None)
+            self._holders.pop(key, None)
             # Its names go (its mounts, if any are left, keep their inodes).
-            if cls._root_fd >= 0:
-                shutil.rmtree(_store_name(key), dir_fd=cls._root_fd, ignore_errors=True)
+            if self._root_fd >= 0:
+                shutil.rmtree(_store_name(key), dir_fd=self._root_fd, ignore_errors=True)
 
 
 def _store_name(key: str) -> str:
@@ -186,28 +187,36 @@ class Placeholder:
     """The caller's freshly made node, held by an O_PATH fd while a twin is mounted on it."""
 
     def __init__(self, parent_fd: int, leaf: bytes, node_type: int, dev: int) -> None:
-        self.fd = os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
-        self.stat = os.fstat(self.fd)
+        self._held = OwnedFd(os.open(leaf, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC,
+                                     dir_fd=parent_fd))
+        try:
+            self.stat = os.fstat(self.fd)
+        except BaseException:
+            self.close()
+            raise
         if stat.S_IFMT(self.stat.st_mode) != node_type or self.stat.st_rdev != dev:
             self.close()
             # The container replaced the node between mknod and now.
             raise OSError(errno.EEXIST, "node replaced while being made")
 
+    @property
+    def fd(self) -> int:
+        return self._held.fd
+
     def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
+        self._held.close()
 
 
-def overmount_usable_twin(thread: CallerThread, request: Request, node: Placeholder) -> None:
+def overmount_usable_twin(thread: ThreadState, request: Request, node: Placeholder,
+                          nodes: NodeStore) -> None:
     """Bind an identical, usable node over ``node``, in the caller's mount namespace.
     Runs as the daemon, outside any caller scope."""
     st = node.stat
     # The last caller's fs ids, groups and umask must not shape the store.
     thread.set_ids(0, 0, (), 0o022)
-    store = NodeStore.directory(request.container.user_ns)
-    try:
-        name = NodeStore.next_name()
+    with OwnedFd(nodes.directory(request.container.user_ns)) as held_store:
+        store = held_store.fd
+        name = nodes.next_name()
         os.mknod(name, st.st_mode, st.st_rdev, dir_fd=store)
         os.chown(name, st.st_uid, st.st_gid, dir_fd=store, follow_symlinks=False)
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=store)
@@ -217,22 +226,17 @@ def overmount_usable_twin(thread: CallerThread, request: Request, node: Placehol
                                        kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC)
         except OSError as err:
             raise SupervisorFault("clone its node for a bind mount", err) from err
-        try:
-            with thread.mount_namespace_of(request):
-                try:
-                    kernel.move_mount(tree_fd, b"", node.fd, b"",
-                                      kernel.MOVE_MOUNT_F_EMPTY_PATH
-                                      | kernel.MOVE_MOUNT_T_EMPTY_PATH)
-                except OSError as err:
-                    if err.errno in (errno.ENOENT, errno.EINVAL):
-                        # The node's mount is in no namespace (lazily unmounted,
-                        # the caller's cwd kept it alive): nothing can be bound there.
-                        raise Detached(err) from err
-                    raise SupervisorFault("bind its node over the caller's", err) from err
-        finally:
-            os.close(tree_fd)
-    finally:
-        os.close(store)
+        with OwnedFd(tree_fd), thread.mount_namespace_of(request):
+            try:
+                kernel.move_mount(tree_fd, b"", node.fd, b"",
+                                  kernel.MOVE_MOUNT_F_EMPTY_PATH
+                                  | kernel.MOVE_MOUNT_T_EMPTY_PATH)
+            except OSError as err:
+                if err.errno in (errno.ENOENT, errno.EINVAL):
+                    # The node's mount is in no namespace (lazily unmounted,
+                    # the caller's cwd kept it alive): nothing can be bound there.
+                    raise Detached(err) from err
+                raise SupervisorFault("bind its node over the caller's", err) from err
 
 
 def _copy_acl(proc_root: str, from_fd: int, store_fd: int, name: str) -> None:

@@ -33,9 +33,9 @@ import resource
 
 from ..caller.actor import NAMESPACES, ProgramOrder, actor_for, seccomp_rules_wire
 from ..caller.task import CallerCreds, status_field
-from ..dispatch import Call
 from ..policy.filter import ArgMatch, Rule
 from ..policy.lxc_policy import rules as lxc_rules
+from .call import Call
 
 log = logging.getLogger(__name__)
 

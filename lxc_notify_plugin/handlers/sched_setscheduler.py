@@ -24,8 +24,8 @@ import sys
 
 from .. import kernel
 from ..caller.task import host_pid, in_container_userns, read_creds
-from ..dispatch import Call
 from ..request import DONE, KERNEL_DECIDES, Answer, Request
+from .call import Call
 
 
 def handle(call: Call) -> Answer:

@@ -41,8 +41,8 @@ import os
 from .. import kernel
 from ..caller.task import INODE_CAPS, in_container_userns, read_creds, rebase_self_path
 from ..caller.thread import AT_FDCWD, CallerScope
-from ..dispatch import Call
 from ..policy.setxattr import (
+    FAMILY,
     XATTR_CREATE,
     XATTR_NAME_MAX,
     XATTR_REPLACE,
@@ -50,6 +50,7 @@ from ..policy.setxattr import (
     name_allowed,
 )
 from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
+from .call import Call
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def handle(call: Call) -> Answer:
         if err.errno in (errno.EFAULT, errno.ENAMETOOLONG):
             return KERNEL_DECIDES  # EFAULT or ERANGE, after any EBADF
         raise
-    if not name or not name_allowed(policy.profile.xattrs, name):
+    if not name or not name_allowed(policy.of(FAMILY).allowed, name):
         return NOT_OURS
     request.note(name=name, size=size, flags=flags)
     if size > XATTR_SIZE_MAX:

@@ -22,10 +22,10 @@ from dataclasses import asdict
 
 from .. import kernel
 from ..caller.task import read_whole_at
-from ..dispatch import Call
 from ..host.memory import SysinfoCgroups
 from ..policy.sysinfo import SysinfoValues, container_view, fit
 from ..request import DONE, Answer
+from .call import Call
 
 _COMPAT_ARCHES = frozenset({kernel.AUDIT_ARCH_I386, kernel.AUDIT_ARCH_ARM})
 _CLOCK_TICKS = os.sysconf("SC_CLK_TCK")

@@ -2,86 +2,58 @@
 
 Host admins who know LXD set the same keys here (``lxc-notify config set NAME
 KEY VALUE``); they are stored per container and layered over its profile.
-A key for a syscall family this build cannot handle yet is refused, with a
-message saying so, rather than silently accepted.
+Every LXD family has its switch (``PREFIX + name``); a built family declares
+its other keys, how each lays over the profile and the checks across them
+(``Settings`` in its module).  A key for a syscall family this build cannot
+handle yet is refused, with a message saying so, rather than silently
+accepted: ``NOT_BUILT`` knows LXD's keys of such families.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from functools import cache
 
 from ..errors import ConfigError
-from .families import built
-from .profile import check_fs_name
+from .catalog import built
+from .families import KEY_PREFIX, LXD_FAMILIES, KeySpec
+from .schema import parse_bool, parse_fs_list, parse_fuse_map
 
-PREFIX = "security.syscalls.intercept."
-_TRUE = ("true", "1", "yes", "on")
-_FALSE = ("false", "0", "no", "off")
+PREFIX = KEY_PREFIX
+__all__ = ["PREFIX", "KeySpec", "check_buildable", "check_together", "known", "normalize",
+           "parse_bool", "spec"]
 
-
-@dataclass(frozen=True)
-class KeySpec:
-    name: str
-    kind: str  # "bool", "fs-list" or "fuse-map"
-    family: str  # the handler it needs
-    live: bool  # takes effect for a running container (else: at next start)
-    doc: str
-    default: str = ""
-
-
-KEYS: dict[str, KeySpec] = {spec.name: spec for spec in (
-    KeySpec(PREFIX + "mknod", "bool", "mknod", False,
-            "Emulate mknod/mknodat for the profile's devices", "false"),
-    KeySpec(PREFIX + "setxattr", "bool", "setxattr", False,
-            "Emulate setxattr for the profile's xattr names", "false"),
-    KeySpec(PREFIX + "mount", "bool", "mount", False, "Emulate mount", "false"),
-    KeySpec(PREFIX + "mount.allowed", "fs-list", "mount", True,
-            "Comma-separated filesystems the container may mount"),
-    KeySpec(PREFIX + "mount.shift", "bool", "mount", True,
-            "Idmap-shift the mounts the supervisor makes", "false"),
-    KeySpec(PREFIX + "mount.fuse", "fuse-map", "mount", True,
-            "Comma-separated fs=fuse-program redirects, e.g. ext4=fuse2fs"),
-    KeySpec(PREFIX + "sysinfo", "bool", "sysinfo", False,
-            "Answer sysinfo with the container's own limits", "false"),
-    KeySpec(PREFIX + "sched_setscheduler", "bool", "sched_setscheduler", False,
-            "Emulate sched_setscheduler", "false"),
-    KeySpec(PREFIX + "bpf", "bool", "bpf", False, "Emulate bpf", "false"),
-    KeySpec(PREFIX + "bpf.devices", "bool", "bpf", True,
-            "Allow device cgroup BPF programs", "false"),
-)}
+# LXD's keys (beyond the switch) of families this build may lack: known so
+# that setting one is refused with the reason.  A family's own declaration
+# replaces its entries here once its module exists.
+NOT_BUILT: tuple[KeySpec, ...] = (
+    KeySpec(PREFIX + "bpf.devices", "bool", "bpf", True, "Allow device cgroup BPF programs",
+            "false"),
+)
 
 
-def parse_bool(value: str, file: str, key: str) -> bool:
-    """LXD's booleans: true/1/yes/on and false/0/no/off, any case."""
-    lowered = value.strip().lower()
-    if lowered in _TRUE:
-        return True
-    if lowered in _FALSE:
-        return False
-    raise ConfigError(file, key, f"{value!r} is not a boolean (true/false, 1/0, yes/no, on/off)")
-
-
-def parse_fs_list(value: str, file: str, key: str) -> tuple[str, ...]:
-    names = [part.strip() for part in value.split(",") if part.strip()]
-    return tuple(check_fs_name(name, file, key) for name in names)
-
-
-def parse_fuse_map(value: str, file: str, key: str) -> tuple[tuple[str, str], ...]:
-    pairs = []
-    for part in (p.strip() for p in value.split(",") if p.strip()):
-        fs, sep, program = part.partition("=")
-        if not sep or not program.strip():
-            raise ConfigError(file, key, f"{part!r} is not fs=fuse-program")
-        pairs.append((check_fs_name(fs.strip(), file, key), program.strip()))
-    return tuple(pairs)
+@cache
+def known() -> dict[str, KeySpec]:
+    """Every key this build knows, by name: each LXD family's switch, then its other keys."""
+    found: dict[str, KeySpec] = {}
+    families = built()
+    for name in LXD_FAMILIES:
+        family = families.get(name)
+        doc = family.doc if family is not None else f"Emulate {name}"
+        found[PREFIX + name] = KeySpec(PREFIX + name, "bool", name, False, doc, "false")
+        if family is None:
+            found.update((key.name, key) for key in NOT_BUILT if key.family == name)
+        elif family.settings is not None:
+            found.update((key.name, key) for key in family.settings.keys)
+    return found
 
 
 def spec(key: str, file: str) -> KeySpec:
     try:
-        return KEYS[key]
+        return known()[key]
     except KeyError:
-        known = ", ".join(sorted(KEYS))
-        raise ConfigError(file, key, f"unknown key (known: {known})") from None
+        names = ", ".join(sorted(known()))
+        raise ConfigError(file, key, f"unknown key (known: {names})") from None
 
 
 def normalize(key: str, value: str, file: str) -> str:
@@ -105,16 +77,13 @@ def check_buildable(key: str, value: str, file: str) -> None:
                                  "the key is refused rather than silently ignored")
 
 
-def check_together(config: dict[str, str], file: str) -> None:
-    """Checks across keys, as LXD makes them."""
-    allowed = set(parse_fs_list(config.get(PREFIX + "mount.allowed", ""), file,
-                                PREFIX + "mount.allowed"))
-    fuse = {fs for fs, _ in parse_fuse_map(config.get(PREFIX + "mount.fuse", ""), file,
-                                           PREFIX + "mount.fuse")}
-    both = allowed & fuse
-    if both:
-        raise ConfigError(file, PREFIX + "mount.fuse",
-                          f"{', '.join(sorted(both))} cannot be both in mount.allowed and "
-                          "mount.fuse")
-    if config.get(PREFIX + "bpf.devices") == "true" and config.get(PREFIX + "bpf") != "true":
-        raise ConfigError(file, PREFIX + "bpf.devices", "needs security.syscalls.intercept.bpf")
+def check_together(config: Mapping[str, str], file: str) -> None:
+    """Checks across keys, as LXD makes them: each family's own, and LXD's rule
+    for a sub-key of a family this build lacks (it needs the switch on)."""
+    for family in built().values():
+        if family.settings is not None and family.settings.check_keys is not None:
+            family.settings.check_keys(config, file)
+    for key in NOT_BUILT:
+        if (key.family not in built() and config.get(key.name) == "true"
+                and config.get(PREFIX + key.family) != "true"):
+            raise ConfigError(file, key.name, f"needs {PREFIX}{key.family}")

@@ -19,8 +19,7 @@ import os
 import pyseccomp
 
 from ..errors import ConfigError
-from .effective import ContainerPolicy
-from .families import notify_rules
+from .effective import ContainerPolicy, notify_rules
 from .filter import EQ, MASKED_EQ, NE, ArgMatch, Rule
 
 SECCOMP_SET_MODE_FILTER = 1

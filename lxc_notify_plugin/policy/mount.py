@@ -1,7 +1,8 @@
 """The mount family: which filesystems a container may have the supervisor mount.
 
-Declares the family (``mount`` and ``fsopen``), its filter rules and the
-decisions that need no kernel: which filesystem a call asks for and what we
+Declares the family (``mount`` and ``fsopen``), its filter rules, its
+profile table (``[mount]``) and keys (``mount.allowed``, ``mount.shift``,
+``mount.fuse``), and the decisions that need no kernel: which filesystem a call asks for and what we
 do with it, the flags to force, the options to refuse, and the translation
 of ``mount(2)``'s ``MS_*`` flags into the new mount API's superblock flags
 and ``MOUNT_ATTR_*`` mount attributes.
@@ -19,15 +20,29 @@ answers ENOSYS there, which makes util-linux's mount(8) fall back to
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final
+from typing import Any, Final
 
 from .. import kernel
-from .families import Family
+from ..errors import ConfigError
+from .families import DEFAULT_SOURCE, KEY_PREFIX, Described, Family, KeySpec, Setting, Settings
 from .filter import ArgMatch, Rule
+from .schema import check_fs_name, check_keys, parse_fs_list, parse_fuse_map, strings, union, want
 
-if TYPE_CHECKING:
-    from .profile import MountPolicy
+
+@dataclass(frozen=True)
+class MountPolicy:
+    """The family's settings: ``[mount]`` of a profile, keys laid over it."""
+
+    allowed: tuple[str, ...] = ()
+    shift: bool | None = None
+    fuse: tuple[tuple[str, str], ...] = ()  # (filesystem, FUSE program)
+    force_flags: tuple[str, ...] = ()
+    # With shift on and no backend able to shift a filesystem: mount it
+    # unshifted (files show as nobody) rather than refuse.
+    unshifted_fallback: bool | None = None
+
 
 # Flags that make mount(2) something other than a new superblock.
 NOT_NEW: Final = (kernel.MS_BIND | kernel.MS_REMOUNT | kernel.MS_MOVE | kernel.MS_SHARED
@@ -239,7 +254,7 @@ def fuse_options(flags: int, options: tuple[Option, ...]) -> str:
     return ",".join(words)
 
 
-def filter_rules(policy: object) -> tuple[Rule, ...]:
+def filter_rules(policy: MountPolicy) -> tuple[Rule, ...]:
     """mount(2) only when it makes a new superblock; every fsopen (its
     filesystem name is a string, which a filter cannot read)."""
     return (Rule("mount", None, (ArgMatch(3, 0, mask=NOT_NEW),)),
@@ -250,4 +265,134 @@ def filter_rules(policy: object) -> tuple[Rule, ...]:
             Rule("fsopen", None))
 
 
-FAMILY = Family("mount", ("mount", "fsopen"), filter_rules)
+# --- the profile's table and the keys -------------------------------------------------
+
+
+def parse(data: Mapping[str, Any], file: str) -> MountPolicy:
+    table = want(data.get("mount", {}), dict, file, "mount")
+    check_keys(table, {"allowed", "shift", "fuse", "force_flags", "unshifted_fallback"}, file,
+               "mount.")
+    allowed = tuple(check_fs_name(fs, file, "mount.allowed")
+                    for fs in strings(table.get("allowed", []), file, "mount.allowed"))
+    shift = table.get("shift")
+    if shift is not None:
+        shift = want(shift, bool, file, "mount.shift")
+    fuse_table = want(table.get("fuse", {}), dict, file, "mount.fuse")
+    fuse = tuple((check_fs_name(fs, file, f"mount.fuse.{fs}"),
+                  want(program, str, file, f"mount.fuse.{fs}"))
+                 for fs, program in fuse_table.items())
+    for fs, program in fuse:
+        if not program or "/" in program and not program.startswith("/"):
+            raise ConfigError(file, f"mount.fuse.{fs}", f"{program!r} is not a program name")
+    flags = strings(table.get("force_flags", []), file, "mount.force_flags")
+    for flag in flags:
+        if flag not in _FORCED_FLAG_BITS:
+            raise ConfigError(file, "mount.force_flags",
+                              f"{flag!r} is not one of {', '.join(_FORCED_FLAG_BITS)}")
+    fallback = table.get("unshifted_fallback")
+    if fallback is not None:
+        fallback = want(fallback, bool, file, "mount.unshifted_fallback")
+    return MountPolicy(allowed, shift, fuse, flags, fallback)
+
+
+def merge(layers: Sequence[tuple[MountPolicy, str]]) -> tuple[MountPolicy, dict[str, str]]:
+    """Switches take the last value given, lists are joined (duplicates dropped)."""
+    sources: dict[str, str] = {}
+    fuse: dict[str, str] = {}
+    shift: bool | None = None
+    fallback: bool | None = None
+    for layer, source in layers:
+        for fs, program in layer.fuse:
+            fuse[fs] = program
+            sources[f"mount.fuse.{fs}"] = source
+        if layer.shift is not None:
+            shift = layer.shift
+            sources["mount.shift"] = source
+        if layer.unshifted_fallback is not None:
+            fallback = layer.unshifted_fallback
+            sources["mount.unshifted_fallback"] = source
+    merged = MountPolicy(
+        allowed=union(*(layer.allowed for layer, _ in layers)),
+        shift=shift,
+        fuse=tuple(fuse.items()),
+        force_flags=union(*(layer.force_flags for layer, _ in layers)),
+        unshifted_fallback=fallback,
+    )
+    both = set(merged.allowed) & set(fuse)
+    if both:
+        raise ConfigError(layers[-1][1], "mount.fuse", f"{', '.join(sorted(both))} cannot be "
+                                                       "both in mount.allowed and mount.fuse")
+    return merged, sources
+
+
+_ALLOWED, _SHIFT, _FUSE = (KEY_PREFIX + name for name in ("mount.allowed", "mount.shift",
+                                                          "mount.fuse"))
+
+
+def lay_keys(mount: MountPolicy, config: Mapping[str, str], config_file: str,
+             profile_source: str) -> MountPolicy:
+    allowed, fuse, shift = mount.allowed, mount.fuse, mount.shift
+    if _ALLOWED in config:
+        allowed = parse_fs_list(config[_ALLOWED], config_file, _ALLOWED)
+    if _FUSE in config:
+        fuse = parse_fuse_map(config[_FUSE], config_file, _FUSE)
+    if _SHIFT in config:
+        shift = config[_SHIFT] == "true"
+    # The profile and the keys are each checked alone; laid over each other
+    # they can still name one filesystem in both (profile allowed + key fuse).
+    both = set(allowed) & {fs for fs, _ in fuse}
+    if both:
+        # Name the key that brought the conflict in (fuse first, as check_keys).
+        file, key = profile_source, "mount.fuse"
+        for name in (_FUSE, _ALLOWED):
+            if name in config:
+                file, key = config_file, name
+                break
+        raise ConfigError(file, key, f"{', '.join(sorted(both))} cannot be both in "
+                                     "mount.allowed and mount.fuse (profile and keys "
+                                     "together)")
+    return MountPolicy(allowed, shift, fuse, mount.force_flags, mount.unshifted_fallback)
+
+
+def check_together(config: Mapping[str, str], file: str) -> None:
+    allowed = set(parse_fs_list(config.get(_ALLOWED, ""), file, _ALLOWED))
+    fuse = {fs for fs, _ in parse_fuse_map(config.get(_FUSE, ""), file, _FUSE)}
+    both = allowed & fuse
+    if both:
+        raise ConfigError(file, _FUSE, f"{', '.join(sorted(both))} cannot be both in "
+                                       "mount.allowed and mount.fuse")
+
+
+def describe(mount: MountPolicy, given: Described) -> list[Setting]:
+    settings = []
+    for name, value in (("mount.allowed", ",".join(mount.allowed)),
+                        ("mount.shift", str(bool(mount.shift)).lower()),
+                        ("mount.fuse", ",".join(f"{f}={p}" for f, p in mount.fuse))):
+        source = (f"key {KEY_PREFIX}{name}" if KEY_PREFIX + name in given.config
+                  else given.sources.get(name, given.profile_source if value
+                                         else DEFAULT_SOURCE))
+        settings.append(Setting(name, value, source))
+    if given.intercepted:
+        forced = sorted(set(mount.force_flags or DEFAULT_FORCED) | set(ALWAYS_FORCED))
+        settings.append(Setting("mount.force_flags", ",".join(forced),
+                                given.profile_source if mount.force_flags else DEFAULT_SOURCE))
+        settings.append(Setting("mount.unshifted_fallback",
+                                str(bool(mount.unshifted_fallback)).lower(),
+                                given.sources.get("mount.unshifted_fallback", DEFAULT_SOURCE)))
+    return settings
+
+
+FAMILY: Family[MountPolicy] = Family(
+    "mount", ("mount", "fsopen"), filter_rules,
+    doc="Emulate mount",
+    settings=Settings(
+        ("mount",), MountPolicy(), parse, merge, describe,
+        keys=(KeySpec(_ALLOWED, "fs-list", "mount", True,
+                      "Comma-separated filesystems the container may mount"),
+              KeySpec(_SHIFT, "bool", "mount", True,
+                      "Idmap-shift the mounts the supervisor makes", "false"),
+              KeySpec(_FUSE, "fuse-map", "mount", True,
+                      "Comma-separated fs=fuse-program redirects, e.g. ext4=fuse2fs")),
+        lay_keys=lay_keys, check_keys=check_together),
+    capabilities={"CAP_SYS_ADMIN": "mounts and idmapped mounts"},
+    host_views=("shifter", "flag_locks"))

@@ -37,8 +37,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ..errors import ConfigError
-from .effective import ContainerPolicy
-from .families import notify_rules
+from .effective import ContainerPolicy, notify_rules
 from .filter import EQ, MASKED_EQ, NE, ArgMatch, Rule
 from .lxc_policy import LXC_DEFAULT_DENY, NO_NESTED_LISTENER
 

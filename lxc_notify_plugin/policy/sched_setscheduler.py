@@ -20,19 +20,17 @@ privileged as any other): every call is trapped when the family is on.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .families import Family
 from .filter import Rule
-
-if TYPE_CHECKING:
-    from .effective import ContainerPolicy
 
 SYSCALLS = ("sched_setscheduler", "sched_setparam")
 
 
-def filter_rules(policy: ContainerPolicy) -> tuple[Rule, ...]:
+def filter_rules(settings: None) -> tuple[Rule, ...]:
     return tuple(Rule(syscall, None) for syscall in SYSCALLS)
 
 
-FAMILY = Family("sched_setscheduler", SYSCALLS, filter_rules)
+FAMILY: Family[None] = Family(
+    "sched_setscheduler", SYSCALLS, filter_rules, doc="Emulate sched_setscheduler",
+    capabilities={"CAP_SYS_NICE": "sched_setscheduler and sched_setparam for callers with "
+                                  "CAP_SYS_NICE"})

@@ -22,14 +22,16 @@ already handles them for a container's root on its own files.
 from __future__ import annotations
 
 import fnmatch
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .families import Family
+from ..errors import ConfigError
+from .families import Described, Family, Setting, Settings
 from .filter import Rule
-
-if TYPE_CHECKING:
-    from .effective import ContainerPolicy
+from .schema import check_keys, strings, union, want
 
 XATTR_CREATE = 0x1
 XATTR_REPLACE = 0x2
@@ -41,6 +43,14 @@ NAMESPACED_VALUES = frozenset({"system.posix_acl_access", "system.posix_acl_defa
                                "security.capability"})
 
 SYSCALLS = ("setxattr", "lsetxattr", "fsetxattr")
+_XATTR_PATTERN = re.compile(r"^(trusted|user|security|system)\.[A-Za-z0-9._*-]+$")
+
+
+@dataclass(frozen=True)
+class XattrPolicy:
+    """The family's settings: ``[xattr] allowed`` of a profile."""
+
+    allowed: tuple[str, ...] = ()  # names and globs
 
 
 @lru_cache(maxsize=1024)
@@ -59,11 +69,36 @@ def name_allowed(patterns: tuple[str, ...], name: bytes) -> bool:
     return any(fnmatch.fnmatchcase(text, pattern) for pattern in patterns)
 
 
-def filter_rules(policy: ContainerPolicy) -> tuple[Rule, ...]:
+def filter_rules(policy: XattrPolicy) -> tuple[Rule, ...]:
     """All three entry points, but only where some name is allowed at all."""
-    if not policy.profile.xattrs:
+    if not policy.allowed:
         return ()
     return tuple(Rule(syscall, None) for syscall in SYSCALLS)
 
 
-FAMILY = Family("setxattr", SYSCALLS, filter_rules)
+def parse(data: Mapping[str, Any], file: str) -> XattrPolicy:
+    xattr_table = want(data.get("xattr", {}), dict, file, "xattr")
+    check_keys(xattr_table, {"allowed"}, file, "xattr.")
+    xattrs = strings(xattr_table.get("allowed", []), file, "xattr.allowed")
+    for pattern in xattrs:
+        if not _XATTR_PATTERN.match(pattern):
+            raise ConfigError(file, "xattr.allowed", f"{pattern!r} is not an xattr name or "
+                                                     "pattern (namespace.name, * allowed)")
+    return XattrPolicy(xattrs)
+
+
+def merge(layers: Sequence[tuple[XattrPolicy, str]]) -> tuple[XattrPolicy, dict[str, str]]:
+    return XattrPolicy(union(*(layer.allowed for layer, _ in layers))), {}
+
+
+def describe(policy: XattrPolicy, given: Described) -> list[Setting]:
+    return [Setting("xattr.allowed", pattern, given.profile_source)
+            for pattern in policy.allowed]
+
+
+FAMILY: Family[XattrPolicy] = Family(
+    "setxattr", SYSCALLS, filter_rules,
+    doc="Emulate setxattr for the profile's xattr names",
+    settings=Settings(("xattr",), XattrPolicy(), parse, merge, describe),
+    capabilities={"CAP_SYS_ADMIN": "trusted.* xattrs",
+                  "CAP_FOWNER": "lent to a caller owning the inode's namespace (xattrs)"})

@@ -31,13 +31,9 @@ from __future__ import annotations
 import mmap
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
 
 from .families import Family
 from .filter import Rule
-
-if TYPE_CHECKING:
-    from .effective import ContainerPolicy
 
 PROCS_MAX = 0xFFFF
 _U32 = 0xFFFFFFFF
@@ -129,8 +125,9 @@ def fit(values: SysinfoValues, compat: bool, page_size: int = mmap.PAGESIZE) -> 
                          unit)
 
 
-def filter_rules(policy: ContainerPolicy) -> tuple[Rule, ...]:
+def filter_rules(settings: None) -> tuple[Rule, ...]:
     return (Rule("sysinfo", None),)
 
 
-FAMILY = Family("sysinfo", ("sysinfo",), filter_rules)
+FAMILY: Family[None] = Family("sysinfo", ("sysinfo",), filter_rules,
+                              doc="Answer sysinfo with the container's own limits")

@@ -1,6 +1,7 @@
 """The systemd unit: what it grants the daemon, and installing it.
 
-The capability list is derived from what the handlers do, one reason each;
+The bounding set is what the supervisor itself needs (``CORE``) and what each
+family's handler needs (``Family.capabilities``), each with its reasons;
 tests/lxc/test_service.py runs the real container tests with the daemon under
 exactly this bounding set (the unit's ExecStart under ``setpriv``), so a
 handler that starts to need another capability fails there, not in production.
@@ -15,26 +16,31 @@ from pathlib import Path
 from typing import Final
 
 from ..paths import Paths
+from ..policy.catalog import built
 
 UNIT_NAME: Final = "lxc-notify.service"
 SOCKET_NAME: Final = "lxc-notify.socket"
 UNIT_DIR: Final = Path("/etc/systemd/system")
 
-CAPABILITIES: Final = {
-    "CAP_SYS_ADMIN": "setns into containers' namespaces, mounts and idmapped mounts, "
-                     "trusted.* xattrs, seccomp ioctls on the listener",
-    "CAP_MKNOD": "making the device nodes it emulates",
+# What serving any family takes: entering the caller's context and reading it.
+CORE: Final = {
+    "CAP_SYS_ADMIN": "setns into containers' namespaces, seccomp ioctls on the listener",
     "CAP_SETUID": "acting with the caller's uids (setresuid, setfsuid)",
     "CAP_SETGID": "acting with the caller's gids and supplementary groups",
     "CAP_SYS_CHROOT": "walking paths from the caller's root (chroot, setns to its mount ns)",
     "CAP_DAC_OVERRIDE": "lent on the path walk where the caller's own capabilities reach",
-    "CAP_DAC_READ_SEARCH": "lent on the path walk; open_by_handle for twins",
-    "CAP_FOWNER": "lent to a caller owning the inode's namespace (chmod, xattrs)",
-    "CAP_FSETID": "keeping the mode bits the caller asked for",
-    "CAP_CHOWN": "giving a usable twin node the owner of the node it stands for",
+    "CAP_DAC_READ_SEARCH": "lent on the path walk",
     "CAP_SYS_PTRACE": "reading and writing the caller's memory, its /proc/PID files",
-    "CAP_SYS_NICE": "sched_setscheduler and sched_setparam for callers with CAP_SYS_NICE",
 }
+
+
+def capabilities() -> dict[str, str]:
+    """Capability -> every reason the daemon holds it: the core's, then each family's."""
+    reasons: dict[str, list[str]] = {name: [why] for name, why in CORE.items()}
+    for family in built().values():
+        for name, why in family.capabilities.items():
+            reasons.setdefault(name, []).append(f"{family.name}: {why}")
+    return {name: "; ".join(why) for name, why in reasons.items()}
 
 
 def exec_start() -> str:
@@ -53,7 +59,7 @@ def render(command: str | None = None, config: Path | None = None,
     start += "".join(f" {shlex.quote(option)}" for option in options)
     return (Path(__file__).with_name(UNIT_NAME).read_text()
             .replace("@EXEC_START@", start)
-            .replace("@CAPABILITIES@", " ".join(CAPABILITIES)))
+            .replace("@CAPABILITIES@", " ".join(capabilities())))
 
 
 def render_socket(paths: Paths) -> str:

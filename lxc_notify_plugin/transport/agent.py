@@ -502,17 +502,15 @@ class OciAgent:
             except Exception:
                 log.exception("%s: forgetting it failed", live.container.name)
 
-    @staticmethod
-    def _count_in(live: _Live, delta: int) -> None:
+    def _count_in(self, live: _Live, delta: int) -> None:
         """One listener more or less in ``live`` (under the agent's lock)."""
-        from ..handlers.nodes import NodeStore
-
+        nodes = self.dispatcher.host.nodes
         live.listeners += delta
         live.container.add_connection(delta)
         if live.user_ns is not None:
             # Each listener holds its twins' names, as each LXC connection does;
             # the last one takes them along.
-            (NodeStore.hold if delta > 0 else NodeStore.release)(live.user_ns)
+            (nodes.hold if delta > 0 else nodes.release)(live.user_ns)
 
 
 # --- which policy an OCI container runs under ---------------------------------------------

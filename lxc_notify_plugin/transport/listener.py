@@ -25,8 +25,8 @@ import select
 import threading
 
 from .. import kernel
-from ..caller.thread import CallerThread
-from ..dispatch import Container, Dispatcher, caller_thread
+from ..caller.thread import ThreadState
+from ..dispatch import Container, Dispatcher, thread_state
 from ..request import Notice
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
     owns both fds.  Every notification received gets an answer."""
     # Made again for each notification while it cannot be (EMFILE: its fds): each
     # one meanwhile is answered as a supervisor fault, and the listener kept.
-    caller = caller_thread(proc_root)
+    caller = thread_state(proc_root)
     notif, resp = kernel.seccomp_notif(), kernel.seccomp_notif_resp()  # reused per request
     poller = select.poll()
     poller.register(listener_fd, select.POLLIN)
@@ -82,9 +82,9 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
                 raise
             data = notif.data
             notice = Notice(notif.id, notif.pid, data.arch, data.nr, tuple(data.args))
-            if not isinstance(caller, CallerThread):
-                caller = caller_thread(proc_root)
-            if isinstance(caller, CallerThread):
+            if not isinstance(caller, ThreadState):
+                caller = thread_state(proc_root)
+            if isinstance(caller, ThreadState):
                 answer = dispatcher.answer(container, notice, caller, init_pid, listener_fd)
             else:
                 answer = dispatcher.refuse(container, notice, caller)
@@ -96,12 +96,12 @@ def serve_listener(listener_fd: int, container: Container, init_pid: int,
                 if err.errno != errno.ENOENT:
                     raise
                 log.debug("%s: pid %d left before its answer", container.name, notif.pid)
-            if isinstance(caller, CallerThread) and caller.broken:
+            if isinstance(caller, ThreadState) and caller.broken:
                 log.critical("%s: this thread's identity is not its own any more: it stops "
                              "serving the listener", container.name)
                 return "broken"
     finally:
-        if isinstance(caller, CallerThread):
+        if isinstance(caller, ThreadState):
             caller.close()
 
 

@@ -46,7 +46,7 @@ from ..paths import claim_socket_path
 from ..request import Notice
 
 if TYPE_CHECKING:
-    from ..caller.thread import CallerThread
+    from ..caller.thread import ThreadState
     from ..dispatch import Container, Dispatcher
 
 log = logging.getLogger(__name__)
@@ -266,15 +266,14 @@ class LxcProxy:
 
     def _serve_connection(self, conn: socket.socket, peer_pid: int) -> None:
         # Not needed to parse a datagram:
-        from ..caller.thread import CallerThread
-        from ..dispatch import caller_thread
-        from ..handlers.nodes import NodeStore
+        from ..caller.thread import ThreadState
+        from ..dispatch import thread_state
 
         session = _Session(peer_pid)
         # Made with the first datagram, and again with each one while it cannot be
         # (EMFILE: its fds): each datagram meanwhile is answered as a supervisor
         # fault, never left to LXC's 30 s timeout.
-        caller: CallerThread | SupervisorFault | None = None
+        caller: ThreadState | SupervisorFault | None = None
         held: str | None = None  # the user namespace whose twins this connection keeps
         try:
             while True:
@@ -282,18 +281,18 @@ class LxcProxy:
                 try:
                     if not datagram and not fds:
                         break  # the monitor closed: the container stopped
-                    if not isinstance(caller, CallerThread):
-                        caller = caller_thread(self.proc_root)
+                    if not isinstance(caller, ThreadState):
+                        caller = thread_state(self.proc_root)
                     reply = self._reply(datagram, fds, flags, session, caller)
                 finally:
                     for fd in fds:
                         os.close(fd)
-                if (held is None and isinstance(caller, CallerThread)
+                if (held is None and isinstance(caller, ThreadState)
                         and caller.cached_view is not None):
                     held = caller.cached_view.user_ns
-                    NodeStore.hold(held)
+                    self.dispatcher.host.nodes.hold(held)
                 conn.send(reply)
-                if isinstance(caller, CallerThread) and caller.broken:
+                if isinstance(caller, ThreadState) and caller.broken:
                     log.critical("%s: closing the connection: this thread's identity is "
                                  "not its own any more", session.label)
                     break
@@ -304,11 +303,11 @@ class LxcProxy:
             log.exception("%s: connection thread failed", session.label)
         finally:
             conn.close()
-            if isinstance(caller, CallerThread):
+            if isinstance(caller, ThreadState):
                 caller.close()
             if held is not None:
                 # With the container's last connection, its twins' names go.
-                NodeStore.release(held)
+                self.dispatcher.host.nodes.release(held)
             # A connection that never named a container is a liveness probe
             # (lxc-notify start, tests): not worth an info line.
             log.log(logging.INFO if session.container else logging.DEBUG,
@@ -319,9 +318,9 @@ class LxcProxy:
                 self._threads.pop(threading.current_thread(), None)
 
     def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
-               caller: CallerThread | SupervisorFault) -> bytes:
+               caller: ThreadState | SupervisorFault) -> bytes:
         """The reply for one datagram.  Never raises: every datagram gets an answer.
-        ``caller`` is the thread's CallerThread, or why it has none."""
+        ``caller`` is the thread's ThreadState, or why it has none."""
         try:
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 raise ProtocolError("datagram or its fds were truncated")

@@ -297,8 +297,8 @@ def test_an_interrupted_caller_does_not_meet_its_abandoned_node(
 def test_pids_translate_from_the_callers_namespace() -> None:
     """host_pid: 0 is the caller itself; a pid of the caller's namespace (here the
     host's, one level) maps to its host id; one the namespace lacks is ESRCH."""
-    from lxc_notify_plugin.caller.task import ContainerView, IdMap, host_pid
-    from lxc_notify_plugin.request import Notice, Request
+    from lxc_notify_plugin.caller.task import host_pid
+    from lxc_notify_plugin.request import ContainerView, IdMap, Notice, Request
 
     view = ContainerView("self", os.getpid(), os.readlink("/proc/self/ns/user"),
                          IdMap(((0, 0, 1 << 32),)), IdMap(((0, 0, 1 << 32),)))

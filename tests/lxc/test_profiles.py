@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
-from lxc_notify_plugin.policy.families import LXD_FAMILIES, built
+from lxc_notify_plugin.policy.catalog import built
+from lxc_notify_plugin.policy.families import LXD_FAMILIES
 from tests.conftest import require_tools
 from tests.lxc.conftest import Container, Daemon, supervised_container
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import os
 
-from lxc_notify_plugin.caller.task import IdMap, status_field
+from lxc_notify_plugin.caller.task import status_field
+from lxc_notify_plugin.request import IdMap
 from lxc_notify_plugin.start.lxc import BEGIN, END, _split_managed
 from lxc_notify_plugin.state import ContainerRecord
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lxc_notify_plugin import kernel
-from lxc_notify_plugin.caller.thread import CallerThread
+from lxc_notify_plugin.caller.thread import ThreadState
 from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
 from lxc_notify_plugin.handlers import Registered, registry
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
@@ -63,7 +63,7 @@ class FakeTransport:
         self.thread.start()
 
     def _serve(self) -> None:
-        caller = CallerThread()
+        caller = ThreadState()
         try:
             while data := self.theirs.recv(_NOTICE.size):
                 notif_id, tid, arch, nr, *args = _NOTICE.unpack(data)
@@ -175,8 +175,8 @@ def lxc_reply(tmp_path: Path, cookie: bytes, datagram: bytes | None = None) -> b
                                      init_pid=os.getpid(), cookie=cookie, sizes=sizes)
     result: list[bytes] = []
 
-    def serve() -> None:  # on its own thread: CallerThread unshares its fs state
-        caller = CallerThread()
+    def serve() -> None:  # on its own thread: ThreadState unshares its fs state
+        caller = ThreadState()
         try:
             result.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller))
         finally:

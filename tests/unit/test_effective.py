@@ -6,6 +6,7 @@ import pytest
 
 from lxc_notify_plugin.errors import ConfigError
 from lxc_notify_plugin.policy import keys as lxd
+from lxc_notify_plugin.policy import mount
 from lxc_notify_plugin.policy.effective import ContainerPolicy
 from lxc_notify_plugin.policy.profile import Profile, parse_profile
 
@@ -34,8 +35,9 @@ def test_keys_that_replace_the_conflicting_profile_value_are_fine() -> None:
     policy = ContainerPolicy.from_profile(profile('allowed = ["ext4"]'),
                                           {P + "mount.allowed": "xfs",
                                            P + "mount.fuse": "ext4=fuse2fs"}, FILE)
-    assert policy.mount.allowed == ("xfs",)
-    assert policy.mount.fuse == (("ext4", "fuse2fs"),)
+    assert policy.of(mount.FAMILY).allowed == ("xfs",)
+    assert policy.of(mount.FAMILY).fuse == (("ext4", "fuse2fs"),)
     policy = ContainerPolicy.from_profile(profile('allowed = ["ext4"]'),
                                           {P + "mount.fuse": "xfs=fuse-xfs"}, FILE)
-    assert (policy.mount.allowed, policy.mount.fuse) == (("ext4",), (("xfs", "fuse-xfs"),))
+    mounts = policy.of(mount.FAMILY)
+    assert (mounts.allowed, mounts.fuse) == (("ext4",), (("xfs", "fuse-xfs"),))

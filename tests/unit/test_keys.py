@@ -7,8 +7,8 @@ import pytest
 from lxc_notify_plugin.errors import ConfigError
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
 from lxc_notify_plugin.policy import keys as lxd
+from lxc_notify_plugin.policy.catalog import built
 from lxc_notify_plugin.policy.effective import ContainerPolicy
-from lxc_notify_plugin.policy.families import built
 from lxc_notify_plugin.policy.profile import load_profile
 
 P = lxd.PREFIX
@@ -44,15 +44,15 @@ def test_lists_are_normalized() -> None:
 
 
 # Derived from the registry: a family gains its handler, its keys leave this list.
-UNBUILT_BOOLS = sorted(spec.name for spec in lxd.KEYS.values()
+UNBUILT_BOOLS = sorted(spec.name for spec in lxd.known().values()
                        if spec.kind == "bool" and spec.family not in built())
-UNBUILT_LISTS = sorted(spec.name for spec in lxd.KEYS.values()
+UNBUILT_LISTS = sorted(spec.name for spec in lxd.known().values()
                        if spec.kind != "bool" and spec.family not in built())
 
 
 @pytest.mark.parametrize("key", UNBUILT_BOOLS)
 def test_keys_without_a_handler_are_refused_unless_off(key: str) -> None:
-    with pytest.raises(ConfigError, match=f"no {lxd.KEYS[key].family} handler yet"):
+    with pytest.raises(ConfigError, match=f"no {lxd.known()[key].family} handler yet"):
         lxd.check_buildable(key, "true", FILE)
     lxd.check_buildable(key, "false", FILE)
 
@@ -61,11 +61,11 @@ def test_lists_are_refused_without_their_handler() -> None:
     # One test over the list (which empties as handlers are built), not a
     # parameter each: an empty parameter set would be reported as a skip.
     for key in UNBUILT_LISTS:
-        with pytest.raises(ConfigError, match=f"no {lxd.KEYS[key].family} handler yet"):
+        with pytest.raises(ConfigError, match=f"no {lxd.known()[key].family} handler yet"):
             lxd.check_buildable(key, "ext4", FILE)
 
 
-@pytest.mark.parametrize("key", sorted(spec.name for spec in lxd.KEYS.values()
+@pytest.mark.parametrize("key", sorted(spec.name for spec in lxd.known().values()
                                        if spec.family in built() and spec.kind == "bool"))
 def test_keys_of_built_handlers_are_accepted(key: str) -> None:
     lxd.check_buildable(key, "true", FILE)

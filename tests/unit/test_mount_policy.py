@@ -8,11 +8,12 @@ from lxc_notify_plugin import kernel
 from lxc_notify_plugin.policy import mount
 from lxc_notify_plugin.policy.effective import ContainerPolicy
 from lxc_notify_plugin.policy.lxc_policy import check_with_libseccomp, compile_policy
-from lxc_notify_plugin.policy.profile import MountPolicy, parse_profile
+from lxc_notify_plugin.policy.mount import MountPolicy
+from lxc_notify_plugin.policy.profile import parse_profile
 
 
 def test_only_new_superblocks_are_trapped() -> None:
-    rule, magic, fsopen = mount.filter_rules(None)
+    rule, magic, fsopen = mount.filter_rules(mount.MountPolicy())
     # Calls with the old magic (its bits include MS_PRIVATE and MS_SLAVE) too.
     assert magic.args[0].value == kernel.MS_MGC_VAL and magic.args[0].mask == kernel.MS_MGC_MSK
     assert rule.syscall == "mount" and rule.args[0].index == 3 and rule.args[0].value == 0
@@ -112,5 +113,5 @@ def test_a_fuse_program_gets_the_flags_as_words() -> None:
 
 def test_profiles_may_allow_an_unshifted_fallback() -> None:
     profile = parse_profile("[mount]\nshift = true\nunshifted_fallback = true\n", "m.toml")
-    assert profile.mount.unshifted_fallback is True
-    assert ContainerPolicy.from_profile(profile).mount.unshifted_fallback is True
+    assert profile.of(mount.FAMILY).unshifted_fallback is True
+    assert ContainerPolicy.from_profile(profile).of(mount.FAMILY).unshifted_fallback is True

@@ -8,8 +8,10 @@ import pytest
 
 from lxc_notify_plugin.errors import ConfigError
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
+from lxc_notify_plugin.policy import mknod, mount
+from lxc_notify_plugin.policy.catalog import built
 from lxc_notify_plugin.policy.effective import ContainerPolicy
-from lxc_notify_plugin.policy.families import LXD_FAMILIES, built
+from lxc_notify_plugin.policy.families import LXD_FAMILIES
 from lxc_notify_plugin.policy.lxc_policy import check_with_libseccomp, compile_policy
 from lxc_notify_plugin.policy.mknod import DevicePolicy, choose, mknod_rules, needs_path
 from lxc_notify_plugin.policy.profile import load_profile, parse_profile
@@ -134,8 +136,9 @@ def test_extends_merges_parents_in_order(tmp_path: Path) -> None:
     assert profile.description == "b"  # the last parent that says it
     assert profile.deny_answer("mknod") == "EACCES"
     assert dict(profile.sources)["deny.mknod"].endswith("b.toml")
-    assert [(r.major, r.minor_low) for r in profile.devices] == [(1, 3), (1, 5), (1, 7)]
-    assert profile.mount.force_flags == ("nosuid", "nodev")
+    devices = profile.of(mknod.FAMILY).devices
+    assert [(r.major, r.minor_low) for r in devices] == [(1, 3), (1, 5), (1, 7)]
+    assert profile.of(mount.FAMILY).force_flags == ("nosuid", "nodev")
     assert profile.name == "child"
 
 
@@ -207,6 +210,7 @@ def test_the_documented_example_is_a_valid_profile() -> None:
     readme = (PACKAGE_PROFILES / "README.md").read_text()
     example = readme.split("```toml\n", 1)[1].split("```", 1)[0]
     profile = parse_profile(example, "profiles/README.md", (PACKAGE_PROFILES,))
-    assert profile.name == "lab" and profile.udev and profile.mount.shift is True
+    assert profile.name == "lab" and profile.of(mknod.FAMILY).udev
+    assert profile.of(mount.FAMILY).shift is True
     policy = DevicePolicy.from_profile(profile)
     assert policy.allows("c", 226, 128) and policy.allows("c", 10, 200)  # own + tun parent

@@ -23,7 +23,7 @@ from typing import cast
 import pytest
 
 from lxc_notify_plugin import kernel
-from lxc_notify_plugin.caller.thread import CallerThread
+from lxc_notify_plugin.caller.thread import ThreadState
 from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
 from lxc_notify_plugin.errors import SupervisorFault, own_step
 from lxc_notify_plugin.host import udev
@@ -90,7 +90,7 @@ def test_counts_stay_right_while_status_reads_them(fine_switching: None) -> None
     failures: list[BaseException] = []
 
     def write() -> None:
-        caller = CallerThread()
+        caller = ThreadState()
         try:
             for _ in range(rounds):
                 start.wait()
@@ -381,15 +381,15 @@ def test_own_step_makes_our_oserrors_faults() -> None:
     assert again.value is fault
 
 
-# --- 1: a thread without its CallerThread still answers ---------------------------------------
+# --- 1: a thread without its ThreadState still answers ---------------------------------------
 
 @pytest.fixture
 def no_caller_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """CallerThread cannot open its fds: the daemon's fd table is full."""
-    def full(self: CallerThread, proc_root: str = "/proc") -> None:
+    """ThreadState cannot open its fds: the daemon's fd table is full."""
+    def full(self: ThreadState, proc_root: str = "/proc") -> None:
         raise OSError(errno.EMFILE, "Too many open files")
 
-    monkeypatch.setattr(CallerThread, "__init__", full)
+    monkeypatch.setattr(ThreadState, "__init__", full)
 
 
 def test_lxc_answers_every_datagram_when_its_thread_state_cannot_be_made(

@@ -16,7 +16,7 @@ def test_the_unit_grants_exactly_the_listed_capabilities() -> None:
     settings = dict(line.split("=", 1) for line in unit.render().splitlines()
                     if "=" in line and not line.startswith("#"))
     granted = settings["CapabilityBoundingSet"].split()
-    assert granted == list(unit.CAPABILITIES)
+    assert granted == list(unit.capabilities())
     assert all(isinstance(getattr(kernel, name), int) for name in granted)
     assert "@" not in unit.render()  # every placeholder filled
     assert settings["Type"] == "notify" and settings["Before"] == "lxc.service"

@@ -44,6 +44,7 @@
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PAGE 4096
@@ -225,6 +226,34 @@ static int race(int on_source, char **a) {
     return 0;
 }
 
+static int cmp_long(const void *a, const void *b) {
+    long x = *(const long *)a, y = *(const long *)b;
+    return (x > y) - (x < y);
+}
+
+/* bench N SRC TGT TYPE FLAGS: N mounts, each unmounted after it succeeds (the
+ * unmount not timed); prints "calls N ok K median_ns M p99_ns P". */
+static int bench(int n, const char *src, const char *tgt, const char *type,
+                 unsigned long flags) {
+    long *ns = calloc(n, sizeof(long));
+    int ok = 0;
+    if (!ns || n < 1) return 2;
+    for (int i = 0; i < n; i++) {
+        struct timespec a, b;
+        clock_gettime(CLOCK_MONOTONIC, &a);
+        int rc = mount(src, tgt, type, flags, NULL);
+        clock_gettime(CLOCK_MONOTONIC, &b);
+        ns[i] = (b.tv_sec - a.tv_sec) * 1000000000L + (b.tv_nsec - a.tv_nsec);
+        if (rc == 0) {
+            ok++;
+            umount(tgt);
+        }
+    }
+    qsort(ns, n, sizeof(long), cmp_long);
+    printf("calls %d ok %d median_ns %ld p99_ns %ld\n", n, ok, ns[n / 2], ns[(n * 99) / 100]);
+    return 0;
+}
+
 /* One command at argv[0..argc): its status (0, or 2 for wrong usage). */
 static int command(int argc, char **argv) {
     if (argc < 1) return 2;
@@ -232,6 +261,8 @@ static int command(int argc, char **argv) {
     if (strcmp(cmd, "mount") == 0 && argc == 6)  /* mount SRC TGT TYPE FLAGS DATA */
         return result(mount(built(argv[1]), built(argv[2]), built(argv[3]),
                             strtoull(argv[4], NULL, 0), built(argv[5])));
+    if (strcmp(cmd, "bench") == 0 && argc == 6)  /* bench N SRC TGT TYPE FLAGS */
+        return bench(atoi(argv[1]), argv[2], argv[3], argv[4], strtoul(argv[5], NULL, 0));
     if (strcmp(cmd, "umount") == 0 && argc == 2)
         return result(umount(argv[1]));
     if (strcmp(cmd, "umountl") == 0 && argc == 2)

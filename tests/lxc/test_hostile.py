@@ -81,7 +81,10 @@ def test_the_callers_own_names_for_itself(container: Container) -> None:
               f"exec 3<{d} && /bin/nodeprobe mknod /dev/fd/3/b c 1 3 && "
               f"/bin/nodeprobe mknod /proc/self/fd/3/c c 1 3 && "
               f"/bin/nodeprobe mknod /proc/self/root{d}/e c 1 3")
-    assert container.sh(script).split() == ["ok"] * 4
+    # nodeprobe exits 0 whatever its calls answer, and an unsupervised run (LXC's
+    # lxc-attach quirk: every trapped call ENOSYS) makes nothing: retried as such.
+    out = container.attach("/bin/sh", "-c", script, idempotent_unsupervised=True)
+    assert out.split() == ["ok"] * 4
     for name in "abce":
         assert container.probe("stat", f"{d}/{name}").endswith("major 1 minor 3")
     # Another task's magic links are followed with the caller's rights (container

@@ -1,0 +1,315 @@
+"""Debian images for the real-hosts tier, built from Debian's archive and cached.
+
+An image is what a new admin gets from a stock install: the distribution's
+kernel (linux-image-amd64), systemd as PID 1, udev, dbus, AppArmor, LXC and
+lxcfs, plus the packages ``scripts/setup.sh`` installs, so that setup.sh has
+nothing to fetch inside a guest that has no network.  debootstrap fills a
+directory from the apt mirror this machine already uses; ``mkfs.ext4 -d`` turns
+that directory into a raw ext4 disk without a loop device or a mount, and the
+kernel and initrd are copied out of its ``/boot`` for QEMU's ``-kernel`` and
+``-initrd``.  Nothing inside the image is configured beyond what every boot of
+the tier needs: fstab, a host name, and the oneshot unit that runs the host's
+script (``guest/``).
+
+Images live under ``/var/cache/lxc-notify/vm/SUITE-KEY/``, KEY a hash of the
+suite, the mirror, the package list, this file and ``guest/``: a second run
+with the same inputs reuses the image, a changed input builds a new one and
+removes the old.  A cached image is never written to: each boot runs on a
+throwaway qcow2 overlay (runner.py).
+
+Building is heavy (debootstrap writes about a gigabyte): it runs under the
+machine's heavy-job lock, which other suites on this machine take too.
+"""
+
+from __future__ import annotations
+
+import configparser
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+GUEST = HERE / "guest"
+
+CACHE = Path(os.environ.get("LXC_NOTIFY_VM_CACHE", "/var/cache/lxc-notify/vm"))
+# One heavy job (a debootstrap, a QEMU boot, another engineer's LXC suite) at a time on
+# this machine: the same lock `flock /tmp/lxc-notify-heavy.lock CMD` takes.
+HEAVY_LOCK = Path(os.environ.get("LXC_NOTIFY_HEAVY_LOCK", "/tmp/lxc-notify-heavy.lock"))
+
+# The stock host: what `apt install lxc` on a default Debian install leaves running.
+STOCK = ("linux-image-amd64", "initramfs-tools", "systemd", "systemd-sysv", "udev", "dbus",
+         "kmod", "apparmor", "lxc", "lxcfs", "iproute2", "procps")
+# scripts/setup.sh's list (kept in step by tests/unit/test_vm_image.py), so that it
+# installs nothing in a guest without network.  podman's dependency
+# container-network-stack is virtual, which debootstrap cannot resolve: name a provider.
+SETUP = ("lxc", "python3-lxc", "python3-venv", "busybox-static", "uidmap", "udev",
+         "e2fsprogs", "fuse2fs", "gcc", "libc6-dev", "procps", "debootstrap", "runc", "crun",
+         "golang-github-containers-common", "podman", "containernetworking-plugins")
+EXTRA = ("python3",)
+PACKAGES = tuple(dict.fromkeys(STOCK + SETUP + EXTRA))
+
+DISK_SIZE = "8G"  # sparse: the built system takes about 1.5 GB of it
+
+
+class ImageError(Exception):
+    """Building an image failed; the message ends with the tail of the build log."""
+
+
+class LockTimeout(ImageError):
+    """The heavy-job lock stayed held past the wait limit."""
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    python: str  # the guest's python3, for wheels (runner.wheels)
+    kernel_series: str  # the stock kernel, as `uname -r` starts
+    lxc_series: str  # lxc-start --version
+
+
+SUITES = {
+    "bookworm": Suite("bookworm", python="3.11", kernel_series="6.1.", lxc_series="5.0."),
+    "trixie": Suite("trixie", python="3.13", kernel_series="6.12.", lxc_series="6.0."),
+}
+
+
+@dataclass(frozen=True)
+class Image:
+    """A built, cached image: read-only from here on."""
+
+    suite: Suite
+    directory: Path
+    disk: Path  # raw ext4, the root filesystem (/dev/vda)
+    kernel: Path
+    initrd: Path
+    manifest: dict[str, str]  # package -> version, as installed
+    build_seconds: float  # how long its cold build took (under the lock)
+
+
+def mirror() -> str:
+    """The Debian archive this machine's apt uses (LXC_NOTIFY_VM_MIRROR overrides)."""
+    override = os.environ.get("LXC_NOTIFY_VM_MIRROR")
+    if override:
+        return override
+    sources = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+    for source in sources:
+        with contextlib.suppress(OSError):
+            for found in re.finditer(r"(?:https?|file)://\S+", source.read_text()):
+                url = found.group(0).rstrip("/")
+                if url.endswith("/debian"):
+                    return url
+    raise ImageError("no Debian archive in /etc/apt/sources.list*: set LXC_NOTIFY_VM_MIRROR")
+
+
+def digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+
+
+def cache_key(suite: Suite, archive: str) -> str:
+    digest = hashlib.sha256()
+    for part in (suite.name, archive, " ".join(PACKAGES), DISK_SIZE):
+        digest.update(part.encode() + b"\0")
+    for path in (Path(__file__).resolve(), *sorted(GUEST.iterdir())):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def heavy_lock(wait: float | None = None) -> Iterator[float]:
+    """Hold the machine's heavy-job lock; yields the seconds spent waiting for it.
+
+    Waits at most WAIT seconds (LXC_NOTIFY_HEAVY_LOCK_WAIT, default 3600), then
+    raises LockTimeout naming the processes that hold the lock file open: a
+    daemon started under `flock` inherits its fd and keeps the lock forever.
+    """
+    limit = wait if wait is not None else float(os.environ.get("LXC_NOTIFY_HEAVY_LOCK_WAIT",
+                                                               "3600"))
+    started = time.monotonic()
+    fd = os.open(HEAVY_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() - started > limit:
+                    raise LockTimeout(f"waited {limit:.0f} s for {HEAVY_LOCK}; open in: "
+                                      f"{'; '.join(_lock_users()) or 'no process'}") from None
+                time.sleep(0.5)
+        yield time.monotonic() - started
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _lock_users() -> list[str]:
+    users = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(HEAVY_LOCK) for fd in fd_dir.iterdir()):
+                pid = fd_dir.parent.name
+                cmdline = (fd_dir.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+                users.append(f"{pid} {cmdline.decode(errors='replace').strip()[:120]}")
+    return [u for u in users if not u.startswith(f"{os.getpid()} ")]
+
+
+def image(name: str, *, rebuild: bool = False, log: Path | None = None) -> Image:
+    """The cached image of suite NAME, built first when missing (or when REBUILD)."""
+    suite = SUITES[name]
+    archive = mirror()
+    directory = CACHE / f"{suite.name}-{cache_key(suite, archive)}"
+    if rebuild and directory.exists():
+        shutil.rmtree(directory)
+    if not (directory / "manifest.json").exists():
+        with heavy_lock():
+            if not (directory / "manifest.json").exists():  # another run built it meanwhile
+                _build(suite, archive, directory, log)
+    return _load(suite, directory)
+
+
+def _load(suite: Suite, directory: Path) -> Image:
+    manifest = json.loads((directory / "manifest.json").read_text())
+    return Image(suite=suite, directory=directory, disk=directory / "disk.raw",
+                 kernel=directory / "vmlinuz", initrd=directory / "initrd.img",
+                 manifest=manifest["packages"], build_seconds=manifest["build_seconds"])
+
+
+def _build(suite: Suite, archive: str, directory: Path, log: Path | None) -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    work = CACHE / f".build-{suite.name}-{os.getpid()}"
+    rootfs = work / "rootfs"
+    log = log or work / "build.log"
+    started = time.monotonic()
+    for stale in CACHE.glob(".build-*"):  # a build killed before it could clean up
+        _remove_tree(stale / "rootfs")
+        shutil.rmtree(stale, ignore_errors=True)
+    work.mkdir()
+    try:
+        debs = CACHE / f"debs-{suite.name}"  # .debs kept between builds: a rebuild downloads less
+        debs.mkdir(exist_ok=True)
+        _run(["debootstrap", "--variant=minbase", "--components=main",
+              f"--cache-dir={debs}", f"--include={','.join(PACKAGES)}",
+              suite.name, str(rootfs), archive], log)
+        _configure(rootfs)
+        manifest = _installed(rootfs)
+        kernels = sorted((rootfs / "boot").glob("vmlinuz-*"))
+        initrds = sorted((rootfs / "boot").glob("initrd.img-*"))
+        if len(kernels) != 1 or len(initrds) != 1:
+            raise ImageError(f"expected one kernel and one initrd in /boot, found "
+                             f"{[p.name for p in kernels + initrds]}")
+        shutil.copyfile(kernels[0], work / "vmlinuz")
+        shutil.copyfile(initrds[0], work / "initrd.img")
+        for deb in (rootfs / "var/cache/apt/archives").glob("*.deb"):
+            deb.unlink()
+        disk = work / "disk.raw"
+        _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(rootfs), str(disk), DISK_SIZE],
+             log)
+        _remove_tree(rootfs)
+        (work / "manifest.json").write_text(json.dumps({
+            "suite": suite.name, "mirror": archive, "kernel": kernels[0].name[len("vmlinuz-"):],
+            "packages": manifest, "build_seconds": round(time.monotonic() - started, 1),
+        }, indent=1, sort_keys=True))
+        if log.parent == work:
+            log.rename(work / "build.log.done")
+        for old in CACHE.glob(f"{suite.name}-*"):  # images for inputs that changed
+            shutil.rmtree(old)
+        work.rename(directory)
+    except BaseException:
+        _remove_tree(rootfs)
+        if log.parent != work:
+            shutil.rmtree(work, ignore_errors=True)
+        raise
+
+
+def _run(argv: list[str], log: Path) -> None:
+    with log.open("a") as out:
+        out.write(f"$ {' '.join(argv)}\n")
+        out.flush()
+        result = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, check=False)
+    if result.returncode != 0:
+        tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-40:])
+        raise ImageError(f"{argv[0]} exited with status {result.returncode} (log {log}):\n"
+                         f"{tail}")
+
+
+def _remove_tree(rootfs: Path) -> None:
+    """Remove a debootstrap target, unmounting first what a failed debootstrap left there."""
+    prefix = str(rootfs) + "/"
+    with open("/proc/self/mountinfo") as mountinfo:
+        mounted = [line.split()[4] for line in mountinfo]
+    for point in sorted((m for m in mounted if m.startswith(prefix)), reverse=True):
+        subprocess.run(["umount", "-l", point], check=False)
+    shutil.rmtree(rootfs, ignore_errors=True)
+
+
+def _configure(rootfs: Path) -> None:
+    """What every boot needs, written as files: no chroot, no service started on the host."""
+    etc = rootfs / "etc"
+    (etc / "fstab").write_text("/dev/vda / ext4 errors=remount-ro 0 1\n")
+    (etc / "hostname").write_text("lxc-notify-vm\n")
+    (etc / "hosts").write_text("127.0.0.1 localhost\n127.0.1.1 lxc-notify-vm\n")
+    libexec = rootfs / "usr/local/libexec"
+    libexec.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(GUEST / "vm-run", libexec / "lxc-notify-vm-run")
+    (libexec / "lxc-notify-vm-run").chmod(0o755)
+    unit = "lxc-notify-vm-run.service"
+    shutil.copyfile(GUEST / unit, etc / "systemd/system" / unit)
+    wants = etc / "systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True, exist_ok=True)
+    (wants / unit).symlink_to(f"/etc/systemd/system/{unit}")
+
+
+def _installed(rootfs: Path) -> dict[str, str]:
+    """package -> version from the image's dpkg status, for the manifest."""
+    installed: dict[str, str] = {}
+    for stanza in (rootfs / "var/lib/dpkg/status").read_text().split("\n\n"):
+        fields = dict(re.findall(r"^(Package|Version|Status): (.*)$", stanza, re.MULTILINE))
+        if fields.get("Status", "").endswith(" installed"):
+            installed[fields["Package"]] = fields["Version"]
+    return installed
+
+
+def setup_sh_packages() -> list[str]:
+    """The packages scripts/setup.sh installs, read from its `packages=(...)` array."""
+    text = (REPO / "scripts/setup.sh").read_text()
+    found = re.search(r"^packages=\((.*?)\)", text, re.MULTILINE | re.DOTALL)
+    if found is None:
+        raise ImageError("scripts/setup.sh has no packages=(...) array")
+    return found.group(1).split()
+
+
+def requirements() -> list[str]:
+    """The project's runtime and build requirements (setup.cfg, pyproject.toml)."""
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "setup.cfg")
+    runtime = [line.strip() for line in cfg["options"]["install_requires"].splitlines()
+               if line.strip()]
+    build = re.search(r"requires\s*=\s*\[(.*?)\]", (REPO / "pyproject.toml").read_text(),
+                      re.DOTALL)
+    return runtime + (re.findall(r'"([^"]+)"', build.group(1)) if build else [])
+
+
+def main(argv: list[str]) -> int:
+    """python -m tests.vm.image [--rebuild] SUITE...: build (or find) the images."""
+    rebuild = "--rebuild" in argv
+    for name in [a for a in argv if a != "--rebuild"] or list(SUITES):
+        started = time.monotonic()
+        built = image(name, rebuild=rebuild)
+        print(f"{name}: {built.directory} ({time.monotonic() - started:.1f} s, kernel "
+              f"{built.manifest.get('linux-image-amd64', '?')}, lxc {built.manifest.get('lxc')})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -18,14 +18,13 @@ removes the old.  A cached image is never written to: each boot runs on a
 throwaway qcow2 overlay (runner.py).
 
 Building is heavy (debootstrap writes about a gigabyte): it runs under the
-machine's heavy-job lock, which other suites on this machine take too.
+machine's heavy-job lock (lock.py), which other suites on this machine take too.
 """
 
 from __future__ import annotations
 
 import configparser
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -34,18 +33,16 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.vm.lock import heavy_lock
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 GUEST = HERE / "guest"
 
 CACHE = Path(os.environ.get("LXC_NOTIFY_VM_CACHE", "/var/cache/lxc-notify/vm"))
-# One heavy job (a debootstrap, a QEMU boot, another engineer's LXC suite) at a time on
-# this machine: the same lock `flock /tmp/lxc-notify-heavy.lock CMD` takes.
-HEAVY_LOCK = Path(os.environ.get("LXC_NOTIFY_HEAVY_LOCK", "/tmp/lxc-notify-heavy.lock"))
 
 # The stock host: what `apt install lxc` on a default Debian install leaves running.
 STOCK = ("linux-image-amd64", "initramfs-tools", "systemd", "systemd-sysv", "udev", "dbus",
@@ -64,10 +61,6 @@ DISK_SIZE = "8G"  # sparse: the built system takes about 1.5 GB of it
 
 class ImageError(Exception):
     """Building an image failed; the message ends with the tail of the build log."""
-
-
-class LockTimeout(ImageError):
-    """The heavy-job lock stayed held past the wait limit."""
 
 
 @dataclass(frozen=True)
@@ -123,44 +116,6 @@ def cache_key(suite: Suite, archive: str) -> str:
     for path in (Path(__file__).resolve(), *sorted(GUEST.iterdir())):
         digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
-
-
-@contextlib.contextmanager
-def heavy_lock(wait: float | None = None) -> Iterator[float]:
-    """Hold the machine's heavy-job lock; yields the seconds spent waiting for it.
-
-    Waits at most WAIT seconds (LXC_NOTIFY_HEAVY_LOCK_WAIT, default 3600), then
-    raises LockTimeout naming the processes that hold the lock file open: a
-    daemon started under `flock` inherits its fd and keeps the lock forever.
-    """
-    limit = wait if wait is not None else float(os.environ.get("LXC_NOTIFY_HEAVY_LOCK_WAIT",
-                                                               "3600"))
-    started = time.monotonic()
-    fd = os.open(HEAVY_LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
-    try:
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() - started > limit:
-                    raise LockTimeout(f"waited {limit:.0f} s for {HEAVY_LOCK}; open in: "
-                                      f"{'; '.join(_lock_users()) or 'no process'}") from None
-                time.sleep(0.5)
-        yield time.monotonic() - started
-    finally:
-        os.close(fd)  # releases the lock
-
-
-def _lock_users() -> list[str]:
-    users = []
-    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
-        with contextlib.suppress(OSError):
-            if any(os.readlink(fd) == str(HEAVY_LOCK) for fd in fd_dir.iterdir()):
-                pid = fd_dir.parent.name
-                cmdline = (fd_dir.parent / "cmdline").read_bytes().replace(b"\0", b" ")
-                users.append(f"{pid} {cmdline.decode(errors='replace').strip()[:120]}")
-    return [u for u in users if not u.startswith(f"{os.getpid()} ")]
 
 
 def image(name: str, *, rebuild: bool = False, log: Path | None = None) -> Image:

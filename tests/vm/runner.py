@@ -31,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.vm import image as images
-from tests.vm.image import CACHE, Image, heavy_lock
+from tests.vm.image import CACHE, Image
+from tests.vm.lock import heavy_lock
 
 MEMORY_MIB = 4096
 CPUS = 2
@@ -119,7 +120,7 @@ def run_in_vm(img: Image, script: str, share_dir: Path, timeout: float, *,
         subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
                         "-b", str(img.disk), str(overlay)], check=True)
         argv = qemu_command(img, overlay, share_dir, console, shares)
-        with heavy_lock() as lock_wait:  # raises image.LockTimeout after its wait limit
+        with heavy_lock() as lock_wait:  # raises lock.LockTimeout after its wait limit
             started = time.monotonic()
             boot = _supervise(argv, ctl, console, started + timeout, timeout)
             total = time.monotonic() - started

@@ -56,7 +56,8 @@ SETUP = ("lxc", "python3-lxc", "python3-venv", "busybox-static", "uidmap", "udev
 EXTRA = ("python3",)
 PACKAGES = tuple(dict.fromkeys(STOCK + SETUP + EXTRA))
 
-DISK_SIZE = "8G"  # sparse: the built system takes about 1.5 GB of it
+DISK_SIZE = "8G"  # sparse: the built system takes about 1.3 GB of it
+KEEP_DAYS = 7  # an image for other inputs (another checkout's) is kept this long after its use
 
 
 class ImageError(Exception):
@@ -105,45 +106,51 @@ def mirror() -> str:
     raise ImageError("no Debian archive in /etc/apt/sources.list*: set LXC_NOTIFY_VM_MIRROR")
 
 
-def digest(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
+def digest(*parts: str | bytes) -> str:
+    hashed = hashlib.sha256()
+    for part in parts:
+        hashed.update((part.encode() if isinstance(part, str) else part) + b"\0")
+    return hashed.hexdigest()[:16]
 
 
 def cache_key(suite: Suite, archive: str) -> str:
-    digest = hashlib.sha256()
-    for part in (suite.name, archive, " ".join(PACKAGES), DISK_SIZE):
-        digest.update(part.encode() + b"\0")
-    for path in (Path(__file__).resolve(), *sorted(GUEST.iterdir())):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
+    builder = [Path(__file__).resolve(), *sorted(GUEST.iterdir())]
+    return digest(suite.name, archive, " ".join(PACKAGES), DISK_SIZE,
+                  *(part for path in builder for part in (path.name, path.read_bytes())))
 
 
-def image(name: str, *, rebuild: bool = False, log: Path | None = None) -> Image:
+def image(name: str, *, rebuild: bool = False) -> Image:
     """The cached image of suite NAME, built first when missing (or when REBUILD)."""
     suite = SUITES[name]
     archive = mirror()
     directory = CACHE / f"{suite.name}-{cache_key(suite, archive)}"
-    if rebuild and directory.exists():
-        shutil.rmtree(directory)
-    if not (directory / "manifest.json").exists():
+    if rebuild or not (directory / "manifest.json").exists():
         with heavy_lock():
+            if rebuild:
+                shutil.rmtree(directory, ignore_errors=True)
             if not (directory / "manifest.json").exists():  # another run built it meanwhile
-                _build(suite, archive, directory, log)
+                _build(suite, archive, directory)
     return _load(suite, directory)
 
 
 def _load(suite: Suite, directory: Path) -> Image:
+    os.utime(directory / "manifest.json")  # its mtime is the image's last use (_prune)
     manifest = json.loads((directory / "manifest.json").read_text())
     return Image(suite=suite, directory=directory, disk=directory / "disk.raw",
                  kernel=directory / "vmlinuz", initrd=directory / "initrd.img",
                  manifest=manifest["packages"], build_seconds=manifest["build_seconds"])
 
 
-def _build(suite: Suite, archive: str, directory: Path, log: Path | None) -> None:
+def _build(suite: Suite, archive: str, directory: Path) -> None:
+    """Build into a scratch directory, renamed into place once whole.
+
+    A failed build keeps its scratch directory (without the root filesystem) for
+    its log, until the next build starts.
+    """
     CACHE.mkdir(parents=True, exist_ok=True)
     work = CACHE / f".build-{suite.name}-{os.getpid()}"
     rootfs = work / "rootfs"
-    log = log or work / "build.log"
+    log = work / "build.log"
     started = time.monotonic()
     for stale in CACHE.glob(".build-*"):  # a build killed before it could clean up
         _remove_tree(stale / "rootfs")
@@ -174,16 +181,22 @@ def _build(suite: Suite, archive: str, directory: Path, log: Path | None) -> Non
             "suite": suite.name, "mirror": archive, "kernel": kernels[0].name[len("vmlinuz-"):],
             "packages": manifest, "build_seconds": round(time.monotonic() - started, 1),
         }, indent=1, sort_keys=True))
-        if log.parent == work:
-            log.rename(work / "build.log.done")
-        for old in CACHE.glob(f"{suite.name}-*"):  # images for inputs that changed
-            shutil.rmtree(old)
         work.rename(directory)
     except BaseException:
         _remove_tree(rootfs)
-        if log.parent != work:
-            shutil.rmtree(work, ignore_errors=True)
         raise
+    _prune(suite)
+
+
+def _prune(suite: Suite) -> None:
+    """Remove this suite's images for other inputs, once unused for KEEP_DAYS.
+
+    Not at once: two checkouts of different builders (main and a branch) share
+    this cache, and each would otherwise delete the other's image every run.
+    """
+    for manifest in CACHE.glob(f"{suite.name}-*/manifest.json"):
+        if time.time() - manifest.stat().st_mtime > KEEP_DAYS * 86400:
+            shutil.rmtree(manifest.parent)
 
 
 def _run(argv: list[str], log: Path) -> None:

@@ -200,8 +200,8 @@ def wheels(python: str) -> Path:
                         "-d", str(partial), *wanted],
                        check=True, stdin=subprocess.DEVNULL, capture_output=True, text=True)
         (partial / "requirements.txt").write_text("".join(f"{r}\n" for r in wanted))
-        for old in CACHE.glob(f"wheels-py{python}-*"):
-            shutil.rmtree(old)
+        # Other requirement lists' wheels stay (a megabyte each): another checkout's
+        # running guest may have them mounted.
         partial.rename(directory)
     except subprocess.CalledProcessError as err:
         shutil.rmtree(partial, ignore_errors=True)

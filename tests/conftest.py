@@ -15,6 +15,11 @@ import pytest
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--vm", action="store_true",
+                     help="also run the real-hosts tier (tests/vm): Debian VMs under QEMU, slow")
+
+
 def require(condition: bool, what: str) -> None:
     """Fail under CI, skip elsewhere, when a prerequisite is missing."""
     if condition:

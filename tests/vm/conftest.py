@@ -1,0 +1,84 @@
+"""The real-hosts tier: stock Debian 12 and 13 in QEMU (tests/vm/image.py, runner.py).
+
+Slow (minutes per image under TCG) and heavy, so it runs only when asked:
+``pytest --vm tests/vm``.  Without ``--vm`` its tests are deselected, not
+skipped; with it, under CI=true, a missing QEMU or debootstrap is a failure.
+Each test module boots each image as few times as it can (module fixtures)
+and every boot holds the machine's heavy-job lock (image.HEAVY_LOCK).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import IN_CI, require_root, require_tools
+from tests.vm import image as images
+from tests.vm.runner import VMResult, run_in_vm, wheels
+
+VM_TESTS = Path(__file__).resolve().parent
+SUMMARY: list[str] = []  # wall times and what each guest runs, printed at the end
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # This hook sees every item of the session, not only this folder's.
+    ours = [item for item in items if VM_TESTS in item.path.resolve().parents]
+    for item in ours:
+        item.add_marker(pytest.mark.vm)
+    if ours and not config.getoption("--vm"):
+        config.hook.pytest_deselected(items=ours)
+        items[:] = [item for item in items if item not in ours]
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if SUMMARY:
+        terminalreporter.section("vm tier")
+        for line in SUMMARY:
+            terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def vm_image() -> Iterator[Callable[[str], images.Image]]:
+    """suite name -> its cached image, built on first use."""
+    require_root()
+    require_tools("qemu-system-x86_64", "qemu-img", "debootstrap", "mkfs.ext4")
+    built: dict[str, images.Image] = {}
+
+    def get(suite: str) -> images.Image:
+        if suite not in built:
+            started = time.monotonic()
+            built[suite] = images.image(suite)
+            SUMMARY.append(f"{suite}: image ready in {time.monotonic() - started:.1f} s "
+                           f"(its cold build took {built[suite].build_seconds:.1f} s)")
+        return built[suite]
+
+    yield get
+
+
+VMRun = Callable[..., VMResult]
+
+
+@pytest.fixture(scope="module")
+def vm_run(vm_image: Callable[[str], images.Image],
+           tmp_path_factory: pytest.TempPathFactory) -> VMRun:
+    """Run a bash script as root in a fresh boot of SUITE, the project's wheels at /mnt/wheels.
+
+    ``vm_run(suite, script, timeout=600, env=None) -> VMResult``; CI is passed on.
+    """
+
+    def run(suite: str, script: str, timeout: float = 600,
+            env: Mapping[str, str] | None = None) -> VMResult:
+        img = vm_image(suite)
+        share = tmp_path_factory.mktemp(f"vm-{suite}")
+        result = run_in_vm(img, script, share, timeout,
+                           shares={"wheels": wheels(img.suite.python)},
+                           env={"CI": "true" if IN_CI else "", **(env or {})})
+        SUMMARY.append(f"{suite}: boot to script start {result.boot_seconds:.1f} s, QEMU "
+                       f"{result.total_seconds:.1f} s, lock wait {result.lock_wait:.1f} s")
+        return result
+
+    return run
+

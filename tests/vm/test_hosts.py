@@ -1,0 +1,142 @@
+"""What an admin relies on in a stock Debian 12 and Debian 13 host, checked in a VM.
+
+One boot per image: the script below gathers every fact (``fact NAME VALUE``
+lines on stdout, the commands' own chatter on stderr) and goes on past a
+failed step, so one broken step fails its own test and the others still say
+something.  These facts are the baseline the rest of issue 19 builds on: the
+stock kernel and LXC, systemd as PID 1, cgroup v2 only, AppArmor on, lxcfs,
+an unprivileged busybox container under LXC's stock AppArmor profile, and the
+project's wheels installing without network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pytest
+
+from tests.vm.conftest import SUMMARY, VMRun
+from tests.vm.image import SUITES, Suite
+from tests.vm.runner import VMResult
+
+FACTS = r"""
+set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+fact() { printf 'fact %s %s\n' "$1" "$2"; }
+
+fact pid1 "$(cat /proc/1/comm)"
+fact cgroupfs "$(stat -fc %T /sys/fs/cgroup)"
+fact cgroup_v1_mounts "$(awk '$3 == "cgroup"' /proc/mounts | wc -l)"
+fact apparmor "$(cat /sys/module/apparmor/parameters/enabled)"
+fact kernel "$(uname -r)"
+fact lxc "$(lxc-start --version)"
+fact lxcfs_unit "$(systemctl is-active lxcfs)"
+fact lxcfs_mount "$(findmnt -no FSTYPE /var/lib/lxcfs)"
+fact python "$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')"
+systemctl --failed --no-legend --plain >&2
+
+# The project's wheels, without network (the guest has none).
+python3 -m venv --system-site-packages /root/venv >&2 \
+  && /root/venv/bin/pip install -q --no-index --find-links /mnt/wheels \
+       -r /mnt/wheels/requirements.txt >&2 \
+  && /root/venv/bin/python -c 'import lxc, prometheus_client, pyseccomp, pyudev' >&2
+fact wheels $?
+
+# An unprivileged busybox container, as NOTES.md and setup.sh set one up, under
+# the AppArmor profile Debian's /etc/lxc/default.conf names.
+for f in /etc/subuid /etc/subgid; do
+  grep -qx 'root:100000:65536' "$f" 2>/dev/null || echo 'root:100000:65536' >> "$f"
+done
+cat > /root/c1.conf <<'EOF'
+lxc.net.0.type = empty
+lxc.apparmor.profile = generated
+lxc.idmap = u 0 100000 65536
+lxc.idmap = g 0 100000 65536
+EOF
+lxc-create -n c1 -t busybox -f /root/c1.conf >&2; fact lxc_create $?
+lxc-start -n c1 >&2; fact lxc_start $?
+lxc-wait -n c1 -s RUNNING -t 60 >&2
+fact lxc_state "$(lxc-info -n c1 -sH)"
+pid=$(lxc-info -n c1 -pH)
+fact container_init_uid "$(awk '/^Uid:/ {print $2}' "/proc/$pid/status" 2>/dev/null)"
+fact container_apparmor "$(tr -d '\0' < "/proc/$pid/attr/current" 2>/dev/null | tr ' ' _)"
+fact container_echo "$(lxc-attach -n c1 --clear-env -- /bin/busybox echo hello)"
+lxc-stop -n c1 -k >&2
+lxc-destroy -n c1 >&2
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class Host:
+    suite: Suite
+    result: VMResult
+    facts: dict[str, str]
+
+    def fact(self, name: str) -> str:
+        assert name in self.facts, (f"{self.suite.name}: the script never reported {name}\n"
+                                    f"stderr:\n{self.result.stderr[-3000:]}")
+        return self.facts[name]
+
+
+@pytest.fixture(scope="module", params=sorted(SUITES))
+def host(request: pytest.FixtureRequest, vm_run: VMRun) -> Host:
+    result = vm_run(request.param, FACTS, timeout=900)
+    facts = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("fact "):
+            _, name, *value = line.split(" ", 2)
+            facts[name] = value[0] if value else ""
+    SUMMARY.append(f"{request.param}: kernel {facts.get('kernel')}, lxc {facts.get('lxc')}, "
+                   f"python {facts.get('python')}, cgroup {facts.get('cgroupfs')}, "
+                   f"apparmor {facts.get('apparmor')}")
+    return Host(SUITES[request.param], result, facts)
+
+
+def test_the_script_ran_to_its_end(host: Host) -> None:
+    assert host.result.status == 0, host.result.output[-3000:]
+
+
+def test_systemd_is_pid_1(host: Host) -> None:
+    assert host.fact("pid1") == "systemd"
+
+
+def test_cgroup2_only(host: Host) -> None:
+    assert host.fact("cgroupfs") == "cgroup2fs"
+    assert host.fact("cgroup_v1_mounts") == "0"
+
+
+def test_apparmor_is_enabled(host: Host) -> None:
+    assert host.fact("apparmor") == "Y"
+
+
+def test_stock_kernel(host: Host) -> None:
+    assert host.fact("kernel").startswith(host.suite.kernel_series)
+
+
+def test_stock_lxc(host: Host) -> None:
+    assert host.fact("lxc").startswith(host.suite.lxc_series)
+
+
+def test_lxcfs_is_running(host: Host) -> None:
+    assert host.fact("lxcfs_unit") == "active"
+    assert host.fact("lxcfs_mount") == "fuse.lxcfs"
+
+
+def test_project_wheels_install_without_network(host: Host) -> None:
+    assert host.fact("python") == host.suite.python
+    assert host.fact("wheels") == "0", host.result.stderr[-3000:]
+
+
+def test_unprivileged_busybox_container_starts(host: Host) -> None:
+    assert host.fact("lxc_create") == "0", host.result.stderr[-3000:]
+    assert host.fact("lxc_start") == "0", host.result.stderr[-3000:]
+    assert host.fact("lxc_state") == "RUNNING"
+    assert host.fact("container_init_uid") == "100000"
+    assert host.fact("container_echo") == "hello"
+
+
+def test_container_is_confined_by_lxc_generated_profile(host: Host) -> None:
+    # LXC names the profile it generates for a container lxc-NAME_<LXCPATH>.
+    label = host.fact("container_apparmor")
+    assert label.startswith("lxc-c1_") and label.endswith("(enforce)"), label

@@ -341,6 +341,19 @@ def test_a_deny_exception_of_the_device_cgroup_holds_for_mknod(
         assert box.probe("stat", null).endswith("major 1 minor 3")
 
 
+def test_a_deny_exception_of_the_device_cgroup_holds_for_mount(
+        daemon: Daemon, nodeprobe: Path, mountprobe: Path, image: Image) -> None:
+    major, minor = os.major(image.rdev), os.minor(image.rdev)
+    config = f"lxc.cgroup.devices.allow = a\nlxc.cgroup.devices.deny = b {major}:{minor} rwm\n"
+    with box_for(daemon, nodeprobe, mountprobe, image, keys=MOUNT_KEYS,
+                 extra_config=config) as box:
+        assert kernel_answer(box.init_pid(), "read", image.loop) == "EPERM"
+        where = target(box)
+        assert mp(box, "mount", "/blk/disk", where, "ext4", str(MS_RDONLY), "-") == "EPERM", \
+            daemon.log()[-3000:]
+        assert "root_file" not in box.sh(f"ls {where}")
+
+
 # --- 3. a read-only device rule, for mount ----------------------------------------------------
 
 

@@ -27,6 +27,19 @@ def test_umask_077_is_applied(container: Container) -> None:
     assert container.probe("stat", path) == "mode 20600 uid 0 gid 0 major 1 minor 5"
 
 
+def test_setgid_kept_as_the_kernel_keeps_it(container: Container) -> None:
+    """In a setgid directory of another group, the kernel keeps S_ISGID on a new
+    node for a caller holding CAP_FSETID over it (mode_strip_sgid): the mode the
+    kernel gives an untrapped FIFO made the same way is the expected one."""
+    d = f"/tmp/{unique('sgid')}"
+    container.sh(f"mkdir {d} && chgrp 1000 {d} && chmod 2777 {d}")
+    assert container.probe("mknod", f"{d}/fifo", "p", "0", "0", "2666", "0") == "ok"
+    assert container.probe("mknod", f"{d}/node", "c", "1", "3", "2666", "0") == "ok"
+    kernel = container.probe("stat", f"{d}/fifo").split()[1]
+    ours = container.probe("stat", f"{d}/node").split()[1]
+    assert kernel == "12666" and ours == "22666", (kernel, ours)  # S_ISGID on both
+
+
 def test_owner_follows_the_callers_fsgid(container: Container) -> None:
     path = f"/tmp/{unique()}"
     assert container.probe("mknod", path, "c", "1", "9", gid=5) == "ok"

@@ -93,6 +93,18 @@ def lxc_ready() -> None:
     require(shutil.which("busybox") is not None, "busybox (busybox-static)")
 
 
+MOUNTPROBE_SOURCE = Path(__file__).resolve().parent.parent / "helpers" / "mountprobe.c"
+
+
+@pytest.fixture(scope="session")
+def mountprobe(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tests/helpers/mountprobe.c, static (the busybox containers have no libc)."""
+    binary = tmp_path_factory.mktemp("helpers") / "mountprobe"
+    subprocess.run(["gcc", "-O2", "-static", "-Wall", "-Werror", "-o", str(binary),
+                    str(MOUNTPROBE_SOURCE)], check=True)
+    return binary
+
+
 @pytest.fixture(scope="session")
 def nodeprobe(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
     binary = tmp_path_factory.mktemp("helpers") / "nodeprobe"

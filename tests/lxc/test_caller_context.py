@@ -42,7 +42,6 @@ from tests.lxc import bpfdev
 from tests.lxc.conftest import Container, Daemon
 from tests.lxc.test_mount import (
     CONTAINER_ROOT,
-    HELPER_SOURCE,
     KEY,
     Image,
     give_device,
@@ -66,14 +65,6 @@ def unique(prefix: str = "c") -> str:
 
 
 # --- fixtures -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def mountprobe(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    binary = tmp_path_factory.mktemp("mountprobe") / "mountprobe"
-    subprocess.run(["gcc", "-O2", "-static", "-Wall", "-Werror", "-o", str(binary),
-                    str(HELPER_SOURCE)], check=True)
-    return binary
 
 
 @contextlib.contextmanager

@@ -23,7 +23,6 @@ from tests.conftest import require, require_tools
 from tests.lxc.conftest import Container, Daemon
 
 KEY = "security.syscalls.intercept."
-HELPER_SOURCE = Path(__file__).resolve().parent.parent / "helpers" / "mountprobe.c"
 CONTAINER_ROOT = 100000  # lxc.idmap u 0 100000 65536
 
 
@@ -36,14 +35,6 @@ class Image:
     path: Path
     loop: str  # /dev/loopN on the host
     rdev: int
-
-
-@pytest.fixture(scope="module")
-def mountprobe(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    binary = tmp_path_factory.mktemp("mountprobe") / "mountprobe"
-    subprocess.run(["gcc", "-O2", "-static", "-Wall", "-Werror", "-o", str(binary),
-                    str(HELPER_SOURCE)], check=True)
-    return binary
 
 
 @pytest.fixture(scope="module")

@@ -35,20 +35,12 @@ import pytest
 
 from tests.conftest import require_tools
 from tests.lxc.conftest import Container, Daemon
-from tests.lxc.test_mount import CONTAINER_ROOT, HELPER_SOURCE, Image, mount_container
+from tests.lxc.test_mount import CONTAINER_ROOT, Image, mount_container
 
 KEYS = {"mount": "true", "mount.allowed": "ext4", "mount.shift": "true"}
 CAP_SYS_ADMIN = "200000"  # 1 << 21, hex, for "as UID CAPS"
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND = 0x1, 0x2, 0x4, 0x20, 0x1000
 MS_MOVE, MS_NOATIME, MS_REC, MS_PRIVATE, MS_SHARED = 0x2000, 0x400, 0x4000, 0x40000, 0x100000
-
-
-@pytest.fixture(scope="module")
-def hostile_probe(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    binary = tmp_path_factory.mktemp("hostile-probe") / "mountprobe"
-    subprocess.run(["gcc", "-O2", "-static", "-Wall", "-Werror", "-o", str(binary),
-                    str(HELPER_SOURCE)], check=True)
-    return binary
 
 
 @pytest.fixture(scope="module")
@@ -218,13 +210,13 @@ def hostile_container(daemon: Daemon, nodeprobe: Path, probe: Path, image: Image
 
 
 @pytest.fixture(scope="module")
-def hostile(daemon: Daemon, nodeprobe: Path, hostile_probe: Path, hostile_image: Image
+def hostile(daemon: Daemon, nodeprobe: Path, mountprobe: Path, hostile_image: Image
             ) -> Iterator[Hostile]:
-    yield from hostile_container(daemon, nodeprobe, hostile_probe, hostile_image)
+    yield from hostile_container(daemon, nodeprobe, mountprobe, hostile_image)
 
 
 @pytest.fixture(scope="module")
-def read_only_device(daemon: Daemon, nodeprobe: Path, hostile_probe: Path,
+def read_only_device(daemon: Daemon, nodeprobe: Path, mountprobe: Path,
                      hostile_image: Image) -> Iterator[Hostile]:
     """A container whose device cgroup lets it read the disk, not write it."""
     allowed = ("c 1:3", "c 1:5", "c 1:7", "c 1:8", "c 1:9", "c 5:0", "c 5:1", "c 5:2",
@@ -233,7 +225,7 @@ def read_only_device(daemon: Daemon, nodeprobe: Path, hostile_probe: Path,
     config = ("lxc.cgroup.devices.deny = a\n"
               + "".join(f"lxc.cgroup.devices.allow = {device} rwm\n" for device in allowed)
               + f"lxc.cgroup.devices.allow = b {os.major(rdev)}:{os.minor(rdev)} rm\n")
-    yield from hostile_container(daemon, nodeprobe, hostile_probe, hostile_image, config)
+    yield from hostile_container(daemon, nodeprobe, mountprobe, hostile_image, config)
 
 
 # ---------------------------------------------------------------------------

@@ -37,7 +37,8 @@ seen, a container's cgroups were left behind): it stays in the caller's
 cgroups only while it works and for 2 ms after, then waits in the
 daemon's own (moving back in costs ~0.25 ms, paid once per burst); it exits
 at once when the container's init exits (a pidfd, polled with its socket),
-when its connection's thread ends (PR_SET_PDEATHSIG), and after 10 s idle.
+when its connection's thread ends (PR_SET_PDEATHSIG), and when the daemon
+closes it after 10 s idle.
 
 Undumpable from the start, and never in the container's pid namespace: no
 task of the container can name it, ptrace it or read its memory.  It
@@ -80,7 +81,7 @@ log = logging.getLogger(__name__)
 _TIMEOUT_S = 25.0  # below LXC's 30 s: a hung device is ours to end
 _PROGRAM_TIMEOUT_S = 20.0  # a FUSE program's foreground part
 _LEAVE_S = 0.002  # idle this long, an actor leaves the caller's cgroups (back in: ~0.25 ms)
-_IDLE_S = 10.0  # idle this long outside them, it exits
+_IDLE_S = 10.0  # idle this long, the daemon closes it (the daemon: no send can race an exit)
 _MAX_ACTORS = 8  # per thread; the least recently used goes first
 _MISSING = 127  # the shell's "command not found"
 _LSM_REFUSED = 125  # the caller's LSM profile could not be set for the exec
@@ -165,8 +166,7 @@ class Actor:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lxc_notify_plugin.caller.actor", str(theirs.fileno()),
                  str(pidfd), json.dumps(self.procs_files)],
-                pass_fds=(theirs.fileno(), pidfd), stdin=subprocess.DEVNULL, cwd="/",
-                preexec_fn=None, close_fds=True)
+                pass_fds=(theirs.fileno(), pidfd), stdin=subprocess.DEVNULL, cwd="/")
         except OSError as err:
             ours.close()
             raise ActorFailed("spawn the actor", err) from err
@@ -209,6 +209,7 @@ class Actor:
 
         The hot path: a fixed binary message (``_MKNOD``) instead of JSON, one
         errno back."""
+        self.used = time.monotonic()
         message = _MKNOD.pack(_OP_MKNOD, mode, dev, who.fsuid, who.fsgid, who.umask, who.caps,
                               len(who.groups)) + struct.pack(f"={len(who.groups)}I",
                                                              *who.groups) + leaf
@@ -285,12 +286,20 @@ class Actor:
         order.  A seccomp listener of the program's filter is handed to
         ``on_listener`` (which owns it from then on) while the program runs.
         Returns ``{"exit": status, "stderr": text}``."""
-        message = {"op": "run", "order": order.__dict__}
-        answer, fds = self._call(message, [*ns_fds, root_fd, cwd_fd],
+        # -1 (a namespace this kernel lacks) cannot travel: which ones do is said.
+        message = {"op": "run", "order": order.__dict__,
+                   "namespaces": [fd >= 0 for fd in ns_fds]}
+        answer, fds = self._call(message, [*(fd for fd in ns_fds if fd >= 0), root_fd, cwd_fd],
                                  timeout=_PROGRAM_TIMEOUT_S + 4)
         while answer.get("listener"):
             if len(fds) == 1:
-                on_listener(fds[0])
+                try:
+                    on_listener(fds[0])
+                except BaseException:
+                    # The actor is mid-conversation: its next answers would reach the
+                    # next caller.  Closed (the program dies with it), then raised.
+                    self.close()
+                    raise
             else:
                 _close_all(fds)
             answer, fds = self._receive(timeout=_PROGRAM_TIMEOUT_S + 4)
@@ -362,6 +371,11 @@ class Actors:
         self.by_cgroups: dict[bytes, Actor] = {}
 
     def get(self, proc_cgroup: bytes, init_pid: int, mountinfo: Callable[[], str]) -> Actor:
+        # Idle ones go here, never by themselves: an actor that exited on its own
+        # could meet a request already on its way (EPIPE for the caller).
+        stale = time.monotonic() - _IDLE_S
+        for key in [k for k, a in self.by_cgroups.items() if a.used < stale]:
+            self.by_cgroups.pop(key).close()
         actor = self.by_cgroups.get(proc_cgroup)
         if actor is not None and actor.alive:
             return actor
@@ -477,13 +491,13 @@ def _do_mount(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> N
     if name is not None and not _names_node(name, fds[1], fds[2], node):
         name = None
     answer, mount_fd = _make_mount(message, fds[0], name, fds[1:])
-    if mount_fd >= 0 and name is not None:
-        dev = os.fstat(mount_fd).st_dev
-        if os.major(dev) != 0 and dev != node.st_rdev:
-            # The name reached another device by the time the kernel walked it
-            # (the container raced us): made again through the fd.
-            os.close(mount_fd)
-            answer, mount_fd = _make_mount(message, fds[0], None, [])
+    if mount_fd >= 0 and name is not None and os.fstat(mount_fd).st_dev != node.st_rdev:
+        # The kernel walked the name as host root: it may have reached another
+        # device (the container raced us), or the superblock's number says
+        # nothing (btrfs's is anonymous).  Unverified, it is made again through
+        # the fd, whatever the mount table then shows.
+        os.close(mount_fd)
+        answer, mount_fd = _make_mount(message, fds[0], None, [])
     try:
         _send(sock, answer, [mount_fd] if mount_fd >= 0 else [])
     finally:
@@ -566,7 +580,8 @@ def _do_run(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> Non
         channel.close()
         code = 1
         try:
-            code = _program_parent(theirs, order, fds)
+            code = _program_parent(theirs, order, fds,
+                                   list(message.get("namespaces", [True] * len(NAMESPACES))))
         except BaseException as err:  # reported, never raised in a fork of the actor
             with contextlib.suppress(Exception):
                 _send(theirs, {"step": f"run the program ({type(err).__name__}: {err})",
@@ -617,10 +632,13 @@ def _set_exec_label(host_proc_fd: int, label: str) -> None:
     raise OSError(errno.ENOENT, "no AppArmor exec attribute")
 
 
-def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int]) -> int:
+def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int],
+                    namespaces: list[bool]) -> int:
     """In the fork: become the caller, then fork and wait for the program."""
     host_proc_fd = os.open("/proc", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    ns_fds, root_fd, cwd_fd = fds[:len(NAMESPACES)], fds[-2], fds[-1]
+    given = iter(fds[:-2])
+    ns_fds = [next(given) if present else -1 for present in namespaces]
+    root_fd, cwd_fd = fds[-2], fds[-1]
 
     def step(name: str, action: Callable[..., Any], *args: Any) -> None:
         try:
@@ -637,7 +655,8 @@ def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int
     # is lowered to ours and named in the report).
     unmatched = _take_limits(order)
     for (name, kind), fd in zip(NAMESPACES, ns_fds, strict=True):
-        step(f"enter the {name} namespace", kernel.setns, fd, kind)
+        if fd >= 0:  # -1: this kernel has no such namespace (time before 5.6)
+            step(f"enter the {name} namespace", kernel.setns, fd, kind)
     step("take the caller's root", os.fchdir, root_fd)
     step("take the caller's root", os.chroot, ".")
     step("take the caller's cwd", os.fchdir, cwd_fd)
@@ -820,7 +839,7 @@ def main(argv: list[str]) -> int:
         poller.register(sock.fileno(), select.POLLIN)
         poller.register(init_pidfd, select.POLLIN)
         while True:
-            events = dict(poller.poll((_LEAVE_S if inside else _IDLE_S) * 1000))
+            events = dict(poller.poll(_LEAVE_S * 1000 if inside else None))
             if init_pidfd in events:
                 # The container's init exited: LXC removes its cgroups now.  Out
                 # of them first (a move is faster than tearing this process down).
@@ -830,8 +849,6 @@ def main(argv: list[str]) -> int:
                         _join_cgroups(home)
                 os._exit(0)
             if not events:
-                if not inside:
-                    return 0
                 ids.ourselves()  # cgroup.procs is root's: our ids and capabilities
                 try:
                     _join_cgroups(home)

@@ -117,7 +117,11 @@ def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_er
     fds: list[int] = []
     try:
         for name, _ in NAMESPACES:
-            fds.append(os.open(f"ns/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=request.proc_fd))
+            try:
+                fds.append(os.open(f"ns/{name}", os.O_RDONLY | os.O_CLOEXEC,
+                                   dir_fd=request.proc_fd))
+            except FileNotFoundError:
+                fds.append(-1)  # a kernel without that namespace: nothing to enter
         for name in ("root", "cwd"):
             fds.append(os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
                                dir_fd=request.proc_fd))
@@ -126,7 +130,8 @@ def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_er
                                    call.serve_listener)
     finally:
         for fd in fds:
-            os.close(fd)
+            if fd >= 0:
+                os.close(fd)
     if report.get("unmatched"):
         log.info("%s for %s runs with ours where the caller's are higher: %s", what,
                     view.name, ", ".join(map(str, report["unmatched"])))

@@ -46,6 +46,7 @@ from tests.lxc.test_mount import (
     Image,
     give_device,
     install_with_libraries,
+    loop_device,
     mount_options,
     mp,
     target,
@@ -82,12 +83,8 @@ def made_image(work: Path, *, node: bool = False, tune: tuple[str, ...] = ()) ->
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(path), "16M"], check=True)
     if tune:
         subprocess.run(["tune2fs", *tune, str(path)], check=True, capture_output=True)
-    loop = subprocess.run(["losetup", "-f", "--show", str(path)], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    try:
-        yield Image(path, loop, os.stat(loop).st_rdev)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
+    with loop_device(path) as made:
+        yield made
 
 
 @pytest.fixture(scope="module")

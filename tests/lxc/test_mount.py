@@ -9,6 +9,7 @@ LXD's keys (``security.syscalls.intercept.mount``, ``.mount.allowed ext4``,
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -48,6 +49,13 @@ def image(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     os.chown(content / "user_file", 1000, 1000)
     path = work / "ext4.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(path), "16M"], check=True)
+    with loop_device(path) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def loop_device(path: Path) -> Iterator[Image]:
+    """The image file ``path`` on a loop device of its own, detached afterwards."""
     loop = subprocess.run(["losetup", "-f", "--show", str(path)], check=True,
                           capture_output=True, text=True).stdout.strip()
     try:

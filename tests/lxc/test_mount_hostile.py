@@ -35,7 +35,7 @@ import pytest
 
 from tests.conftest import require_tools
 from tests.lxc.conftest import Container, Daemon
-from tests.lxc.test_mount import CONTAINER_ROOT, Image, mount_container
+from tests.lxc.test_mount import CONTAINER_ROOT, Image, loop_device, mount_container
 
 KEYS = {"mount": "true", "mount.allowed": "ext4", "mount.shift": "true"}
 CAP_SYS_ADMIN = "200000"  # 1 << 21, hex, for "as UID CAPS"
@@ -53,12 +53,8 @@ def hostile_image(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory
     (content / "root_file").write_text("root's\n")
     path = work / "ext4.img"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(content), str(path), "16M"], check=True)
-    loop = subprocess.run(["losetup", "-f", "--show", str(path)], check=True,
-                          capture_output=True, text=True).stdout.strip()
-    try:
-        yield Image(path, loop, os.stat(loop).st_rdev)
-    finally:
-        subprocess.run(["losetup", "-d", loop], check=False)
+    with loop_device(path) as made:
+        yield made
 
 
 def _mountinfo(pid: int) -> list[tuple[str, str]]:

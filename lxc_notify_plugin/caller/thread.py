@@ -177,7 +177,12 @@ class ThreadState:
         return CallerScope(self, request, creds, caps, dir_fd, relative)
 
     def mount_namespace_of(self, request: Request) -> MountNamespaceScope:
-        return MountNamespaceScope(self, request)
+        return MountNamespaceScope(self, os.open("ns/mnt", os.O_RDONLY | os.O_CLOEXEC,
+                                                 dir_fd=request.proc_fd), "the caller's")
+
+    def mount_namespace(self, ns_fd: int, whose: str) -> MountNamespaceScope:
+        """The daemon's identity in the mount namespace ``ns_fd`` (kept open by its owner)."""
+        return MountNamespaceScope(self, os.dup(ns_fd), whose)
 
 
 class CallerScope:
@@ -409,34 +414,36 @@ class CallerScope:
 
 
 class MountNamespaceScope:
-    """The daemon's identity in the caller's mount namespace, for one step.
+    """The daemon's identity in another mount namespace (the caller's, or one of
+    the daemon's own), for one step.
 
     Only outside a CallerScope: joining a mount namespace resets the thread's
     root and cwd to that namespace's root, and leaving it resets them to the
-    host's, so a chroot could not survive either.
+    host's, so a chroot could not survive either.  Owns ``ns_fd``.
     """
 
-    def __init__(self, thread: ThreadState, request: Request) -> None:
+    def __init__(self, thread: ThreadState, ns_fd: int, whose: str) -> None:
         self.thread = thread
-        self.request = request
+        self.ns_fd = ns_fd
+        self.whose = whose
         self.joined = False
 
     def __enter__(self) -> MountNamespaceScope:
         assert not self.thread.in_scope, "a mount namespace step inside a caller scope"
         thread = self.thread
-        kernel.capset(thread.caps)
-        thread.set_ids(0, 0)
-        fd = os.open("ns/mnt", os.O_RDONLY | os.O_CLOEXEC, dir_fd=self.request.proc_fd)
         try:
-            if _ns_id(fd) != _ns_id(thread.host_mnt_ns_fd):
+            kernel.capset(thread.caps)
+            thread.set_ids(0, 0)
+            if _ns_id(self.ns_fd) != _ns_id(thread.host_mnt_ns_fd):
                 try:
-                    kernel.setns(fd, kernel.CLONE_NEWNS)
+                    kernel.setns(self.ns_fd, kernel.CLONE_NEWNS)
                 except OSError as err:
-                    raise SupervisorFault("setns into the caller's mount namespace",
+                    raise SupervisorFault(f"setns into {self.whose} mount namespace",
                                           err) from err
                 self.joined = True
         finally:
-            os.close(fd)
+            os.close(self.ns_fd)
+            self.ns_fd = -1
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,

@@ -26,6 +26,7 @@ import threading
 from .. import kernel
 from ..caller.thread import CallerScope, ThreadState
 from ..errors import SupervisorFault
+from ..host.mountns import tmpfs_namespace
 from ..kernel.fd import OwnedFd
 from ..request import Request
 
@@ -121,15 +122,16 @@ def _probe(dir_fd: int) -> bool | None:
 
 
 class NodeStore:
-    """A tmpfs of the daemon's own, mounted nowhere, where usable twins are made:
-    one directory per container user namespace, removed with the last ``release``.
+    """A tmpfs of the daemon's own, the root of a mount namespace of its own (seen
+    by no other), where usable twins are made: one directory per container user
+    namespace, removed with the last ``release``.
 
     One per daemon, in its ``HostViews`` (the transports hold and release
     names through it, the mknod handler makes twins in it)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._root_fd = -1
+        self._root_fd = self._ns_fd = -1
         self._names = itertools.count()
         self._holders: dict[str, int] = {}  # key -> connections and listeners serving it now
 
@@ -138,7 +140,7 @@ class NodeStore:
         with self._lock:
             if self._root_fd < 0:
                 try:
-                    self._root_fd = kernel.private_tmpfs(
+                    self._ns_fd, self._root_fd = tmpfs_namespace(
                         {"mode": "0700"}, kernel.MOUNT_ATTR_NOSUID | kernel.MOUNT_ATTR_NOEXEC)
                 except OSError as err:
                     raise SupervisorFault("make its private tmpfs", err) from err
@@ -146,6 +148,13 @@ class NodeStore:
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, 0o700, dir_fd=self._root_fd)
         return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root_fd)
+
+    def clone(self, thread: ThreadState, dir_fd: int, name: str) -> int:
+        """A detached bind mount of the store's node ``name`` in ``dir_fd``
+        (``open_tree`` wants its source in the thread's own namespace)."""
+        with thread.mount_namespace(self._ns_fd, "the node store's"):
+            return kernel.open_tree(dir_fd, name.encode(),
+                                    kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC)
 
     def next_name(self) -> str:
         return f"node{next(self._names)}"
@@ -222,8 +231,7 @@ def overmount_usable_twin(thread: ThreadState, request: Request, node: Placehold
         os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=store)
         _copy_acl(thread.proc_root, node.fd, store, name)
         try:
-            tree_fd = kernel.open_tree(store, name.encode(),
-                                       kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC)
+            tree_fd = nodes.clone(thread, store, name)
         except OSError as err:
             raise SupervisorFault("clone its node for a bind mount", err) from err
         with OwnedFd(tree_fd), thread.mount_namespace_of(request):

@@ -42,6 +42,7 @@ import threading
 
 from .. import kernel
 from ..errors import SupervisorFault
+from .mountns import root_into_new_namespace
 
 _SLOT_MODE = 0o700
 
@@ -143,20 +144,11 @@ class MountFlagLocks:
 
 def main() -> int:
     """Single-threaded, as unshare(CLONE_NEWUSER) needs: H, then N."""
-    kernel.unshare(kernel.CLONE_NEWNS)
-    # Nothing made here may propagate back to the host's mounts.
-    kernel.mount_setattr(kernel.AT_FDCWD, b"/", kernel.AT_RECURSIVE,
-                         propagation=kernel.MS_PRIVATE)
     root = kernel.private_tmpfs({"mode": "0700", "size": "16k", "nr_inodes": "4096"},
                                 kernel.MOUNT_ATTR_NOSUID | kernel.MOUNT_ATTR_NODEV
                                 | kernel.MOUNT_ATTR_NOEXEC)
-    kernel.move_mount(root, b"", kernel.AT_FDCWD, b"/tmp", kernel.MOVE_MOUNT_F_EMPTY_PATH)
+    root_into_new_namespace(root)  # nothing made here propagates back to the host's
     os.close(root)
-    os.chdir("/tmp")
-    # H holds no host mount: a host filesystem unmounted later is not kept alive here.
-    kernel.pivot_root(b".", b".")
-    kernel.umount2(b".", kernel.MNT_DETACH)
-    os.chdir("/")
     kernel.mount_setattr(kernel.AT_FDCWD, b"/", 0, propagation=kernel.MS_SHARED)
     sys.stdout.write("staging\n")
     sys.stdout.flush()

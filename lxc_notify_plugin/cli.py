@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Final
 
 from .errors import LxcNotifyError
+from .host.memory import lxcfs_running
+from .kernel import features
 from .paths import Paths
 from .service import config as daemon_config
 from .service.config import DaemonConfig
@@ -68,6 +70,12 @@ def configure_logging(level: str) -> None:
 def cmd_daemon(args: argparse.Namespace) -> int:
     from .supervisor import Supervisor
 
+    missing = features.missing_required()
+    if missing:
+        for feature in missing:
+            print(f"lxc-notify: this kernel lacks {feature.name} (Linux {feature.since}), "
+                  f"needed for {feature.used_for}", file=sys.stderr)
+        return 1
     given = bool(getattr(args, "log_level", None) or getattr(args, "verbose", False))
     supervisor = Supervisor(_settings(args), log_level_given=given)
     # Handlers before bind(): once the pid file exists, a SIGHUP may come.  Each
@@ -142,6 +150,9 @@ def cmd_profile_check(args: argparse.Namespace) -> int:
 
 def cmd_config_set(args: argparse.Namespace) -> int:
     print(lxc_config.config_set(args.name, args.key, args.value, _paths(args)))
+    if (args.key == "security.syscalls.intercept.sysinfo" and args.value.lower() == "true"
+            and not lxcfs_running()):
+        print(f"lxc-notify: lxcfs is not running here. {LXCFS_ABSENT}", file=sys.stderr)
     return 0
 
 
@@ -159,6 +170,12 @@ def cmd_config_show(args: argparse.Namespace) -> int:
     for line in lxc_config.config_show(args.name, _paths(args), args.effective):
         print(line)
     return 0
+
+
+LXCFS_ABSENT = ("With sysinfo interception, free and top read their totals from "
+                "sysinfo(2) (the container's limits) but cached and available memory from "
+                "/proc/meminfo, which without lxcfs is the host's: busybox free then shows "
+                "nonsense. Install lxcfs and include LXC's 00-lxcfs.conf.")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -184,7 +201,27 @@ def cmd_status(args: argparse.Namespace) -> int:
     if any(c["state"] in (lxc_config.DESTROYED, lxc_config.NOT_ENABLED)
            for c in status["containers"]):
         print("(destroyed and not-enabled containers' state is removed by `lxc-notify prune`)")
+    host = status.get("host") or {}
+    if host:
+        print(f"kernel {host['release']}:")
+        _print_features(host["features"])
+        if not host.get("lxcfs"):
+            print(f"lxcfs: not running here. {LXCFS_ABSENT}")
     return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    print(f"kernel {os.uname().release}:")
+    _print_features(features.report())
+    return 0
+
+
+def _print_features(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        present = {True: "yes", False: "no", None: "not seen yet"}.get(row["present"],
+                                                                      row["present"])
+        without = "" if row["present"] is True else f" (without it: {row['without']})"
+        print(f"  {row['name']:28} {present}{without}")
 
 
 def cmd_prune(args: argparse.Namespace) -> int:
@@ -274,7 +311,13 @@ def cmd_oci_seccomp(args: argparse.Namespace) -> int:
             raise ConfigError(base_file, None, f"cannot read a JSON base: {err}") from err
         if not isinstance(base, dict):
             raise ConfigError(base_file, None, "not a JSON object")
-    flags = (oci_profile.WAIT_KILLABLE_RECV,) if args.wait_killable else ()
+    flags: tuple[str, ...] = ()
+    if args.wait_killable:
+        if features.have("seccomp-wait-killable-recv"):
+            flags = (oci_profile.WAIT_KILLABLE_RECV,)
+        else:
+            print("lxc-notify: this kernel has no SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV "
+                  "(Linux 6.0): the profile goes without it", file=sys.stderr)
     rendered = oci_profile.render(policy, base, listener_path=str(paths.agent_socket),
                                   metadata=f"{PROFILE_KEY}={args.profile}", flags=flags,
                                   source=source)
@@ -436,6 +479,8 @@ def build_parser() -> argparse.ArgumentParser:
                    ).set_defaults(func=cmd_reload)
     sub.add_parser("status", help="containers, their state, request counts and latency "
                    "(SIGUSR1)").set_defaults(func=cmd_status)
+    sub.add_parser("features", help="what this kernel has that the daemon uses, probed "
+                   "now").set_defaults(func=cmd_features)
     sub.add_parser("prune", help="remove the state of destroyed containers and of those "
                    "no longer enabled").set_defaults(func=cmd_prune)
     service = sub.add_parser("service", help="the systemd unit").add_subparsers(

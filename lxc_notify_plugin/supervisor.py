@@ -26,7 +26,9 @@ from pathlib import Path
 from . import kernel
 from .dispatch import Container, Dispatcher, HostViews
 from .errors import ConfigError, DaemonError
+from .host.memory import lxcfs_running
 from .host.udev import HostDeviceIndex, UdevWatcher
+from .kernel import features
 from .paths import Paths, atomic_write
 from .service import activation
 from .service import config as daemon_config
@@ -423,6 +425,8 @@ class Supervisor:
                       "dropped": self._audit_dropped()},
             "metrics": str(self.config.metrics.path) if self.config.metrics.path else None,
             "containers": rows,
+            "host": {"release": os.uname().release, "features": features.report(),
+                     "lxcfs": lxcfs_running(self.proc_root)},
         })
 
     def _row(self, name: str, profile: str, state: str, connected: bool,

@@ -50,6 +50,7 @@ from ..caller.task import (
 from ..caller.thread import AT_FDCWD, ThreadState
 from ..errors import SupervisorFault
 from ..host.shift import Shifter, ShiftUnsupported
+from ..kernel import features
 from ..policy.mount import (
     EMULATE,
     FAMILY,
@@ -335,7 +336,17 @@ def _shift(shifter: Shifter, request: Request, fs_type: str, mount_fd: int,
 
 
 def _is_mount_root(fd: int) -> bool:
-    return bool(kernel.statx_attributes(fd) & kernel.STATX_ATTR_MOUNT_ROOT)
+    if features.have("statx-mount-root"):
+        return bool(kernel.statx_attributes(fd) & kernel.STATX_ATTR_MOUNT_ROOT)
+    # Before 5.8: a mount's root is on another mount than its parent directory
+    # (or is its own parent: the root of the namespace).
+    parent = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
+    try:
+        if os.path.samestat(os.fstat(parent), os.fstat(fd)):
+            return True
+        return kernel.file_identity(parent).mount_id != kernel.file_identity(fd).mount_id
+    finally:
+        os.close(parent)
 
 
 def _attach(thread: ThreadState, request: Request, mount_fd: int, target_fd: int) -> None:

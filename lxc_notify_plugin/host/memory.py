@@ -177,3 +177,15 @@ class SysinfoCgroups:
         if common == "/":
             return None  # the host's root cgroup: not a container's count
         return _number(hierarchy.file(common, "pids.current"))
+
+
+def lxcfs_running(proc_root: str = "/proc") -> bool:
+    """Whether lxcfs serves this host (a ``fuse.lxcfs`` mount in our namespace):
+    LXC's 00-lxcfs.conf then binds its /proc/meminfo into containers, which
+    agrees with what sysinfo interception answers."""
+    try:
+        with open(f"{proc_root}/self/mountinfo", encoding="utf-8", errors="replace") as f:
+            # Field after " - " is the filesystem type.
+            return any(line.split(" - ", 1)[-1].startswith("fuse.lxcfs ") for line in f)
+    except OSError:
+        return False

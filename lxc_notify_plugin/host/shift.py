@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from .. import kernel
+from ..kernel import features
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +58,9 @@ class IdmappedMounts:
     name = "idmapped"
 
     def unavailable(self) -> str | None:
-        try:
-            kernel.mount_setattr(-1, b"", _AT_EMPTY_PATH)
-        except OSError as err:
-            if err.errno == errno.ENOSYS:
-                return "mount_setattr is not in this kernel (5.12+)"
-        return None  # EBADF: the syscall exists
+        if not features.have("mount_setattr"):
+            return "mount_setattr is not in this kernel (5.12+)"
+        return None
 
     def shift(self, mount_fd: int, userns_fd: int) -> int:
         kernel.mount_setattr(mount_fd, b"", _AT_EMPTY_PATH, attr_set=kernel.MOUNT_ATTR_IDMAP,

@@ -33,7 +33,8 @@ __all__ = [
     "RESOLVE_BENEATH", "RESOLVE_IN_ROOT", "RESOLVE_CACHED", "openat2", "statx_timestamp", "statx",
     "statx_struct", "STATX_TYPE", "STATX_MODE", "STATX_NLINK", "STATX_UID", "STATX_GID",
     "STATX_ATIME", "STATX_MTIME", "STATX_CTIME", "STATX_INO", "STATX_SIZE", "STATX_BLOCKS",
-    "STATX_BASIC_STATS", "STATX_BTIME", "STATX_MNT_ID", "STATX_DIOALIGN", "STATX_MNT_ID_UNIQUE",
+    "statx_raw", "STATX_BASIC_STATS", "STATX_BTIME", "STATX_MNT_ID", "STATX_DIOALIGN",
+    "STATX_MNT_ID_UNIQUE",
     "STATX_SUBVOL", "FileIdentity", "file_identity", "statfs", "fs_type", "FUSE_SUPER_MAGIC",
     "STATX_ATTR_MOUNT_ROOT", "statx_attributes"
 ]
@@ -176,6 +177,13 @@ def statx_attributes(fd: int) -> int:
     buf = statx()
     _statx(fd, b"", AT_EMPTY_PATH, STATX_TYPE, ctypes.byref(buf))
     return int(buf.stx_attributes & buf.stx_attributes_mask)
+
+
+def statx_raw(fd: int, flags: int, mask: int) -> tuple[int, int]:
+    """``(stx_mask, stx_attributes_mask)`` for ``mask``: what this kernel fills."""
+    buf = statx()
+    _statx(fd, b"", flags, mask, ctypes.byref(buf))
+    return int(buf.stx_mask), int(buf.stx_attributes_mask)
 
 
 def file_identity(fd: int) -> FileIdentity:

@@ -27,6 +27,7 @@ import threading
 from .. import kernel
 from ..caller.thread import ThreadState
 from ..dispatch import Container, Dispatcher, thread_state
+from ..kernel import features
 from ..request import Notice
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,10 @@ def set_sync_wake_up(listener_fd: int) -> bool:
         kernel.notif_set_flags(listener_fd, kernel.SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
     except OSError as err:
         if err.errno in (errno.EINVAL, errno.ENOTTY):
+            features.observe("seccomp-sync-wake-up", False)
             return False
         raise
+    features.observe("seccomp-sync-wake-up", True)
     return True
 
 

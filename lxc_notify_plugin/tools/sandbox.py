@@ -22,9 +22,13 @@ from pathlib import Path
 from types import TracebackType
 
 SUBID_RANGE = "100000:65536"
-_BASE_CONFIG = """\
+# The AppArmor profile of every sandbox: unconfined where the host has no
+# AppArmor (LXC refuses a profile it cannot load); the real-hosts tier sets
+# "generated", LXC's own per-container profile, as Debian's default.conf does.
+APPARMOR_PROFILE = os.environ.get("LXC_NOTIFY_SANDBOX_APPARMOR", "unconfined")
+_BASE_CONFIG = f"""\
 lxc.net.0.type = empty
-lxc.apparmor.profile = unconfined
+lxc.apparmor.profile = {APPARMOR_PROFILE}
 lxc.idmap = u 0 100000 65536
 lxc.idmap = g 0 100000 65536
 """

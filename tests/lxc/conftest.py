@@ -28,6 +28,10 @@ from lxc_notify_plugin.tools.sandbox import Sandbox, lxc_attach_error
 from tests.conftest import require, require_root, require_tools
 
 UDEV_CONTROL = Paths().udev_control
+# LXC's device rules: the v1 devices controller where the host has one (this
+# host), else cgroup v2, where LXC turns the same rules into a device program.
+PURE_V2 = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+DEVICES = "lxc.cgroup2.devices" if PURE_V2 else "lxc.cgroup.devices"
 UNDER_UNIT = "LXC_NOTIFY_TEST_UNDER_UNIT"  # set: daemons start under the unit's restrictions
 
 

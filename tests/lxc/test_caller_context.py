@@ -39,7 +39,7 @@ from lxc_notify_plugin.host.cgroups import procs_files
 from lxc_notify_plugin.tools.sandbox import lxc_attach_error
 from tests.conftest import require, require_tools
 from tests.lxc import bpfdev
-from tests.lxc.conftest import Container, Daemon
+from tests.lxc.conftest import DEVICES, Container, Daemon
 from tests.lxc.test_mount import (
     CONTAINER_ROOT,
     KEY,
@@ -316,7 +316,7 @@ def _pid_ns(pid: str) -> str:
 
 def test_a_deny_exception_of_the_device_cgroup_holds_for_mknod(
         daemon: Daemon, nodeprobe: Path, mountprobe: Path, tmp_path: Path) -> None:
-    config = "lxc.cgroup.devices.allow = a\nlxc.cgroup.devices.deny = c 1:5 rwm\n"
+    config = f"{DEVICES}.allow = a\n{DEVICES}.deny = c 1:5 rwm\n"
     with box_for(daemon, nodeprobe, mountprobe, extra_config=config) as box:
         init = box.init_pid()
         # The kernel's answer for a task in the container's cgroups.
@@ -332,7 +332,7 @@ def test_a_deny_exception_of_the_device_cgroup_holds_for_mknod(
 def test_a_deny_exception_of_the_device_cgroup_holds_for_mount(
         daemon: Daemon, nodeprobe: Path, mountprobe: Path, image: Image) -> None:
     major, minor = os.major(image.rdev), os.minor(image.rdev)
-    config = f"lxc.cgroup.devices.allow = a\nlxc.cgroup.devices.deny = b {major}:{minor} rwm\n"
+    config = f"{DEVICES}.allow = a\n{DEVICES}.deny = b {major}:{minor} rwm\n"
     with box_for(daemon, nodeprobe, mountprobe, image, keys=MOUNT_KEYS,
                  extra_config=config) as box:
         assert kernel_answer(box.init_pid(), "read", image.loop) == "EPERM"
@@ -348,9 +348,9 @@ def test_a_deny_exception_of_the_device_cgroup_holds_for_mount(
 def test_a_read_only_device_rule_holds_for_a_mount_that_says_rw(
         daemon: Daemon, nodeprobe: Path, mountprobe: Path, image: Image) -> None:
     major, minor = os.major(image.rdev), os.minor(image.rdev)
-    config = "lxc.cgroup.devices.deny = a\n" + "".join(
-        f"lxc.cgroup.devices.allow = {device} rwm\n" for device in DEFAULT_CHARS)
-    config += f"lxc.cgroup.devices.allow = b {major}:{minor} r\n"
+    config = f"{DEVICES}.deny = a\n" + "".join(
+        f"{DEVICES}.allow = {device} rwm\n" for device in DEFAULT_CHARS)
+    config += f"{DEVICES}.allow = b {major}:{minor} r\n"
     before = digest(image.path)
     with box_for(daemon, nodeprobe, mountprobe, image, keys=MOUNT_KEYS,
                  extra_config=config) as box:

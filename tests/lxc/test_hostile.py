@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lxc.conftest import Container, Daemon, supervised_container
+from tests.lxc.conftest import DEVICES, Container, Daemon, supervised_container
 
 
 def unique(prefix: str = "h") -> str:
@@ -182,8 +182,8 @@ def denied_null(daemon: Daemon, nodeprobe: Path) -> Iterator[Container]:
     """A container whose device cgroup does not allow c 1:9 (/dev/urandom): deny
     all, then allow, as LXC's common.conf and Docker set theirs up."""
     allowed = ("c 1:3", "c 1:5", "c 1:7", "c 1:8", "c 5:0", "c 5:1", "c 5:2", "c 136:*")
-    config = "lxc.cgroup.devices.deny = a\n" + "".join(
-        f"lxc.cgroup.devices.allow = {device} rwm\n" for device in allowed)
+    config = f"{DEVICES}.deny = a\n" + "".join(
+        f"{DEVICES}.allow = {device} rwm\n" for device in allowed)
     box = Container()
     box.daemon = daemon
     try:

@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require_tools
-from tests.lxc.conftest import Container, Daemon
+from tests.lxc.conftest import DEVICES, Container, Daemon
 from tests.lxc.test_mount import CONTAINER_ROOT, Image, loop_device, mount_container
 
 KEYS = {"mount": "true", "mount.allowed": "ext4", "mount.shift": "true"}
@@ -218,9 +218,9 @@ def read_only_device(daemon: Daemon, nodeprobe: Path, mountprobe: Path,
     allowed = ("c 1:3", "c 1:5", "c 1:7", "c 1:8", "c 1:9", "c 5:0", "c 5:1", "c 5:2",
                "c 136:*")
     rdev = hostile_image.rdev
-    config = ("lxc.cgroup.devices.deny = a\n"
-              + "".join(f"lxc.cgroup.devices.allow = {device} rwm\n" for device in allowed)
-              + f"lxc.cgroup.devices.allow = b {os.major(rdev)}:{os.minor(rdev)} rm\n")
+    config = (f"{DEVICES}.deny = a\n"
+              + "".join(f"{DEVICES}.allow = {device} rwm\n" for device in allowed)
+              + f"{DEVICES}.allow = b {os.major(rdev)}:{os.minor(rdev)} rm\n")
     yield from hostile_container(daemon, nodeprobe, mountprobe, hostile_image, config)
 
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -178,13 +178,14 @@ def _read(path: Path) -> str:
         return ""
 
 
-def wheels(python: str) -> Path:
-    """The project's requirements as wheels for the guest's PYTHON (e.g. "3.13"), cached.
+def wheels(python: str, extra: Sequence[str] = ()) -> Path:
+    """The project's requirements (and EXTRA ones) as wheels for the guest's
+    PYTHON (e.g. "3.13"), cached.
 
     Downloaded on the host by pip, once per requirement list; the directory also
     holds ``requirements.txt``, for `pip install --no-index --find-links DIR -r`.
     """
-    wanted = images.requirements()
+    wanted = [*images.requirements(), *extra]
     key = images.digest(python, *wanted)
     directory = CACHE / f"wheels-py{python}-{key}"
     if (directory / "requirements.txt").exists():

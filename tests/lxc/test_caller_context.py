@@ -36,7 +36,7 @@ from pathlib import Path
 import pytest
 
 from lxc_notify_plugin.host.cgroups import procs_files
-from lxc_notify_plugin.tools.sandbox import lxc_attach_error
+from lxc_notify_plugin.tools.sandbox import APPARMOR_PROFILE, lxc_attach_error
 from tests.conftest import require, require_tools
 from tests.lxc import bpfdev
 from tests.lxc.conftest import DEVICES, Container, Daemon
@@ -460,11 +460,19 @@ def test_forced_flags_stay_and_the_mount_can_still_be_unmounted(
             box_for(daemon, nodeprobe, mountprobe, noded,
                     keys={**MOUNT_KEYS, "mount.shift": "true"}) as box:
         # The kernel's answer for a mount whose flags are not locked: container
-        # root's own tmpfs, mounted nodev, may drop nodev both ways.
+        # root's own tmpfs, mounted nodev, may drop nodev both ways.  Under LXC's
+        # AppArmor profile (the real-hosts tier) the kernel refuses container
+        # root's remounts and binds first (EACCES, before any flag is looked
+        # at); mount_setattr has no AppArmor hook, so there it alone shows the lock.
+        confined = APPARMOR_PROFILE != "unconfined"
+        refused = {"EPERM", "EACCES"} if confined else {"EPERM"}
         own = target(box)
         assert mp(box, "mount", "none", own, "tmpfs", str(MS_NODEV | MS_NOSUID), "-") == "ok"
-        assert mp(box, "mount", "-", own, "-", dropping_nodev, "-") == "ok"
-        assert "nodev" not in mount_options(box, own)
+        if confined:
+            assert mp(box, "mount", "-", own, "-", dropping_nodev, "-") == "EACCES"
+        else:
+            assert mp(box, "mount", "-", own, "-", dropping_nodev, "-") == "ok"
+            assert "nodev" not in mount_options(box, own)
         assert mp(box, "setattr", own, str(MOUNT_ATTR_NODEV), "0") == "ok"
         assert mp(box, "setattr", own, "0", str(MOUNT_ATTR_NODEV)) == "ok"
         assert mp(box, "umount", own) == "ok"
@@ -476,17 +484,21 @@ def test_forced_flags_stay_and_the_mount_can_still_be_unmounted(
             assert {"nosuid", "nodev"} <= mount_options(box, where)
             assert box.probe("stat", f"{where}/null").endswith("major 1 minor 3")
             assert box.probe("open", f"{where}/null") == "EACCES"
-            assert mp(box, "mount", "-", where, "-", dropping_nodev, "-") == "EPERM"
-            assert mp(box, "mount", "-", where, "-", dropping_both, "-") == "EPERM"
+            assert mp(box, "mount", "-", where, "-", dropping_nodev, "-") in refused
+            assert mp(box, "mount", "-", where, "-", dropping_both, "-") in refused
             assert mp(box, "setattr", where, "0", str(MOUNT_ATTR_NODEV)) == "EPERM"
             assert mp(box, "setattr", where, "0", str(MOUNT_ATTR_NOSUID)) == "EPERM"
-            assert mp(box, "mount", where, bind, "-", str(MS_BIND), "-") == "ok"
-            assert mp(box, "mount", "-", bind, "-", dropping_nodev, "-") == "EPERM"
-            assert mp(box, "setattr", bind, "0", str(MOUNT_ATTR_NODEV)) == "EPERM"
-            for path in (where, bind):
+            bound = mp(box, "mount", where, bind, "-", str(MS_BIND), "-")
+            assert bound == "ok" or (confined and bound == "EACCES"), bound
+            paths = (where, bind) if bound == "ok" else (where,)
+            if bound == "ok":
+                assert mp(box, "mount", "-", bind, "-", dropping_nodev, "-") in refused
+                assert mp(box, "setattr", bind, "0", str(MOUNT_ATTR_NODEV)) == "EPERM"
+            for path in paths:
                 assert {"nosuid", "nodev"} <= mount_options(box, path), path
                 assert box.probe("open", f"{path}/null") == "EACCES", path
-            assert mp(box, "umount", bind) == "ok"
+            if bound == "ok":
+                assert mp(box, "umount", bind) == "ok"
         finally:
             unmounted = mp(box, "umount", where)
         assert unmounted == "ok"

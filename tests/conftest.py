@@ -36,3 +36,12 @@ def require_root() -> None:
 def require_tools(*tools: str) -> None:
     for tool in tools:
         require(shutil.which(tool) is not None, f"the {tool} command")
+
+
+def kernel_has_since(major: int, minor: int) -> bool:
+    """Whether this kernel is Linux MAJOR.MINOR or later.  For tests only: they
+    check a feature where the kernel has it and its fallback where it does not,
+    with the release that added it as the expectation; the code itself probes
+    (lxc_notify_plugin/kernel/features.py) and never reads the version."""
+    release = os.uname().release.split("-")[0].split(".")
+    return (int(release[0]), int(release[1])) >= (major, minor)

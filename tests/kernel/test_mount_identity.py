@@ -36,6 +36,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,6 +204,9 @@ def _child(channel: socket.socket, steps: list[Step], container: bool) -> None:
                 result = _umount_all(command[1:])
             channel.send(_RESULT.pack(result))
         code = 0
+    except BaseException:
+        traceback.print_exc()  # the test then sees the channel close: say why here
+        raise
     finally:
         os._exit(code)
 

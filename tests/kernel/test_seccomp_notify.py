@@ -22,6 +22,7 @@ import pyseccomp
 import pytest
 
 from lxc_notify_plugin import kernel
+from tests.conftest import kernel_has_since
 
 _RESULT = struct.Struct("=qq")  # (return value, errno) of the child's call
 
@@ -143,7 +144,12 @@ def test_id_is_invalid_once_the_caller_died(tmp_path: os.PathLike[str]) -> None:
 def test_addfd_installs_an_fd_and_answers(tmp_path: os.PathLike[str]) -> None:
     with notifying_child(mknodat_call(os.fsencode(tmp_path) + b"/n")) as (_, listener, channel):
         notif = kernel.notif_recv(listener)
-        kernel.notif_set_flags(listener, kernel.SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+        if kernel_has_since(6, 6):
+            kernel.notif_set_flags(listener, kernel.SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+        else:
+            with pytest.raises(OSError) as refused:
+                kernel.notif_set_flags(listener, kernel.SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+            assert refused.value.errno == errno.EINVAL
         source = os.open("/dev/null", os.O_RDONLY)
         try:
             installed = kernel.notif_addfd(listener, notif.id, source,

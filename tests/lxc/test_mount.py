@@ -234,8 +234,11 @@ def test_what_stays_with_the_kernel(box: Container) -> None:
     # mounted in a user namespace (the kernel may load xfs's module on the call);
     # ENODEV where xfs is not in this kernel at all.
     answer = mp(box, "mount", "/blk/disk", where, "xfs", "0", "-")
-    known = "xfs" in Path("/proc/filesystems").read_text()
-    assert answer == ("EPERM" if known or APPARMOR_PROFILE != "unconfined" else "ENODEV")
+    if APPARMOR_PROFILE != "unconfined":  # its hook answers first (LXC 6.0: EACCES)
+        assert answer in ("EPERM", "EACCES"), answer
+    else:
+        known = "xfs" in Path("/proc/filesystems").read_text()
+        assert answer == ("EPERM" if known else "ENODEV")
 
 
 def test_a_user_without_cap_sys_admin_is_refused(box: Container) -> None:
@@ -247,7 +250,7 @@ def test_a_user_without_cap_sys_admin_is_refused(box: Container) -> None:
     assert mp(box, "fsopen", "ext4", uid=1000) in refused
     # Root of a user namespace nested in the container holds nothing in the container's.
     nested = box.sh(f"unshare -U -r /bin/mountprobe mount /blk/disk {where} ext4 0 -")
-    assert nested.strip() == "EPERM"
+    assert nested.strip() in refused
 
 
 def test_without_shift_the_policy_is_honoured(box: Container, daemon: Daemon) -> None:

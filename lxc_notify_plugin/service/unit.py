@@ -75,17 +75,25 @@ def systemd_is_init() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def install(paths: Paths, unit_dir: Path = UNIT_DIR, start: bool = True,
-            config: Path | None = None, options: tuple[str, ...] = ()) -> list[str]:
-    """Write the units, then enable and start them where systemd is init; what was done."""
+def write(paths: Paths, unit_dir: Path, config: Path | None = None,
+          options: tuple[str, ...] = ()) -> list[Path]:
+    """Write both units into ``unit_dir``: what install installs, and what Debian's
+    package ships (debian/rules calls this at build time with Debian's python3)."""
     unit_dir.mkdir(parents=True, exist_ok=True)
-    done = []
+    written = []
     for name, text in ((UNIT_NAME, render(config=config, options=options)),
                        (SOCKET_NAME, render_socket(paths))):
         target = unit_dir / name
         target.write_text(text)
         target.chmod(0o644)
-        done.append(f"installed {target}")
+        written.append(target)
+    return written
+
+
+def install(paths: Paths, unit_dir: Path = UNIT_DIR, start: bool = True,
+            config: Path | None = None, options: tuple[str, ...] = ()) -> list[str]:
+    """Write the units, then enable and start them where systemd is init; what was done."""
+    done = [f"installed {target}" for target in write(paths, unit_dir, config, options)]
     if not systemd_is_init():
         done.append("systemd is not this system's init: run the unit's ExecStart yourself "
                     f"({exec_start()} daemon)")

@@ -488,7 +488,9 @@ def build_parser() -> argparse.ArgumentParser:
     for action, help_ in (("install", "install, enable and start the unit"),
                           ("remove", "stop, disable and remove the unit")):
         parser_ = service.add_parser(action, help=help_)
-        parser_.add_argument("--unit-dir", default="/etc/systemd/system")
+        parser_.add_argument("--unit-dir", default="/etc/systemd/system",
+                             help="where the units are written (default %(default)s; "
+                             "one outside systemd's search path is linked into it)")
         if action == "install":
             parser_.add_argument("--no-start", action="store_true",
                                  help="enable only; start at next boot")

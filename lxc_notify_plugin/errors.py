@@ -25,6 +25,18 @@ class DaemonError(LxcNotifyError):
     """The daemon cannot run: its socket is taken (one per host), a file cannot be opened."""
 
 
+class ServiceError(LxcNotifyError):
+    """systemctl refused to install, enable or remove the units: the command, its
+    status and what it said (the admin sees systemd's reason, not a traceback)."""
+
+    def __init__(self, command: list[str], status: int, said: str) -> None:
+        self.command = command
+        self.status = status
+        self.said = said
+        super().__init__(f"{' '.join(command)} exited with status {status}"
+                         + (f": {said.strip()}" if said.strip() else ""))
+
+
 class ProtocolError(LxcNotifyError):
     """A datagram from the LXC monitor that does not follow the seccomp proxy protocol."""
 

@@ -10,21 +10,31 @@ from dataclasses import dataclass
 from pathlib import Path
 
 _PACKAGE = Path(__file__).resolve().parent
+# Where Debian's package (debian/) puts profiles/ and udev/: architecture-independent
+# data goes under /usr/share (FHS), not inside a Python package in dist-packages.
+DATA_DIR = Path("/usr/share/lxc-notify")
 
 
-def _shipped(name: str) -> Path:
+def shipped(name: str, package: Path = _PACKAGE, data_dir: Path = DATA_DIR) -> Path:
     """A data folder shipped with the package (``profiles``, ``udev``).
 
     Installed from a wheel it lies inside the package (setup.cfg maps the
     top-level folder there); in a source tree or an editable install it is
-    the top-level folder itself, beside the package.
+    the top-level folder itself, beside the package (a source tree: setup.cfg
+    is there too, so a stray ``profiles`` in dist-packages is never taken);
+    installed from Debian's package, under ``data_dir``.
     """
-    inside = _PACKAGE / name
-    return inside if inside.is_dir() else _PACKAGE.parent / name
+    inside = package / name
+    if inside.is_dir():
+        return inside
+    beside = package.parent / name
+    if (package.parent / "setup.cfg").is_file() and beside.is_dir():
+        return beside
+    return data_dir / name
 
 
-PACKAGE_PROFILES = _shipped("profiles")
-PACKAGE_UDEV_RULES = _shipped("udev") / "70-lxc-notify.rules"
+PACKAGE_PROFILES = shipped("profiles")
+PACKAGE_UDEV_RULES = shipped("udev") / "70-lxc-notify.rules"
 
 
 @dataclass(frozen=True)

@@ -156,11 +156,23 @@ class Metrics:
 
     def forget(self, container: str) -> None:
         """Drop a container's series (it was pruned: its numbers would be stale forever)."""
-        for key in list(self._series):  # one C call: no request thread adds meanwhile
-            if key[0] == container:
-                self._series.pop(key, None)
-        self._requests.remove_by_labels({"container": container})
-        self._duration.remove_by_labels({"container": container})
+        mine = [key for key in list(self._series)  # one C call: no request thread adds meanwhile
+                if key[0] == container]
+        for key in mine:
+            self._series.pop(key, None)
+        if hasattr(self._requests, "remove_by_labels"):
+            self._requests.remove_by_labels({"container": container})
+            self._duration.remove_by_labels({"container": container})
+            return
+        # remove_by_labels came in 2025 (client_python PR 1121); Debian's
+        # python3-prometheus-client predates it (0.16 in Debian 12): remove the
+        # children record() made, by the label values it gave them.  One histogram
+        # child serves several outcomes, hence KeyError after the first.
+        for _, syscall, outcome in mine:
+            with contextlib.suppress(KeyError):
+                self._requests.remove(container, syscall or "unknown", outcome)
+            with contextlib.suppress(KeyError):
+                self._duration.remove(container, syscall or "unknown")
 
     def write_now(self) -> bool:
         """Rewrite the file now; False (logged once per burst, counted) if it failed."""

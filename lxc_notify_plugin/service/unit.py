@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Final
 
+from ..errors import ServiceError
 from ..paths import Paths
 from ..policy.catalog import built
 
@@ -74,24 +75,38 @@ def systemd_is_init() -> bool:
     return Path("/run/systemd/system").is_dir()
 
 
-def install(paths: Paths, unit_dir: Path = UNIT_DIR, start: bool = True,
-            config: Path | None = None, options: tuple[str, ...] = ()) -> list[str]:
-    """Write the units, then enable and start them where systemd is init; what was done."""
+def write(paths: Paths, unit_dir: Path, config: Path | None = None,
+          options: tuple[str, ...] = ()) -> list[Path]:
+    """Write both units into ``unit_dir``: what install installs, and what Debian's
+    package ships (debian/rules calls this at build time with Debian's python3)."""
     unit_dir.mkdir(parents=True, exist_ok=True)
-    done = []
+    written = []
     for name, text in ((UNIT_NAME, render(config=config, options=options)),
                        (SOCKET_NAME, render_socket(paths))):
         target = unit_dir / name
         target.write_text(text)
         target.chmod(0o644)
-        done.append(f"installed {target}")
+        written.append(target)
+    return written
+
+
+def install(paths: Paths, unit_dir: Path = UNIT_DIR, start: bool = True,
+            config: Path | None = None, options: tuple[str, ...] = ()) -> list[str]:
+    """Write the units, then enable and start them where systemd is init; what was done."""
+    done = [f"installed {target}" for target in write(paths, unit_dir, config, options)]
     if not systemd_is_init():
         done.append("systemd is not this system's init: run the unit's ExecStart yourself "
                     f"({exec_start()} daemon)")
         return done
-    subprocess.run(["systemctl", "daemon-reload"], check=True)
-    subprocess.run(["systemctl", "enable", *(["--now"] if start else []), SOCKET_NAME,
-                    UNIT_NAME], check=True)
+    systemctl("daemon-reload")
+    # The files, not the names: systemctl finds a unit by name only in its search
+    # path (/etc/systemd/system, /run/systemd/system, /usr/lib/systemd/system, ...),
+    # so a --unit-dir outside it failed with "Unit file lxc-notify.socket does not
+    # exist".  Given the file, enable links one outside the search path into
+    # /etc/systemd/system first, and treats one inside it as its name.
+    folder = unit_dir.resolve()
+    done += systemctl("enable", *(["--now"] if start else []), str(folder / SOCKET_NAME),
+                      str(folder / UNIT_NAME))
     done.append(f"enabled{' and started' if start else ''} {SOCKET_NAME} and {UNIT_NAME}")
     return done
 
@@ -100,7 +115,10 @@ def remove(unit_dir: Path = UNIT_DIR) -> list[str]:
     """Undo install: stop and disable, remove the files."""
     done = []
     if systemd_is_init():
-        subprocess.run(["systemctl", "disable", "--now", UNIT_NAME, SOCKET_NAME], check=False)
+        # By name (disable takes no paths): it also removes the links that enable
+        # made for units outside the search path.  Not checked: removing what is
+        # half installed must go on to the files.
+        done += systemctl("disable", "--now", UNIT_NAME, SOCKET_NAME, check=False)
         done.append(f"stopped and disabled {UNIT_NAME} and {SOCKET_NAME}")
     for name in (UNIT_NAME, SOCKET_NAME):
         target = unit_dir / name
@@ -108,5 +126,20 @@ def remove(unit_dir: Path = UNIT_DIR) -> list[str]:
             target.unlink()
             done.append(f"removed {target}")
     if systemd_is_init():
-        subprocess.run(["systemctl", "daemon-reload"], check=True)
+        systemctl("daemon-reload")
     return done or [f"{unit_dir / UNIT_NAME} was not installed"]
+
+
+def systemctl(*args: str, check: bool = True) -> list[str]:
+    """Run systemctl; what it said, one line each.  A failure is a ServiceError with
+    systemd's own reason, never a traceback."""
+    command = ["systemctl", *args]
+    try:
+        result = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True,
+                                text=True, check=False)
+    except OSError as err:  # no systemctl at all
+        raise ServiceError(command, -1, str(err)) from err
+    said = (result.stdout + result.stderr).splitlines()
+    if check and result.returncode != 0:
+        raise ServiceError(command, result.returncode, "\n".join(said))
+    return [line for line in said if line.strip()]

@@ -142,10 +142,17 @@ def test_a_latency_beyond_the_last_bucket_reads_as_its_bound() -> None:
                                                 "p99": BUCKETS[-1] * 1e6}
 
 
-def test_forget_drops_only_that_containers_series(tmp_path: Path) -> None:
+@pytest.mark.parametrize("by_labels", [True, False], ids=["remove_by_labels", "debian"])
+def test_forget_drops_only_that_containers_series(tmp_path: Path, by_labels: bool,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client.metrics import MetricWrapperBase
+
+    if not by_labels:  # as Debian's python3-prometheus-client, which predates it
+        monkeypatch.delattr(MetricWrapperBase, "remove_by_labels", raising=False)
     path = tmp_path / "lxc_notify.prom"
     metrics = Metrics(path, interval=60)
     metrics.record(outcome(container="gone"))
+    metrics.record(outcome("errno", container="gone"))  # the same histogram child
     metrics.record(outcome(container="stays"))
     metrics.forget("gone")
     assert metrics.write_now()

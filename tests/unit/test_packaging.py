@@ -69,3 +69,24 @@ def test_an_installed_package_finds_its_profiles_and_udev_rules(tmp_path: Path) 
     # The systemd units travel with the package (`service install` renders them).
     units = run([*lxc_notify, "service", "unit"], elsewhere, target).stdout
     assert "ExecStart=" in units and "ListenSequentialPacket=" in units, units
+
+
+def test_shipped_data_is_found_where_each_install_puts_it(tmp_path: Path) -> None:
+    from lxc_notify_plugin.paths import shipped
+
+    data = tmp_path / "usr/share/lxc-notify"
+    # Debian's package: the Python package in dist-packages, its data under /usr/share.
+    dist = tmp_path / "dist-packages"
+    (dist / "lxc_notify_plugin").mkdir(parents=True)
+    (dist / "profiles").mkdir()  # another package's stray folder is not ours
+    assert shipped("profiles", dist / "lxc_notify_plugin", data) == data / "profiles"
+    # A wheel: inside the package.
+    (dist / "lxc_notify_plugin/profiles").mkdir()
+    assert shipped("profiles", dist / "lxc_notify_plugin", data) == \
+        dist / "lxc_notify_plugin/profiles"
+    # A source tree or an editable install: beside the package, with setup.cfg.
+    tree = tmp_path / "src"
+    (tree / "lxc_notify_plugin").mkdir(parents=True)
+    (tree / "profiles").mkdir()
+    (tree / "setup.cfg").write_text("")
+    assert shipped("profiles", tree / "lxc_notify_plugin", data) == tree / "profiles"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,3 +70,55 @@ def test_sd_notify_reaches_notify_socket(tmp_path: Path, monkeypatch: pytest.Mon
         assert receiver.recv(64) == b"READY=1"
     monkeypatch.delenv("NOTIFY_SOCKET")
     sd_notify("READY=1")  # outside systemd: nothing, no error
+
+
+class _FakeSystemctl:
+    """subprocess.run for systemctl: records each command, fails the ones named in ``fail``."""
+
+    def __init__(self, fail: str = "") -> None:
+        self.calls: list[list[str]] = []
+        self.fail = fail
+
+    def __call__(self, argv: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+        self.calls.append(argv)
+        if self.fail and self.fail in argv:
+            return subprocess.CompletedProcess(argv, 1, "", "Failed to enable unit: no\n")
+        return subprocess.CompletedProcess(argv, 0, "", "Created symlink x -> y.\n")
+
+
+def test_install_enables_the_unit_files_themselves(tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    # A --unit-dir outside systemd's search path is only found by path (issue 19:
+    # "Unit file lxc-notify.socket does not exist" under a real systemd).
+    fake = _FakeSystemctl()
+    monkeypatch.setattr(unit, "systemd_is_init", lambda: True)
+    monkeypatch.setattr(subprocess, "run", fake)
+    monkeypatch.chdir(tmp_path)
+    done = unit.install(Paths(), Path("units"))
+    folder = tmp_path / "units"
+    assert fake.calls == [["systemctl", "daemon-reload"],
+                          ["systemctl", "enable", "--now", str(folder / unit.SOCKET_NAME),
+                           str(folder / unit.UNIT_NAME)]]
+    assert "Created symlink x -> y." in done  # systemctl's own words reach the admin
+    fake.calls.clear()
+    unit.remove(Path("units"))
+    assert fake.calls == [["systemctl", "disable", "--now", unit.UNIT_NAME, unit.SOCKET_NAME],
+                          ["systemctl", "daemon-reload"]]
+    assert not (folder / unit.UNIT_NAME).exists()
+
+
+def test_a_refused_enable_is_an_error_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from lxc_notify_plugin import cli
+
+    monkeypatch.setattr(unit, "systemd_is_init", lambda: True)
+    monkeypatch.setattr(subprocess, "run", _FakeSystemctl(fail="enable"))
+    config = tmp_path / "daemon.toml"
+    config.write_text("")  # this machine's /etc/lxc-notify/daemon.toml plays no part
+    status = cli.main(["service", "install", "--config", str(config),
+                       "--unit-dir", str(tmp_path / "units")])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert err.startswith("lxc-notify: systemctl enable --now "), err
+    assert "Failed to enable unit: no" in err and "Traceback" not in err

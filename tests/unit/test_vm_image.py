@@ -10,6 +10,12 @@ def test_images_hold_everything_setup_sh_installs() -> None:
     assert set(image.setup_sh_packages()) <= set(image.PACKAGES)
 
 
+def test_images_hold_the_debian_packages_dependencies() -> None:
+    # `apt install ./lxc-notify-plugin_*.deb` in a guest without network (test_package.py).
+    for name in ("python3-pyudev", "python3-prometheus-client", "python3-lxc", "lxcfs"):
+        assert name in image.PACKAGES
+
+
 def test_wheels_cover_the_install_requirements() -> None:
     wanted = " ".join(image.requirements())
     for name in ("pyseccomp", "pyudev", "prometheus_client", "setuptools"):

@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import IN_CI, require_root, require_tools
 from tests.vm import image as images
+from tests.vm import package
 from tests.vm.runner import VMResult, run_in_vm, wheels
 
 VM_TESTS = Path(__file__).resolve().parent
@@ -61,21 +62,36 @@ def vm_image() -> Iterator[Callable[[str], images.Image]]:
 VMRun = Callable[..., VMResult]
 
 
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> package.Built:
+    """The Debian package, built once per session from a clean copy of the tree (as CI
+    builds it); its directory (the .deb, source.tar, build.log) is for a guest's share."""
+    require_root()
+    require_tools("git", "apt-get")
+    built = package.build(tmp_path_factory.mktemp("deb"))
+    SUMMARY.append(f"package: {built.deb.name} built in {built.seconds:.1f} s (build-dep "
+                   f"and dpkg-buildpackage), lock wait {built.lock_wait:.1f} s")
+    return built
+
+
 @pytest.fixture(scope="module")
 def vm_run(vm_image: Callable[[str], images.Image],
            tmp_path_factory: pytest.TempPathFactory) -> VMRun:
-    """Run a bash script as root in a fresh boot of SUITE, the project's wheels at /mnt/wheels.
+    """Run a bash script as root in a boot of SUITE, the project's wheels at /mnt/wheels.
 
-    ``vm_run(suite, script, timeout=600, env=None) -> VMResult``; CI is passed on.
+    ``vm_run(suite, script, timeout=600, env=None, shares=None, disk=None) -> VMResult``;
+    CI is passed on; SHARES adds read-only 9p shares (/mnt/TAG); DISK is a
+    runner.machine_disk to boot from (a fresh throwaway overlay without it).
     """
 
     def run(suite: str, script: str, timeout: float = 600,
-            env: Mapping[str, str] | None = None) -> VMResult:
+            env: Mapping[str, str] | None = None,
+            shares: Mapping[str, Path] | None = None, disk: Path | None = None) -> VMResult:
         img = vm_image(suite)
         share = tmp_path_factory.mktemp(f"vm-{suite}")
         result = run_in_vm(img, script, share, timeout,
-                           shares={"wheels": wheels(img.suite.python)},
-                           env={"CI": "true" if IN_CI else "", **(env or {})})
+                           shares={"wheels": wheels(img.suite.python), **(shares or {})},
+                           env={"CI": "true" if IN_CI else "", **(env or {})}, disk=disk)
         SUMMARY.append(f"{suite}: boot to script start {result.boot_seconds:.1f} s, QEMU "
                        f"{result.total_seconds:.1f} s, lock wait {result.lock_wait:.1f} s")
         return result

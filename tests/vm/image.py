@@ -2,8 +2,9 @@
 
 An image is what a new admin gets from a stock install: the distribution's
 kernel (linux-image-amd64), systemd as PID 1, udev, dbus, AppArmor, LXC and
-lxcfs, plus the packages ``scripts/setup.sh`` installs, so that setup.sh has
-nothing to fetch inside a guest that has no network.  debootstrap fills a
+lxcfs, plus the packages ``scripts/setup.sh`` installs and those the project's
+Debian package depends on, so that neither setup.sh nor ``apt install`` of the
+package has anything to fetch inside a guest that has no network.  debootstrap fills a
 directory from the apt mirror this machine already uses; ``mkfs.ext4 -d`` turns
 that directory into a raw ext4 disk without a loop device or a mount, and the
 kernel and initrd are copied out of its ``/boot`` for QEMU's ``-kernel`` and
@@ -36,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.vm import package
 from tests.vm.lock import heavy_lock
 
 HERE = Path(__file__).resolve().parent
@@ -53,8 +55,12 @@ STOCK = ("linux-image-amd64", "initramfs-tools", "systemd", "systemd-sysv", "ude
 SETUP = ("lxc", "python3-lxc", "python3-venv", "busybox-static", "uidmap", "udev",
          "e2fsprogs", "fuse2fs", "gcc", "libc6-dev", "procps", "debootstrap", "runc", "crun",
          "golang-github-containers-common", "podman", "containernetworking-plugins")
+# The Debian package's dependencies (debian/control): `apt install ./lxc-notify-plugin_*.deb`
+# in a guest without network finds them installed (test_package.py).  apt installs
+# Recommends too.
+DEB = tuple(package.relations("Depends") + package.relations("Recommends"))
 EXTRA = ("python3",)
-PACKAGES = tuple(dict.fromkeys(STOCK + SETUP + EXTRA))
+PACKAGES = tuple(dict.fromkeys(STOCK + SETUP + DEB + EXTRA))
 
 DISK_SIZE = "8G"  # sparse: the built system takes about 1.3 GB of it
 KEEP_DAYS = 7  # an image for other inputs (another checkout's) is kept this long after its use

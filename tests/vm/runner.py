@@ -4,7 +4,11 @@ The guest's ``lxc-notify-vm-run.service`` (guest/) starts after multi-user.targe
 mounts the 9p share ``share`` (the host's SHARE_DIR) at /mnt/share, runs
 ``/mnt/share/script`` with bash as root, writes ``stdout``, ``stderr`` and
 ``.vm/status`` there and powers the machine off.  Every boot writes to a
-throwaway qcow2 overlay over the cached raw disk, so the image stays as built.
+qcow2 overlay over the cached raw disk, so the image stays as built: a
+throwaway one, or one kept across boots (:func:`machine_disk`), so that a
+second boot finds what the first left (an installed package, a container set
+to autostart) as a machine rebooted does.  The guest runs the script of every
+boot: each boot's script is the host's to give.
 
 Acceleration: TCG (``-accel tcg,thread=multi -cpu max``) unless kvm_intel or
 kvm_amd is loaded.  This machine's /dev/kvm is PVM, which boots only
@@ -19,6 +23,7 @@ console's tail; the script's own failure is its exit status in the result.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -26,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,14 +93,37 @@ def qemu_command(img: Image, overlay: Path, share_dir: Path, console: Path,
     return argv
 
 
+@contextlib.contextmanager
+def machine_disk(img: Image) -> Iterator[Path]:
+    """A qcow2 overlay over IMG's disk for several boots (run_in_vm's ``disk``), removed after.
+
+    Each boot ends with the guest's own poweroff, so QEMU closes the overlay
+    cleanly and the next boot sees every write of the last; a boot killed at its
+    timeout leaves it as a power cut would.
+    """
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="disk-", dir=CACHE) as scratch:
+        overlay = Path(scratch) / "overlay.qcow2"
+        _overlay(img, overlay)
+        yield overlay
+
+
+def _overlay(img: Image, overlay: Path) -> None:
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
+                    "-b", str(img.disk), str(overlay)], check=True)
+
+
 def run_in_vm(img: Image, script: str, share_dir: Path, timeout: float, *,
               shares: Mapping[str, Path] | None = None,
-              env: Mapping[str, str] | None = None) -> VMResult:
+              env: Mapping[str, str] | None = None,
+              disk: Path | None = None) -> VMResult:
     """Boot IMG, run SCRIPT (bash) inside as root, power off; kill QEMU after TIMEOUT s.
 
     SHARE_DIR (empty or missing) becomes /mnt/share in the guest and keeps the
     script, its stdout and stderr afterwards.  SHARES maps extra 9p tags to host
     directories, mounted read-only at /mnt/TAG.  ENV is exported to the script.
+    DISK is an overlay from :func:`machine_disk` to boot from (and keep); without
+    it the boot writes to a throwaway one.
     TIMEOUT counts from QEMU's start, not from the wait for the heavy-job lock.
     """
     shares = dict(shares or {})
@@ -115,10 +143,10 @@ def run_in_vm(img: Image, script: str, share_dir: Path, timeout: float, *,
                                      for k, v in (env or {}).items()))
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="run-", dir=CACHE) as scratch:
-        overlay = Path(scratch) / "overlay.qcow2"
+        overlay = disk or Path(scratch) / "overlay.qcow2"
         console = Path(scratch) / "console.log"
-        subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
-                        "-b", str(img.disk), str(overlay)], check=True)
+        if disk is None:
+            _overlay(img, overlay)
         argv = qemu_command(img, overlay, share_dir, console, shares)
         with heavy_lock() as lock_wait:  # raises lock.LockTimeout after its wait limit
             started = time.monotonic()

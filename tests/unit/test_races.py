@@ -26,9 +26,11 @@ from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller.thread import ThreadState
 from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
 from lxc_notify_plugin.errors import SupervisorFault, own_step
+from lxc_notify_plugin.handlers import nodes
 from lxc_notify_plugin.host import udev
+from lxc_notify_plugin.host.flaglock import FlagLocker
 from lxc_notify_plugin.paths import Paths
-from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice
+from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice, Request
 from lxc_notify_plugin.service.config import DaemonConfig
 from lxc_notify_plugin.supervisor import Supervisor
 from lxc_notify_plugin.transport import lxc as protocol
@@ -373,7 +375,9 @@ def test_a_full_fd_table_of_ours_is_a_fault_the_caller_sees_as_enomem(
 def test_own_step_makes_our_oserrors_faults() -> None:
     with pytest.raises(SupervisorFault) as caught, own_step("make the node store's directory"):
         os.mkdir("/nonexistent/x")
-    assert caught.value.errno == errno.ENOENT and caught.value.step.startswith("make the node")
+    # The caller gets the one errno of our own failures; the log keeps the step's.
+    assert caught.value.errno == errno.ENOMEM and caught.value.cause.errno == errno.ENOENT
+    assert caught.value.step.startswith("make the node")
     assert isinstance(caught.value.__cause__, FileNotFoundError)
     fault = SupervisorFault("setns", OSError(errno.EPERM, "no"))
     with pytest.raises(SupervisorFault) as again, own_step("outer"):
@@ -461,3 +465,94 @@ def test_a_listener_answers_every_notification_when_its_thread_state_cannot_be_m
                 os.close(fd)
     assert (why, sent) == ("hangup", [(77, -errno.ENOMEM, 0)])
     assert container.counts() == {"fault": 1}
+
+
+# --- 7, still open after the first pass: our own steps answer one errno, at one boundary ----
+
+def _own_step_fails(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                    ) -> Callable[[Call], None]:
+    """A step of the daemon's own that fails as it can on a real host, run from a
+    handler: what the caller must not read as the kernel's answer about its call."""
+    store_root = tmp_path / "store"
+    store_root.mkdir()
+    if where == "the node store's directory":
+        # Its directory cannot be made: ENOTDIR (the store's root is no directory).
+        (tmp_path / "not-a-dir").write_text("")
+        monkeypatch.setattr(kernel, "private_tmpfs", lambda *args: os.open(
+            tmp_path / "not-a-dir", os.O_PATH | os.O_CLOEXEC))
+    else:
+        monkeypatch.setattr(kernel, "private_tmpfs", lambda *args: os.open(
+            store_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    user_ns = "user:[4026531837]"
+
+    def step(call: Call) -> None:
+        if where == "the node store's directory":
+            os.close(call.host.nodes.directory(user_ns))
+        elif where == "a twin's name in the store":
+            # The store's next name is taken: mknod there says EEXIST, which the
+            # caller would read as its own path existing.
+            store = store_root / "".join(c if c.isalnum() else "_" for c in user_ns)
+            store.mkdir()
+            (store / "node0").write_text("")
+            held = os.open(tmp_path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                like = os.stat_result((CHR | 0o666, 0, 0, 1, 0, 0, 0, 0, 0, 0),
+                                      {"st_rdev": os.makedev(1, 3)})
+                node = SimpleNamespace(stat=like, fd=held)
+                fake_thread = SimpleNamespace(set_ids=lambda *args: None, proc_root="/proc")
+                request = SimpleNamespace(container=SimpleNamespace(user_ns=user_ns))
+                nodes.overmount_usable_twin(cast(ThreadState, fake_thread),
+                                            cast(Request, request),
+                                            cast(nodes.Placeholder, node), call.host.nodes)
+            finally:
+                os.close(held)
+        else:  # the flag locker's tmpfs is full
+            class Full:
+                def lock(self, mount_fd: int, return_ns_fd: int) -> int:
+                    raise OSError(errno.ENOSPC, "No space left on device")  # a slot's mkdir
+
+                def close(self) -> None:
+                    pass
+
+            call.host.flag_locks._locker = cast(FlagLocker, Full())
+            call.host.flag_locks.lock(-1, -1)
+
+    return step
+
+
+@pytest.mark.parametrize("where", ["the node store's directory", "a twin's name in the store",
+                                   "the flag locker's tmpfs"])
+def test_our_own_steps_fail_as_faults_the_caller_sees_as_enomem(
+        where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An OSError of the node store or the flag locker reached the caller as its
+    errno (ENOTDIR, EEXIST, ENOSPC), as if the kernel had said it about the
+    caller's call, and was counted as a refusal, logged at debug level; each is
+    now the supervisor's fault: ENOMEM, counted as a fault, logged as an error."""
+    step = _own_step_fails(where, tmp_path, monkeypatch)
+    assert _one_call(step, caplog) == (errno.ENOMEM, [("fault", errno.ENOMEM)])
+    assert "supervisor could not" in caplog.text and "(caller gets ENOMEM)" in caplog.text
+
+
+def _one_call(step: Callable[[Call], object], caplog: pytest.LogCaptureFixture,
+              while_served: Callable[[Dispatcher], None] = lambda dispatcher: None
+              ) -> tuple[int, list[tuple[str, int]]]:
+    """One mknod through a dispatcher whose handler runs ``step``: the errno the
+    caller gets, and (outcome, errno) as the hooks saw it."""
+    seen: list[Outcome] = []
+
+    def handle(call: Call) -> Answer:
+        step(call)
+        return Answer()
+
+    dispatcher = with_handler(handle)
+    dispatcher.hooks.append(seen.append)
+    transport = FakeTransport(dispatcher, make_container())
+    try:
+        with caplog.at_level(logging.ERROR):
+            answer = transport.ask(133, (0, CHR, 1))
+        while_served(dispatcher)
+    finally:
+        transport.close()
+        dispatcher.close()
+    return answer.error, [(o.outcome, o.error) for o in seen]

@@ -12,6 +12,7 @@ import itertools
 import logging
 import os
 import socket
+import struct
 import sys
 import threading
 import time
@@ -295,11 +296,12 @@ class FakeKeeper:
 
 @pytest.fixture
 def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The unit's task limit is reached: the daemon's serving threads cannot start."""
+    """The unit's task limit is reached: the daemon's serving threads cannot start
+    (its connections' and listeners', and those of programs' listeners)."""
     start = threading.Thread.start
 
     def refuse(thread: threading.Thread) -> None:
-        if thread.name.startswith("lxc-notify-"):
+        if thread.name.startswith(("lxc-notify-", "program-")):
             raise RuntimeError("can't start new thread")
         start(thread)
 
@@ -556,3 +558,62 @@ def _one_call(step: Callable[[Call], object], caplog: pytest.LogCaptureFixture,
         transport.close()
         dispatcher.close()
     return answer.error, [(o.outcome, o.error) for o in seen]
+
+
+# --- 2, the same for every transport: one way to start a serving thread ------------------
+
+def test_a_programs_listener_without_a_thread_is_a_fault_not_a_bug(
+        no_threads: None, caplog: pytest.LogCaptureFixture) -> None:
+    """A program started for a caller (a FUSE redirect) hands its listener to the
+    dispatcher; with no thread to serve it, the RuntimeError went up as our bug
+    (ENOSYS, a traceback); it is the supervisor's fault (ENOMEM), the listener is
+    closed, and no thread is left for the stop to join."""
+    listener, other_end = os.pipe2(os.O_CLOEXEC)  # stands in for the program's listener
+    left: list[object] = []
+    try:
+        answered = _one_call(lambda call: call.serve_listener(listener), caplog,
+                             lambda dispatcher: left.extend(
+                                 dispatcher._side._threads if dispatcher._side else ["?"]))
+        assert _closed(listener)
+    finally:
+        os.close(other_end)
+        if not _closed(listener):
+            os.close(listener)
+    assert answered == (errno.ENOMEM, [("fault", errno.ENOMEM)]) and left == []
+    assert "can't start new thread" in caplog.text and "(caller gets ENOMEM)" in caplog.text
+
+
+class PeerConn:
+    """An accepted connection as far as accepting it goes: root's peer credentials."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        return struct.pack("3i", 4242, 0, 0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("transport", ["lxc", "agent"])
+def test_a_connection_without_a_thread_is_closed_and_forgotten(
+        transport: str, tmp_path: Path, no_threads: None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Both sockets start a thread per connection the same way (transport/threads.py):
+    one that cannot start leaves no thread for the stop to join and nothing
+    half-registered, and its connection is closed (LXC reconnects once, then
+    answers ENOSYS; a runtime's listener closes with it)."""
+    conn = PeerConn()
+    if transport == "lxc":
+        proxy = LxcProxy(tmp_path / "s", Dispatcher(), lambda cookie: None,
+                         kernel.notif_sizes())
+        proxy._take(cast(socket.socket, conn))
+        left: list[object] = [*proxy._threads]
+    else:
+        agent = _agent(tmp_path)
+        agent.sock = cast(socket.socket, SimpleNamespace(accept=lambda: (conn, None)))
+        agent.accept()
+        left = [*agent._threads, *agent._reading]
+    assert conn.closed and left == []
+    assert "not served: can't start new thread" in caplog.text

@@ -390,14 +390,14 @@ class OciAgent:
         is done with it: at a stop it stays, for the next daemon."""
         live = self._attach(state)
         container = live.container
-        if stored is None and self.keeper is not None:
-            stored = self.keeper.keep(listener, raw)
-        log.info("%s: listener of pid %d (%s, profile %s, %s%s) served", container.name,
-                 state.pid, state.status or "?", container.record.profile,
-                 "same-CPU wake-ups" if set_sync_wake_up(listener) else "no same-CPU wake-ups",
-                 f", kept as {stored}" if stored else "")
         why = "broken"
-        try:
+        try:  # from the attach on: whatever fails, the detach follows
+            if stored is None and self.keeper is not None:
+                stored = self.keeper.keep(listener, raw)
+            log.info("%s: listener of pid %d (%s, profile %s, %s%s) served", container.name,
+                     state.pid, state.status or "?", container.record.profile,
+                     "same-CPU wake-ups" if set_sync_wake_up(listener)
+                     else "no same-CPU wake-ups", f", kept as {stored}" if stored else "")
             why = serve_listener(listener, container, state.init_pid, self.dispatcher,
                                  self._stop_r, self.proc_root)
         finally:

@@ -617,3 +617,28 @@ def test_a_connection_without_a_thread_is_closed_and_forgotten(
         left = [*agent._threads, *agent._reading]
     assert conn.closed and left == []
     assert "not served: can't start new thread" in caplog.text
+
+
+# --- 6, once more: from the attach on, the detach follows whatever fails ------------------
+
+class FailingKeeper(FakeKeeper):
+    def keep(self, listener: int, state: bytes) -> str | None:
+        raise OSError(errno.EIO, "the fd store's socket failed")
+
+
+def test_a_listener_whose_keeping_fails_is_detached_all_the_same(tmp_path: Path) -> None:
+    """Between the attach and the serving loop (keeping the listener in systemd's
+    store, its wake-up flag) a failure skipped the detach: the container stayed in
+    status and reload with one listener too many, served by no one, for ever."""
+    agent = _agent(tmp_path)
+    agent.keeper = FailingKeeper()
+    state = parse_state(STATE, 1)
+    listener, other_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        with pytest.raises(OSError, match="fd store"):
+            agent._serve(listener, state, STATE)
+    finally:
+        os.close(listener)
+        os.close(other_end)
+    assert agent.containers() == []
+    assert not agent._live

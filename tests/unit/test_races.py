@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import struct
+import subprocess
 import sys
 import threading
 import time
@@ -24,6 +25,7 @@ from typing import cast
 import pytest
 
 from lxc_notify_plugin import kernel
+from lxc_notify_plugin.caller import actor as actor_module
 from lxc_notify_plugin.caller.thread import ThreadState
 from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
 from lxc_notify_plugin.errors import SupervisorFault, own_step
@@ -645,3 +647,45 @@ def test_a_listener_whose_keeping_fails_is_detached_all_the_same(tmp_path: Path)
         os.close(other_end)
     assert agent.containers() == []
     assert not agent._live
+
+
+# --- 7, the actor: our own process, and a caller that left while it worked ---------------
+
+def _dead_actor() -> actor_module.Actor:
+    """An actor whose process is gone: its socket's peer closed, as when the
+    container's init exits (the actor exits with it) in the middle of a request."""
+    actor = actor_module.Actor.__new__(actor_module.Actor)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    theirs.close()
+    actor.sock = ours
+    actor.process = cast(subprocess.Popen[bytes], SimpleNamespace(
+        wait=lambda timeout=None: 0, kill=lambda: None, poll=lambda: 0, pid=-1))
+    actor.follow_cpu, actor.cpu, actor.used = False, -1, 0.0
+    return actor
+
+
+@pytest.mark.parametrize("caller_waits", [True, False])
+def test_an_actor_that_dies_mid_request(caller_waits: bool, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The actor's socket resets under a request (seen: a container stopped while its
+    caller waited in mknod). The caller got EPIPE or ECONNRESET, our socket's errnos,
+    and an ERROR line said the supervisor failed even when the caller had gone with
+    its container. Now a caller that still waits gets OWN_STEP_ERRNO (a fault, logged);
+    one that left is counted gone, at debug level."""
+    monkeypatch.setattr(kernel, "notif_id_valid", lambda fd, notif_id: caller_waits)
+    who = actor_module.Identity(0, 0, (), 0o022, 0)
+
+    def step(call: Call) -> None:
+        directory = os.open("/", os.O_PATH | os.O_CLOEXEC)  # sent along, as the handler's
+        try:
+            _dead_actor().mknodat(directory, b"null", CHR | 0o666, os.makedev(1, 3), who)
+        finally:
+            os.close(directory)
+
+    answered = _one_call(step, caplog)
+    if caller_waits:
+        assert answered == (errno.ENOMEM, [("fault", errno.ENOMEM)])
+        assert "supervisor could not read the actor's answer" in caplog.text
+    else:
+        assert answered == (errno.ESRCH, [("gone", errno.ESRCH)])
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

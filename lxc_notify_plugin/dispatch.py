@@ -136,7 +136,14 @@ class Dispatcher:
             log.debug("%s", gone)
             answer, outcome = Answer(error=errno.ESRCH), "gone"
         except SupervisorFault as fault:
-            answer, outcome = self._fault(container, notice, syscall, fault), "fault"
+            if request is not None and _left(request):
+                # The caller left while we worked: a container that stops kills it
+                # and takes our actor along (its socket resets under us).  Normal,
+                # and no one waits for the answer.
+                log.debug("%s, meanwhile: %s", request.gone(), fault)
+                answer, outcome = Answer(error=errno.ESRCH), "gone"
+            else:
+                answer, outcome = self._fault(container, notice, syscall, fault), "fault"
         except OSError as err:
             if err.errno in DAEMON_ONLY_ERRNOS:
                 # Our own fd table (or the host's) is full: the supervisor's failure,
@@ -200,6 +207,17 @@ class Dispatcher:
                     hook(event)
                 except Exception:
                     log.exception("hook %r failed", hook)
+
+
+def _left(request: Request) -> bool:
+    """Whether the caller no longer waits for an answer (asked only after a fault)."""
+    try:
+        request.ensure_valid()
+    except RequestGone:
+        return True
+    except OSError:
+        return False  # cannot tell: the fault stands
+    return False
 
 
 def fault_errno(fault: SupervisorFault) -> int:

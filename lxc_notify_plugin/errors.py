@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -75,25 +76,36 @@ class ThreadIdentityLost(LxcNotifyError):
 class SupervisorFault(LxcNotifyError, OSError):
     """A step only the daemon takes failed (setns, move_mount, its helper): the
     supervisor's failure, not the caller's, and logged as such.  The caller
-    gets ``errno``."""
+    gets ``errno``: ``answer`` where one is given, else the step's own errno
+    (the kernel's answer for the same step, where the kernel has one)."""
 
-    def __init__(self, step: str, cause: OSError) -> None:
-        code = cause.errno or 5  # EIO
+    def __init__(self, step: str, cause: OSError, answer: int | None = None) -> None:
+        code = answer if answer is not None else cause.errno or errno.EIO
         OSError.__init__(self, code, f"supervisor could not {step}: {cause}")
         self.step = step
         self.cause = cause
 
 
+# What a caller gets when one of our own steps fails: the kernel's answer when it
+# cannot get what a call needs (documented for mknod(2), mount(2), the xattr calls).
+OWN_STEP_ERRNO = errno.ENOMEM
+
+
 @contextmanager
 def own_step(step: str) -> Iterator[None]:
-    """Run one of the daemon's own steps (its private tmpfs, the node store's
-    directory, a thread's fds): an OSError in it is the supervisor's failure,
-    raised as a SupervisorFault ``from`` it, so that the dispatcher logs it as
-    one and never answers it to the caller as if the kernel had said it.
-    Faults and domain errors raised inside pass through unchanged."""
+    """Run one of the daemon's own steps (its private tmpfs, the node store, the
+    flag locker's namespaces, a thread's fds): an OSError in it is the
+    supervisor's failure, raised as a SupervisorFault ``from`` it that answers
+    the caller OWN_STEP_ERRNO, so that the dispatcher logs it as one and never
+    answers it as if the kernel had said it (an EEXIST of our store's names is
+    not the caller's path existing, an ENOSPC of our tmpfs not its disk full).
+    Faults and domain errors raised inside pass through unchanged.
+
+    The one boundary, as psutil's ``wrap_exceptions``: used as a decorator on
+    the entry points of what is ours (``@own_step("...")``), or around a block."""
     try:
         yield
     except SupervisorFault:
         raise
     except OSError as err:
-        raise SupervisorFault(step, err) from err
+        raise SupervisorFault(step, err, OWN_STEP_ERRNO) from err

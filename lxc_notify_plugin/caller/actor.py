@@ -68,7 +68,7 @@ from typing import TYPE_CHECKING, Any
 import pyseccomp
 
 from .. import kernel
-from ..errors import SupervisorFault
+from ..errors import OWN_STEP_ERRNO, SupervisorFault
 from ..host.cgroups import procs_files
 from ..policy.filter import EQ, MASKED_EQ, NE
 
@@ -118,7 +118,11 @@ _SECBITS_LOCKED = (kernel.SECBIT_NOROOT_LOCKED | kernel.SECBIT_NO_SETUID_FIXUP_L
 
 
 class ActorFailed(SupervisorFault):
-    """The actor itself failed (not the step it was asked for)."""
+    """The actor itself failed (not the step it was asked for): our own process, so
+    the caller gets OWN_STEP_ERRNO, never its socket's EPIPE or ECONNRESET."""
+
+    def __init__(self, step: str, cause: OSError) -> None:
+        super().__init__(step, cause, OWN_STEP_ERRNO)
 
 
 @dataclass(frozen=True)
@@ -187,7 +191,7 @@ class Actor:
         _close_all(fds)
         if answer.get("step"):
             self.close()
-            raise ActorFailed(f"actor: {answer['step']}",
+            raise ActorFailed(f"set the actor up: {answer['step']}",
                               OSError(int(answer.get("errno", errno.EIO)), "failed"))
 
     @property
@@ -219,10 +223,10 @@ class Actor:
             data = self.sock.recv(_ERRNO.size)
         except OSError as err:
             self.close()
-            raise ActorFailed("the actor's answer", err) from err
+            raise ActorFailed("read the actor's answer", err) from err
         if len(data) != _ERRNO.size:
             self.close()
-            raise ActorFailed("the actor's answer", OSError(errno.EIO, "actor exited"))
+            raise ActorFailed("read the actor's answer", OSError(errno.EIO, "actor exited"))
         _raise_for({"errno": _ERRNO.unpack(data)[0]})
 
     def _follow_cpu(self) -> None:
@@ -276,7 +280,8 @@ class Actor:
             raise MountRefused(code, said)
         if len(fds) != 1:
             _close_all(fds)
-            raise ActorFailed("new mount", OSError(errno.EIO, "no mount fd came back"))
+            raise ActorFailed("take the new mount from the actor",
+                              OSError(errno.EIO, "no mount fd came back"))
         return fds[0]
 
     def run_program(self, order: ProgramOrder, ns_fds: Sequence[int], root_fd: int,
@@ -328,7 +333,7 @@ class Actor:
             data, fds, _, _ = socket.recv_fds(self.sock, _MESSAGE_MAX, 16)
         except OSError as err:
             self.close()
-            raise ActorFailed("the actor's answer", err) from err
+            raise ActorFailed("read the actor's answer", err) from err
         try:
             answer = json.loads(data) if data else None
         except ValueError:
@@ -336,7 +341,7 @@ class Actor:
         if not isinstance(answer, dict):
             _close_all(fds)
             self.close()
-            raise ActorFailed("the actor's answer", OSError(errno.EIO, "actor exited"))
+            raise ActorFailed("read the actor's answer", OSError(errno.EIO, "actor exited"))
         return answer, fds
 
 
@@ -354,7 +359,8 @@ def _raise_for(answer: dict[str, Any]) -> None:
     if not code:
         return
     if code not in ALLOWED_ERRNOS:
-        raise ActorFailed("the actor", OSError(errno.EIO, f"actor answered {code}"))
+        raise ActorFailed("make sense of the actor's answer",
+                          OSError(errno.EIO, f"actor answered {code}"))
     raise OSError(code, os.strerror(code))
 
 

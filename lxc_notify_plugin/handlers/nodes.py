@@ -25,7 +25,7 @@ import threading
 
 from .. import kernel
 from ..caller.thread import CallerScope, ThreadState
-from ..errors import SupervisorFault
+from ..errors import SupervisorFault, own_step
 from ..host.mountns import tmpfs_namespace
 from ..kernel.fd import OwnedFd
 from ..request import Request
@@ -135,26 +135,41 @@ class NodeStore:
         self._names = itertools.count()
         self._holders: dict[str, int] = {}  # key -> connections and listeners serving it now
 
+    # Every step here is the daemon's own, on its own tmpfs: an OSError in one is
+    # the supervisor's fault (own_step), never an errno the caller would read as
+    # the kernel's answer about its own path.
+
+    @own_step("make the node store's directory")
     def directory(self, key: str) -> int:
         """An fd of the store directory for ``key`` (made on first use)."""
         with self._lock:
             if self._root_fd < 0:
-                try:
+                with own_step("make its private tmpfs"):
                     self._ns_fd, self._root_fd = tmpfs_namespace(
                         {"mode": "0700"}, kernel.MOUNT_ATTR_NOSUID | kernel.MOUNT_ATTR_NOEXEC)
-                except OSError as err:
-                    raise SupervisorFault("make its private tmpfs", err) from err
         name = _store_name(key)
         with contextlib.suppress(FileExistsError):
             os.mkdir(name, 0o700, dir_fd=self._root_fd)
         return os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=self._root_fd)
 
-    def clone(self, thread: ThreadState, dir_fd: int, name: str) -> int:
-        """A detached bind mount of the store's node ``name`` in ``dir_fd``
-        (``open_tree`` wants its source in the thread's own namespace)."""
-        with thread.mount_namespace(self._ns_fd, "the node store's"):
-            return kernel.open_tree(dir_fd, name.encode(),
-                                    kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC)
+    @own_step("make a usable twin in the node store")
+    def make_twin(self, thread: ThreadState, key: str, like: os.stat_result, acl_from: int
+                  ) -> int:
+        """A detached clone (OPEN_TREE_CLONE) of a new node in ``key``'s directory
+        with the type, device, owner, mode and access ACL of ``like`` (the node
+        ``acl_from`` holds), ready to be bound over it; the caller owns the fd.
+        ``open_tree`` wants its source in the thread's own namespace: the clone
+        is made in the store's."""
+        with OwnedFd(self.directory(key)) as held_store:
+            store = held_store.fd
+            name = self.next_name()
+            os.mknod(name, like.st_mode, like.st_rdev, dir_fd=store)
+            os.chown(name, like.st_uid, like.st_gid, dir_fd=store, follow_symlinks=False)
+            os.chmod(name, stat.S_IMODE(like.st_mode), dir_fd=store)
+            _copy_acl(thread.proc_root, acl_from, store, name)
+            with thread.mount_namespace(self._ns_fd, "the node store's"):
+                return kernel.open_tree(store, name.encode(),
+                                        kernel.OPEN_TREE_CLONE | kernel.OPEN_TREE_CLOEXEC)
 
     def next_name(self) -> str:
         return f"node{next(self._names)}"
@@ -220,31 +235,19 @@ def overmount_usable_twin(thread: ThreadState, request: Request, node: Placehold
                           nodes: NodeStore) -> None:
     """Bind an identical, usable node over ``node``, in the caller's mount namespace.
     Runs as the daemon, outside any caller scope."""
-    st = node.stat
     # The last caller's fs ids, groups and umask must not shape the store.
     thread.set_ids(0, 0, (), 0o022)
-    with OwnedFd(nodes.directory(request.container.user_ns)) as held_store:
-        store = held_store.fd
-        name = nodes.next_name()
-        os.mknod(name, st.st_mode, st.st_rdev, dir_fd=store)
-        os.chown(name, st.st_uid, st.st_gid, dir_fd=store, follow_symlinks=False)
-        os.chmod(name, stat.S_IMODE(st.st_mode), dir_fd=store)
-        _copy_acl(thread.proc_root, node.fd, store, name)
+    tree_fd = nodes.make_twin(thread, request.container.user_ns, node.stat, node.fd)
+    with OwnedFd(tree_fd), thread.mount_namespace_of(request):
         try:
-            tree_fd = nodes.clone(thread, store, name)
+            kernel.move_mount(tree_fd, b"", node.fd, b"",
+                              kernel.MOVE_MOUNT_F_EMPTY_PATH | kernel.MOVE_MOUNT_T_EMPTY_PATH)
         except OSError as err:
-            raise SupervisorFault("clone its node for a bind mount", err) from err
-        with OwnedFd(tree_fd), thread.mount_namespace_of(request):
-            try:
-                kernel.move_mount(tree_fd, b"", node.fd, b"",
-                                  kernel.MOVE_MOUNT_F_EMPTY_PATH
-                                  | kernel.MOVE_MOUNT_T_EMPTY_PATH)
-            except OSError as err:
-                if err.errno in (errno.ENOENT, errno.EINVAL):
-                    # The node's mount is in no namespace (lazily unmounted,
-                    # the caller's cwd kept it alive): nothing can be bound there.
-                    raise Detached(err) from err
-                raise SupervisorFault("bind its node over the caller's", err) from err
+            if err.errno in (errno.ENOENT, errno.EINVAL):
+                # The node's mount is in no namespace (lazily unmounted,
+                # the caller's cwd kept it alive): nothing can be bound there.
+                raise Detached(err) from err
+            raise SupervisorFault("bind its node over the caller's", err) from err
 
 
 def _copy_acl(proc_root: str, from_fd: int, store_fd: int, name: str) -> None:

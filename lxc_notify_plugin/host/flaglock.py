@@ -41,7 +41,7 @@ import sys
 import threading
 
 from .. import kernel
-from ..errors import SupervisorFault
+from ..errors import SupervisorFault, ThreadIdentityLost, own_step
 from .mountns import root_into_new_namespace
 
 _SLOT_MODE = 0o700
@@ -107,7 +107,12 @@ class FlagLocker:
                 raise
             return locked
         finally:
-            kernel.setns(return_ns_fd, kernel.CLONE_NEWNS)
+            try:
+                kernel.setns(return_ns_fd, kernel.CLONE_NEWNS)
+            except OSError as err:
+                # The thread stays in our staging namespace: it must serve no one.
+                raise ThreadIdentityLost(f"could not return from the flag locker's "
+                                         f"namespace: {err}") from err
 
     def close(self) -> None:
         for name in ("staging_ns_fd", "receiver_ns_fd"):
@@ -125,6 +130,10 @@ class MountFlagLocks:
         self._lock = threading.Lock()
         self._locker: FlagLocker | None = None
 
+    # The namespaces, their tmpfs and its slots are the daemon's own: whatever fails
+    # in them is the supervisor's fault, never an errno the caller would read as
+    # the kernel's answer about its mount (an ENOSPC of our tmpfs, say).
+    @own_step("lock the mount's forced flags")
     def lock(self, mount_fd: int, return_ns_fd: int) -> int:
         with self._lock:
             if self._locker is None:

@@ -48,6 +48,7 @@ from .. import kernel
 from ..errors import ConfigError, ProtocolError
 from ..paths import claim_socket_path
 from .listener import serve_listener, set_sync_wake_up
+from .threads import start_serving
 
 if TYPE_CHECKING:  # parsing a state needs neither the dispatcher nor policy
     from ..dispatch import Container, Dispatcher
@@ -246,7 +247,7 @@ class OciAgent:
         self.sock: socket.socket | None = None
         self._owns_path = False  # we bound it (not systemd): we remove it
         self._stop_r = self._stop_w = -1  # made by bind(): every listener thread polls it
-        self._threads: set[threading.Thread] = set()
+        self._threads: dict[threading.Thread, None] = {}
         self._reading: set[socket.socket] = set()  # connections still sending their state
         self._live: dict[tuple[str, int], _Live] = {}
         self._lock = threading.Lock()
@@ -304,20 +305,20 @@ class OciAgent:
                       pid, self.max_connections)
             conn.close()
             return
-        with self._lock:
-            self._serial += 1
-            thread = threading.Thread(target=self._serve_connection, args=(conn, pid),
-                                      name=f"lxc-notify-oci-{self._serial}")
-            self._threads.add(thread)
-            self._reading.add(conn)
-        try:
-            thread.start()
-        except RuntimeError as err:  # no thread to be had (the unit's task limit)
+
+        def refused(err: RuntimeError) -> None:
             log.error("agent: pid %d not served: %s", pid, err)
             with self._lock:
-                self._threads.discard(thread)
                 self._reading.discard(conn)
             conn.close()
+
+        with self._lock:
+            self._serial += 1
+            self._reading.add(conn)
+        start_serving(f"lxc-notify-oci-{self._serial}",
+                      lambda: self._serve_connection(conn, pid), self._lock, self._threads,
+                      None, refused=refused,
+                      failed=f"agent: pid {pid}: connection thread failed")
 
     def containers(self) -> list[Container]:
         with self._lock:
@@ -376,13 +377,9 @@ class OciAgent:
                 for fd in fds:  # everything but the listener we keep
                     os.close(fd)
             self._serve(listener, state, data)
-        except Exception:
-            log.exception("agent: pid %d: connection thread failed", peer_pid)
         finally:
             if listener >= 0:
                 os.close(listener)
-            with self._lock:
-                self._threads.discard(threading.current_thread())
 
     def _serve(self, listener: int, state: ProcessState, raw: bytes,
                stored: str | None = None) -> None:
@@ -393,14 +390,14 @@ class OciAgent:
         is done with it: at a stop it stays, for the next daemon."""
         live = self._attach(state)
         container = live.container
-        if stored is None and self.keeper is not None:
-            stored = self.keeper.keep(listener, raw)
-        log.info("%s: listener of pid %d (%s, profile %s, %s%s) served", container.name,
-                 state.pid, state.status or "?", container.record.profile,
-                 "same-CPU wake-ups" if set_sync_wake_up(listener) else "no same-CPU wake-ups",
-                 f", kept as {stored}" if stored else "")
         why = "broken"
-        try:
+        try:  # from the attach on: whatever fails, the detach follows
+            if stored is None and self.keeper is not None:
+                stored = self.keeper.keep(listener, raw)
+            log.info("%s: listener of pid %d (%s, profile %s, %s%s) served", container.name,
+                     state.pid, state.status or "?", container.record.profile,
+                     "same-CPU wake-ups" if set_sync_wake_up(listener)
+                     else "no same-CPU wake-ups", f", kept as {stored}" if stored else "")
             why = serve_listener(listener, container, state.init_pid, self.dispatcher,
                                  self._stop_r, self.proc_root)
         finally:
@@ -425,33 +422,20 @@ class OciAgent:
             self._release(name)
             return
 
-        def serve() -> None:
-            try:
-                self._serve(listener, state, raw, stored=name)
-            except Exception:
-                log.exception("agent: stored listener %s: thread failed", name)
-            finally:
-                os.close(listener)
-                with self._lock:
-                    self._threads.discard(threading.current_thread())
-
-        thread = threading.Thread(target=serve, name=f"lxc-notify-oci-{name}")
-        with self._lock:
-            self._threads.add(thread)
-        try:
-            thread.start()
-        except RuntimeError as err:  # no thread to be had (the unit's task limit)
+        def refused(err: RuntimeError) -> None:
             # Released too: left in systemd's store, served by no one, its callers
             # would wait for ever; closed everywhere, the kernel answers them ENOSYS.
             log.error("%s: listener kept by an earlier daemon (%s) not served, released: "
                       "%s", state.container_id, name, err)
-            with self._lock:
-                self._threads.discard(thread)
             os.close(listener)
             self._release(name)
-            return
-        log.info("%s: listener kept by an earlier daemon (%s) adopted",
-                 state.container_id, name)
+
+        if start_serving(f"lxc-notify-oci-{name}",
+                         lambda: self._serve(listener, state, raw, stored=name), self._lock,
+                         self._threads, None, refused=refused, ended=lambda: os.close(listener),
+                         failed=f"agent: stored listener {name}: thread failed"):
+            log.info("%s: listener kept by an earlier daemon (%s) adopted",
+                     state.container_id, name)
 
     def _release(self, name: str) -> None:
         """Take a listener out of the keeper (logged if it cannot be: start goes on)."""

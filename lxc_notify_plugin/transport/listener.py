@@ -27,8 +27,10 @@ import threading
 from .. import kernel
 from ..caller.thread import ThreadState
 from ..dispatch import Container, Dispatcher, thread_state
+from ..errors import OWN_STEP_ERRNO, SupervisorFault
 from ..kernel import features
 from ..request import Notice
+from .threads import start_serving
 
 log = logging.getLogger(__name__)
 
@@ -120,32 +122,26 @@ class SideListeners:
     def __init__(self) -> None:
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._lock = threading.Lock()
-        self._threads: set[threading.Thread] = set()
+        self._threads: dict[threading.Thread, None] = {}
 
     def start(self, listener_fd: int, container: Container, init_pid: int,
               dispatcher: Dispatcher) -> None:
-        """Serve ``listener_fd`` (owned from now on: closed when its thread ends)."""
+        """Serve ``listener_fd`` (owned from now on: closed when its thread ends).
+        No thread to be had is the supervisor's fault (ENOMEM for the caller
+        whose call started the program, logged), the listener closed at once."""
 
         def serve() -> None:
-            try:
-                ended = serve_listener(listener_fd, container, init_pid, dispatcher,
-                                       self._stop_r)
-                log.debug("%s: a program's listener ended (%s)", container.name, ended)
-            except Exception:
-                log.exception("%s: serving a program's listener", container.name)
-            finally:
-                os.close(listener_fd)
-                with self._lock:
-                    self._threads.discard(threading.current_thread())
+            ended = serve_listener(listener_fd, container, init_pid, dispatcher, self._stop_r)
+            log.debug("%s: a program's listener ended (%s)", container.name, ended)
 
-        thread = threading.Thread(target=serve, name=f"program-{container.name}")
-        with self._lock:
-            try:
-                thread.start()
-            except RuntimeError:
-                os.close(listener_fd)
-                raise
-            self._threads.add(thread)
+        def refused(err: RuntimeError) -> None:
+            os.close(listener_fd)
+            raise SupervisorFault("serve a program's listener",
+                                  OSError(errno.EAGAIN, str(err)), OWN_STEP_ERRNO) from err
+
+        start_serving(f"program-{container.name}", serve, self._lock, self._threads, None,
+                      refused=refused, ended=lambda: os.close(listener_fd),
+                      failed=f"{container.name}: serving a program's listener")
 
     def close(self) -> None:
         """Stop every thread and wait for it (each answers what it holds first)."""

@@ -44,6 +44,7 @@ from ..errors import ProtocolError, SupervisorFault
 from ..kernel.seccomp import SECCOMP_USER_NOTIF_FLAG_CONTINUE, NotifSizes
 from ..paths import claim_socket_path
 from ..request import Notice
+from .threads import start_serving
 
 if TYPE_CHECKING:
     from ..caller.thread import ThreadState
@@ -225,17 +226,15 @@ class LxcProxy:
                       pid, self.max_connections)
             conn.close()
             return
-        thread = threading.Thread(target=self._serve_connection, args=(conn, pid),
-                                  name=f"lxc-notify-conn-{pid}")
-        with self._lock:
-            self._threads[thread] = conn
-        try:
-            thread.start()
-        except RuntimeError as err:  # no thread to be had (the unit's task limit)
+
+        def refused(err: RuntimeError) -> None:
+            # Closed: the monitor's send fails, LXC reconnects once, then answers ENOSYS.
             log.error("monitor pid %d not served: %s", pid, err)
-            with self._lock:
-                self._threads.pop(thread, None)
             conn.close()
+
+        start_serving(f"lxc-notify-conn-{pid}", lambda: self._serve_connection(conn, pid),
+                      self._lock, self._threads, conn, refused=refused,
+                      failed=f"monitor pid {pid}: connection thread failed")
 
     def close(self) -> None:
         """Stop accepting, end every connection (a request being handled is
@@ -314,8 +313,6 @@ class LxcProxy:
                     "%s: disconnected (%s)", session.label, session.stats())
             if session.container is not None:
                 session.container.add_connection(-1)
-            with self._lock:
-                self._threads.pop(threading.current_thread(), None)
 
     def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
                caller: ThreadState | SupervisorFault) -> bytes:

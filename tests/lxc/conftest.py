@@ -13,15 +13,18 @@ import select
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
+from lxc_notify_plugin.kernel.arch import native_syscall_number
 from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.start.lxc import daemon_running
 from lxc_notify_plugin.tools.sandbox import Sandbox, lxc_attach_error
@@ -115,6 +118,130 @@ def nodeprobe(lxc_ready: None, tmp_path_factory: pytest.TempPathFactory) -> Path
     subprocess.run(["gcc", "-O2", "-static", "-no-pie", "-Wall", "-Werror", "-o", str(binary),
                     str(HELPER_SOURCE)], check=True)
     return binary
+
+
+# --- waiting for the event itself, never for a guess at its time ----------------------------
+
+T = TypeVar("T")
+
+
+def wait_for(check: Callable[[], T], what: str, timeout: float = 10) -> T:
+    """``check()``'s first true value; if none comes within ``timeout``, an
+    AssertionError that names ``what`` and the last value seen."""
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, (f"timed out after {timeout:g} s waiting for "
+                                             f"{what} (last seen: {value!r})")
+        time.sleep(0.01)
+    return value
+
+
+def pid_of(*argv: str) -> int | None:
+    """The host pid of the process whose command line is exactly ``argv``, if one runs."""
+    wanted = ("\0".join(argv) + "\0").encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/cmdline").read_bytes() == wanted:
+                    return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+MKNOD = ("mknod", "mknodat")  # what nodeprobe's mknod(3) calls, whichever libc maps it to
+
+
+def blocked_in(pid: int, syscalls: tuple[str, ...] = MKNOD) -> bool:
+    """Whether task ``pid`` sleeps in one of ``syscalls``: /proc/PID/syscall names the call
+    a task is blocked in, and a trapped call waits there for its answer."""
+    try:
+        first = Path(f"/proc/{pid}/syscall").read_text().split(maxsplit=1)[0]
+    except (OSError, IndexError):
+        return False
+    numbers = {native_syscall_number(name) for name in syscalls}
+    return first.isdigit() and int(first) in numbers
+
+
+def tasks_like(pid: int) -> list[int]:
+    """The host pids of every process in ``pid``'s pid namespace (a container's, from
+    its init's), ``pid`` included."""
+    try:
+        ns = os.readlink(f"/proc/{pid}/ns/pid")
+    except OSError:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.readlink(f"/proc/{entry}/ns/pid") == ns:
+                    found.append(int(entry))
+    return found
+
+
+def waiting_caller(*argv: str, syscalls: tuple[str, ...] = MKNOD) -> int:
+    """The pid of the process ``argv`` once it waits in a trapped call for its answer."""
+    what = " ".join(argv)
+    found = wait_for(lambda: pid_of(*argv), f"{what} to run")
+    assert found is not None
+    pid = found
+    wait_for(lambda: blocked_in(pid, syscalls), f"{what} (pid {pid}) to wait in "
+             f"{'/'.join(syscalls)} (its /proc/PID/syscall)")
+    return pid
+
+
+# sock_diag (linux/sock_diag.h, linux/unix_diag.h): what `ss -x` reads.
+_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
+_UNIX_DIAG_REQ = struct.Struct("=BBHIIIII")  # family, protocol, pad, states, ino, show, cookie
+_UNIX_DIAG_MSG = struct.Struct("=BBBBIII")  # family, type, state, pad, ino, cookie
+_RTATTR = struct.Struct("=HH")
+_NETLINK_SOCK_DIAG, _SOCK_DIAG_BY_FAMILY, _NLM_F_REQUEST, _NLM_F_DUMP = 4, 20, 0x1, 0x300
+_NLMSG_ERROR, _NLMSG_DONE, _UDIAG_SHOW_RQLEN, _UNIX_DIAG_RQLEN = 2, 3, 0x10, 4
+_TCP_ESTABLISHED = 1
+
+
+def _unix_receive_queues() -> dict[int, tuple[int, int, int]]:
+    """inode -> (type, state, bytes waiting to be read) of every unix socket."""
+    found: dict[int, tuple[int, int, int]] = {}
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, _NETLINK_SOCK_DIAG) as diag:
+        request = _UNIX_DIAG_REQ.pack(socket.AF_UNIX, 0, 0, 0xFFFFFFFF, 0, _UDIAG_SHOW_RQLEN,
+                                      0xFFFFFFFF, 0xFFFFFFFF)
+        diag.send(_NLMSGHDR.pack(_NLMSGHDR.size + len(request), _SOCK_DIAG_BY_FAMILY,
+                                 _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0) + request)
+        while True:
+            data = diag.recv(1 << 16)
+            at = 0
+            while at < len(data):
+                length, kind = _NLMSGHDR.unpack_from(data, at)[:2]
+                if kind == _NLMSG_DONE:
+                    return found
+                if kind == _NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", data, at + _NLMSGHDR.size)[0]
+                    raise OSError(code, f"sock_diag: {os.strerror(code)}")
+                body = at + _NLMSGHDR.size
+                _, kind_of_socket, state, _, inode, _, _ = _UNIX_DIAG_MSG.unpack_from(data, body)
+                attr = body + _UNIX_DIAG_MSG.size
+                while attr + _RTATTR.size <= at + length:
+                    attr_len, attr_type = _RTATTR.unpack_from(data, attr)
+                    if attr_type == _UNIX_DIAG_RQLEN:
+                        queued = struct.unpack_from("=I", data, attr + _RTATTR.size)[0]
+                        found[inode] = (kind_of_socket, state, queued)
+                    attr += max((attr_len + 3) & ~3, _RTATTR.size)
+                at += (length + 3) & ~3
+
+
+def queued_to(pid: int) -> int:
+    """Bytes waiting, unread, in the connected SOCK_SEQPACKET sockets ``pid`` holds: a
+    datagram a monitor sent to a daemon that has not received it yet."""
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if link.startswith("socket:["):
+                inodes.add(int(link[len("socket:["):-1]))
+    return sum(queued for inode, (kind, state, queued) in _unix_receive_queues().items()
+               if inode in inodes and kind == socket.SOCK_SEQPACKET
+               and state == _TCP_ESTABLISHED)
 
 
 class Daemon:

@@ -42,7 +42,7 @@ from lxc_notify_plugin.errors import ProtocolError
 from lxc_notify_plugin.kernel.seccomp import SECCOMP_USER_NOTIF_FLAG_CONTINUE
 from lxc_notify_plugin.transport import lxc as protocol
 from tests.kernel.test_seccomp_notify import child_result, mknodat_call, notifying_child
-from tests.lxc.conftest import Container, Daemon, supervised_container
+from tests.lxc.conftest import Container, Daemon, supervised_container, wait_for
 from tests.lxc.test_robustness import stable_fd_count
 
 SIZES: Final = kernel.notif_sizes()
@@ -357,6 +357,8 @@ def test_stale_listener_stops_a_real_request(box: Container, daemon: Daemon, tar
     names (link count 1, bindable): only the container's last connection drops
     them (found by this test: every connection's end used to)."""
     assert not os.path.lexists(box.rootfs / "init")  # "init", relative to init's cwd, /
+    ended = f"container {box.name}: disconnected"
+    before = daemon.log().count(ended)
     wire = Wire(daemon.paths.socket)
     try:
         datagram = protocol.build(target.used_id, target.init, 133, kernel.AUDIT_ARCH_X86_64,
@@ -368,7 +370,9 @@ def test_stale_listener_stops_a_real_request(box: Container, daemon: Daemon, tar
     finally:
         wire.close()
     assert not os.path.lexists(box.rootfs / "init")
-    time.sleep(0.3)  # the connection's thread ends after the close
+    # Its thread releases the container's twins' names (or, with the bug, drops them),
+    # then logs the disconnect.
+    wait_for(lambda: daemon.log().count(ended) > before, "the second connection to end")
     assert twin.stat().st_nlink == 1
 
 

@@ -94,11 +94,13 @@ def mount_container(daemon: Daemon, nodeprobe: Path, mountprobe: Path, image: Im
     return box
 
 
+SHIFTED = {"mount": "true", "mount.allowed": "ext4", "mount.shift": "true"}
+
+
 @pytest.fixture(scope="module")
 def box(daemon: Daemon, nodeprobe: Path, mountprobe: Path, image: Image) -> Iterator[Container]:
-    container = mount_container(daemon, nodeprobe, mountprobe, image,
-                                keys={"mount": "true", "mount.allowed": "ext4",
-                                      "mount.shift": "true"})
+    """The module's container: no test changes its keys (one that does has its own)."""
+    container = mount_container(daemon, nodeprobe, mountprobe, image, keys=SHIFTED)
     try:
         yield container
     finally:
@@ -253,17 +255,22 @@ def test_a_user_without_cap_sys_admin_is_refused(box: Container) -> None:
     assert nested.strip() in refused
 
 
-def test_without_shift_the_policy_is_honoured(box: Container, daemon: Daemon) -> None:
-    daemon.cli("config", "set", box.name, KEY + "mount.shift", "false")  # a live key
-    where = target(box)
+def test_without_shift_the_policy_is_honoured(daemon: Daemon, nodeprobe: Path,
+                                              mountprobe: Path, image: Image) -> None:
+    """A live key, turned off on a running container of the test's own: the module's
+    box, left unshifted by a failure here, would have failed the tests after it."""
+    box = mount_container(daemon, nodeprobe, mountprobe, image, keys=SHIFTED)
     try:
+        said = daemon.cli("config", "set", box.name, KEY + "mount.shift", "false").stdout
+        assert "applied to the running supervisor" in said, said
+        where = target(box)
         assert mp(box, "mount", "/blk/disk", where, "ext4", str(1), "-") == "ok"
         try:
             assert owners(box, where)["root_file"] == (65534, 65534)
         finally:
             umount(box, where)
     finally:
-        daemon.cli("config", "set", box.name, KEY + "mount.shift", "true")
+        box.destroy()
 
 
 def test_the_device_cgroup_decides(daemon: Daemon, nodeprobe: Path, mountprobe: Path,

@@ -6,14 +6,20 @@ import errno
 import os
 import signal
 import socket
-import subprocess
 import time
 import uuid
 from pathlib import Path
 
 from lxc_notify_plugin import kernel
 from lxc_notify_plugin.transport import lxc as protocol
-from tests.lxc.conftest import Container, Daemon, supervised_container
+from tests.lxc.conftest import (
+    Container,
+    Daemon,
+    queued_to,
+    supervised_container,
+    wait_for,
+    waiting_caller,
+)
 
 
 def _exchange(daemon: Daemon, datagram: bytes, fds: list[int]) -> bytes:
@@ -56,13 +62,11 @@ def test_garbage_and_unknown_cookie_are_refused(container: Container, daemon: Da
 
 def test_caller_killed_mid_request_leaves_the_daemon_healthy(container: Container,
                                                              daemon: Daemon) -> None:
-    for round_ in range(5):
+    for _ in range(5):
         marker = f"/tmp/forever-{uuid.uuid4().hex[:6]}"
         with container.background("forever", marker):
-            time.sleep(0.2 + 0.05 * round_)  # thousands of requests are in flight by now
-            # Anchored: the host's lxc-attach carries the same words in its arguments.
-            subprocess.run(["pkill", "-KILL", "-f", f"^/bin/nodeprobe forever {marker}$"],
-                           check=True)
+            # Killed while it waits in a trapped mknod for the daemon's answer.
+            os.kill(waiting_caller("/bin/nodeprobe", "forever", marker), signal.SIGKILL)
     assert daemon.alive()
     assert container.probe("mknod", f"/tmp/alive-{uuid.uuid4().hex[:6]}", "c", "1", "3") == "ok"
 
@@ -80,16 +84,13 @@ def test_request_whose_caller_died_while_queued_is_answered(container: Container
     os.kill(daemon.pid, signal.SIGSTOP)
     try:
         with container.background("once", marker):
-            time.sleep(0.3)  # it printed "started" and now waits in mknod for an answer
-            subprocess.run(["pkill", "-KILL", "-f", f"^/bin/nodeprobe once {marker}$"],
-                           check=True)
+            caller = waiting_caller("/bin/nodeprobe", "once", marker)
+            wait_for(lambda: queued_to(daemon.pid), "its datagram in the stopped daemon's socket")
+            os.kill(caller, signal.SIGKILL)
             os.kill(daemon.pid, signal.SIGCONT)
     finally:
         os.kill(daemon.pid, signal.SIGCONT)
-    deadline = time.monotonic() + 10
-    while _dead_caller_lines(daemon) == before:
-        assert time.monotonic() < deadline, "the dead caller's request was never handled"
-        time.sleep(0.05)
+    wait_for(lambda: _dead_caller_lines(daemon) > before, "the dead caller's request handled")
     assert daemon.alive()
     assert container.probe("stat", marker) == "ENOENT"
     assert container.probe("mknod", marker, "c", "1", "3") == "ok"
@@ -197,17 +198,15 @@ def test_container_stopping_mid_request_is_normal(daemon: Daemon, nodeprobe: Pat
     box = supervised_container(daemon, nodeprobe)
     try:
         with box.background("forever", "/tmp/busy"):
-            time.sleep(0.3)
+            waiting_caller("/bin/nodeprobe", "forever", "/tmp/busy")  # mid-request
             box.stop()  # lxc-stop -k: the monitor and every caller go at once
     finally:
         box.destroy()
-    deadline = time.monotonic() + 10
-    while f"container {box.name}: disconnected" not in daemon.log():
-        assert time.monotonic() < deadline, "the connection never ended"
-        time.sleep(0.05)
+    wait_for(lambda: f"container {box.name}: disconnected" in daemon.log(),
+             "the connection to end")
     assert daemon.alive()
     tail = daemon.log().split(f"container {box.name}: connected", 1)[1]
-    assert " ERROR " not in tail and "Traceback" not in tail
+    assert " ERROR " not in tail and "Traceback" not in tail, tail[-4000:]
 
 
 def test_status_shows_containers_and_counts(container: Container, daemon: Daemon) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,20 +24,16 @@ from tests.lxc.conftest import (
     UNDER_UNIT,
     Container,
     Daemon,
+    queued_to,
     supervised_container,
     unit_wrapper,
+    wait_for,
+    waiting_caller,
 )
 
 REPO = Path(__file__).resolve().parent.parent.parent
 MakeDaemon = Callable[..., Daemon]  # own_daemon(config="", start=True)
 MakeContainer = Callable[[Daemon], Container]  # own_container(daemon)
-
-
-def _settle(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 @pytest.fixture
@@ -86,17 +82,15 @@ def _threads(daemon: Daemon) -> int:
     return len(os.listdir(f"/proc/{daemon.pid}/task"))
 
 
-def _settled_counts(daemon: Daemon) -> tuple[int, int]:
-    """(fds, threads) once they have not changed for a second: a stopped container's
-    connection thread ends a moment after its monitor closes."""
-    seen: list[tuple[int, int]] = []
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        seen.append((daemon.fd_count(), _threads(daemon)))
-        if len(seen) >= 10 and len(set(seen[-10:])) == 1:
-            break
-        time.sleep(0.1)
-    return seen[-1]
+def _all_disconnected(daemon: Daemon, container: Container, connections: int,
+                      threads: int) -> None:
+    """Wait until the container's ``connections`` connections have ended: each thread
+    closes its connection and its fds, logs the disconnect, and ends; the daemon
+    then has ``threads`` threads."""
+    line = f"container {container.name}: disconnected"
+    wait_for(lambda: daemon.log().count(line) >= connections,
+             f"{connections} disconnects of {container.name}", timeout=20)
+    wait_for(lambda: _threads(daemon) == threads, f"the daemon back to {threads} threads")
 
 
 def _status(daemon: Daemon) -> dict[str, dict[str, Any]]:
@@ -194,7 +188,7 @@ def test_sighup_rereads_daemon_toml_and_refuses_a_bad_one(own_daemon: MakeDaemon
     assert refused.returncode == 1 and "'chatty' is not a log level" in refused.stderr
     # ... and the daemon, signalled directly (systemctl reload), keeps the old one.
     os.kill(daemon.pid, signal.SIGHUP)
-    _settle(lambda: "daemon configuration refused, the old one is kept" in daemon.log(),
+    wait_for(lambda: "daemon configuration refused, the old one is kept" in daemon.log(),
             "the daemon to refuse the file")
     assert "'chatty' is not a log level" in daemon.log()
     daemon.config_path.write_text(good)
@@ -212,7 +206,8 @@ def test_sigterm_answers_the_request_in_flight(own_daemon: MakeDaemon,
     os.kill(daemon.pid, signal.SIGSTOP)  # the next request waits in our socket
     try:
         with container.background("once", "/tmp/in-flight") as probe:
-            time.sleep(0.5)  # its mknod has reached the stopped daemon by now
+            waiting_caller("/bin/nodeprobe", "once", "/tmp/in-flight")
+            wait_for(lambda: queued_to(daemon.pid), "its datagram in the stopped daemon's socket")
             os.kill(daemon.pid, signal.SIGTERM)
             os.kill(daemon.pid, signal.SIGCONT)
             assert probe.stdout is not None
@@ -251,7 +246,11 @@ def test_under_socket_activation_a_restart_loses_no_caller(own_daemon: MakeDaemo
         daemon.process.kill()
         daemon.process.wait()
         with container.background("once", "/tmp/during") as gap:
-            time.sleep(0.5)  # its datagram waits in the socket systemd would hold
+            # Its call waits, and LXC's monitor, its old connection gone, has connected
+            # again: to the socket systemd would hold, where its datagram waits.
+            waiting_caller("/bin/nodeprobe", "once", "/tmp/during")
+            wait_for(lambda: select.select([held[0]], [], [], 0)[0],
+                     "the monitor's new connection on the held socket")
             assert gap.poll() is None  # still waiting: not answered ENOSYS
             daemon.start(held)
             assert gap.stdout is not None
@@ -306,13 +305,17 @@ def test_fifty_start_stop_cycles_leave_no_thread_or_fd(own_daemon: MakeDaemon,
     daemon = own_daemon()
     container = own_container(daemon)
     assert container.probe("mknod", "/tmp/warm", "c", "1", "3") == "ok"
+    idle = _threads(daemon) - 1  # all but the connection's
     container.stop()
-    baseline = _settled_counts(daemon)
+    _all_disconnected(daemon, container, 1, idle)
+    fds = daemon.fd_count()
     for cycle in range(50):
         container.start()
         assert container.probe("mknod", f"/tmp/n{cycle}", "c", "1", "3") == "ok"
         container.stop()
-    assert _settled_counts(daemon) == baseline  # (fds, threads)
+    _all_disconnected(daemon, container, 51, idle)
+    # Polled: a file a writer thread has open for a moment is not a leak.
+    wait_for(lambda: daemon.fd_count() == fds, f"the daemon back to {fds} fds")
     assert _status(daemon)[container.name]["requests"]["done"] == 51
 
 
@@ -350,7 +353,7 @@ def test_audit_lines_for_allowed_refused_and_failed_calls(container: Container,
                 for line in _audit_lines(daemon, container.name)
                 if leaf in str(line.get("args"))}
 
-    _settle(lambda: len(mine()) == 3, "three audit lines")
+    wait_for(lambda: len(mine()) == 3, "three audit lines")
     lines = mine()
     allowed, refused, failed = (lines[f"/tmp/a-{leaf}"], lines[f"/tmp/r-{leaf}"],
                                 lines[f"/no/such/f-{leaf}"])
@@ -377,7 +380,7 @@ def test_the_audit_log_rotates_at_its_size(own_daemon: MakeDaemon,
         return sorted(p.name for p in daemon.audit_path.parent.iterdir())
 
     # 200 lines of ~200 bytes: rotated many times, the oldest dropped (backups = 2).
-    _settle(lambda: files() == ["audit.log", "audit.log.1", "audit.log.2"], "rotation")
+    wait_for(lambda: files() == ["audit.log", "audit.log.1", "audit.log.2"], "rotation")
     for path in daemon.audit_path.parent.iterdir():
         assert path.stat().st_size <= 4096
     kept = _audit_lines(daemon, container.name)  # each line whole JSON
@@ -406,7 +409,7 @@ def test_metrics_file_parses_and_counts_match(own_daemon: MakeDaemon,
             return found
         return {}
 
-    _settle(lambda: counts() == {"done": 5, "kernel": 3, "errno": 1},
+    wait_for(lambda: counts() == {"done": 5, "kernel": 3, "errno": 1},
             f"metrics to count the calls (now {counts()})")
     text = daemon.metrics_path.read_text()
     assert "lxc_notify_request_duration_seconds_bucket" in text

@@ -15,14 +15,13 @@ import contextlib
 import os
 import socket
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from lxc_notify_plugin.tools.bundle import Bundle
-from tests.lxc.conftest import Daemon
+from tests.lxc.conftest import Daemon, blocked_in, tasks_like, wait_for
 
 from .conftest import seccomp_profile, wait_until
 
@@ -123,12 +122,16 @@ def test_a_restart_keeps_an_oci_containers_listener(
     daemon.process.wait()
     (bundle.rootfs / "tmp" / "go").touch()
     result = bundle.rootfs / "tmp" / "result"
-    time.sleep(0.5)
-    assert not result.exists()  # its mknod waits for a supervisor; no ENOSYS
+    # Its mknod waits for a supervisor in the trapped call (no ENOSYS): a task of the
+    # container's blocked in it.
+    wait_for(lambda: any(blocked_in(pid) for pid in tasks_like(bundle.init_pid())),
+             "the container's mknod to wait in the trapped call")
+    assert not result.exists()
 
     start()  # the next daemon, given the sockets and the kept listener
-    wait_until(result.exists, "the waiting mknod answered", timeout=15)
-    time.sleep(0.1)
+    # The shell creates the file, then writes the line.
+    wait_until(lambda: result.exists() and result.read_text().endswith("\n"),
+               "the waiting mknod answered", timeout=15)
     assert result.read_text() == "ok\n"
     assert "kept by an earlier daemon" in daemon.log() and "adopted" in daemon.log()
     assert (bundle.rootfs / "tmp" / "null").is_char_device()

@@ -81,7 +81,7 @@ def test_rotation_keeps_every_line_whole_and_only_the_backups_asked_for(log_path
     audit_log.start()
     for tid in range(1_000_000, 1_000_035):  # 3.5 files: backups are not yet full
         audit_log.record(outcome(tid=tid))
-    time.sleep(0.05)  # let the writer take several batches, rotating between them
+    wait_for(lambda: audit_log.written == 35)  # the rest comes in batches of its own
     for tid in range(1_000_035, 1_000_045):
         audit_log.record(outcome(tid=tid))
     assert audit_log.close()

@@ -12,6 +12,8 @@ import itertools
 import logging
 import os
 import socket
+import struct
+import subprocess
 import sys
 import threading
 import time
@@ -23,12 +25,15 @@ from typing import cast
 import pytest
 
 from lxc_notify_plugin import kernel
+from lxc_notify_plugin.caller import actor as actor_module
 from lxc_notify_plugin.caller.thread import ThreadState
 from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
 from lxc_notify_plugin.errors import SupervisorFault, own_step
+from lxc_notify_plugin.handlers import nodes
 from lxc_notify_plugin.host import udev
+from lxc_notify_plugin.host.flaglock import FlagLocker
 from lxc_notify_plugin.paths import Paths
-from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice
+from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice, Request
 from lxc_notify_plugin.service.config import DaemonConfig
 from lxc_notify_plugin.supervisor import Supervisor
 from lxc_notify_plugin.transport import lxc as protocol
@@ -178,13 +183,11 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
     yield daemon
 
 
-def _wait_for(path: Path, seconds: float = 10.0) -> bool:
+def _until(check: Callable[[], bool], what: str, seconds: float = 10.0) -> None:
     deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if path.exists():
-            return True
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
-    return False
 
 
 def test_a_failed_status_leaves_the_daemon_serving(
@@ -211,9 +214,14 @@ def test_a_failed_status_leaves_the_daemon_serving(
     thread.start()
     try:
         supervisor.request_status()
-        _wait_for(supervisor.paths.status_file, 0.5)  # not written: it failed
+        # The first request was taken and failed: serve() logged it, or (the bug) ended.
+        _until(lambda: "status could not be written" in caplog.text or not thread.is_alive(),
+               "the first status to fail")
+        assert not supervisor.paths.status_file.exists()
         supervisor.request_status()
-        answered = _wait_for(supervisor.paths.status_file)
+        _until(lambda: supervisor.paths.status_file.exists() or not thread.is_alive(),
+               "the second status")
+        answered = supervisor.paths.status_file.exists()  # a stop removes it
     finally:
         supervisor.stop()
         thread.join()
@@ -293,11 +301,12 @@ class FakeKeeper:
 
 @pytest.fixture
 def no_threads(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The unit's task limit is reached: the daemon's serving threads cannot start."""
+    """The unit's task limit is reached: the daemon's serving threads cannot start
+    (its connections' and listeners', and those of programs' listeners)."""
     start = threading.Thread.start
 
     def refuse(thread: threading.Thread) -> None:
-        if thread.name.startswith("lxc-notify-"):
+        if thread.name.startswith(("lxc-notify-", "program-")):
             raise RuntimeError("can't start new thread")
         start(thread)
 
@@ -373,7 +382,9 @@ def test_a_full_fd_table_of_ours_is_a_fault_the_caller_sees_as_enomem(
 def test_own_step_makes_our_oserrors_faults() -> None:
     with pytest.raises(SupervisorFault) as caught, own_step("make the node store's directory"):
         os.mkdir("/nonexistent/x")
-    assert caught.value.errno == errno.ENOENT and caught.value.step.startswith("make the node")
+    # The caller gets the one errno of our own failures; the log keeps the step's.
+    assert caught.value.errno == errno.ENOMEM and caught.value.cause.errno == errno.ENOENT
+    assert caught.value.step.startswith("make the node")
     assert isinstance(caught.value.__cause__, FileNotFoundError)
     fault = SupervisorFault("setns", OSError(errno.EPERM, "no"))
     with pytest.raises(SupervisorFault) as again, own_step("outer"):
@@ -461,3 +472,220 @@ def test_a_listener_answers_every_notification_when_its_thread_state_cannot_be_m
                 os.close(fd)
     assert (why, sent) == ("hangup", [(77, -errno.ENOMEM, 0)])
     assert container.counts() == {"fault": 1}
+
+
+# --- 7, still open after the first pass: our own steps answer one errno, at one boundary ----
+
+def _own_step_fails(where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                    ) -> Callable[[Call], None]:
+    """A step of the daemon's own that fails as it can on a real host, run from a
+    handler: what the caller must not read as the kernel's answer about its call."""
+    store_root = tmp_path / "store"
+    store_root.mkdir()
+    if where == "the node store's directory":
+        # Its directory cannot be made: ENOTDIR (the store's root is no directory).
+        (tmp_path / "not-a-dir").write_text("")
+        monkeypatch.setattr(kernel, "private_tmpfs", lambda *args: os.open(
+            tmp_path / "not-a-dir", os.O_PATH | os.O_CLOEXEC))
+    else:
+        monkeypatch.setattr(kernel, "private_tmpfs", lambda *args: os.open(
+            store_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    user_ns = "user:[4026531837]"
+
+    def step(call: Call) -> None:
+        if where == "the node store's directory":
+            os.close(call.host.nodes.directory(user_ns))
+        elif where == "a twin's name in the store":
+            # The store's next name is taken: mknod there says EEXIST, which the
+            # caller would read as its own path existing.
+            store = store_root / "".join(c if c.isalnum() else "_" for c in user_ns)
+            store.mkdir()
+            (store / "node0").write_text("")
+            held = os.open(tmp_path, os.O_PATH | os.O_CLOEXEC)
+            try:
+                like = os.stat_result((CHR | 0o666, 0, 0, 1, 0, 0, 0, 0, 0, 0),
+                                      {"st_rdev": os.makedev(1, 3)})
+                node = SimpleNamespace(stat=like, fd=held)
+                fake_thread = SimpleNamespace(set_ids=lambda *args: None, proc_root="/proc")
+                request = SimpleNamespace(container=SimpleNamespace(user_ns=user_ns))
+                nodes.overmount_usable_twin(cast(ThreadState, fake_thread),
+                                            cast(Request, request),
+                                            cast(nodes.Placeholder, node), call.host.nodes)
+            finally:
+                os.close(held)
+        else:  # the flag locker's tmpfs is full
+            class Full:
+                def lock(self, mount_fd: int, return_ns_fd: int) -> int:
+                    raise OSError(errno.ENOSPC, "No space left on device")  # a slot's mkdir
+
+                def close(self) -> None:
+                    pass
+
+            call.host.flag_locks._locker = cast(FlagLocker, Full())
+            call.host.flag_locks.lock(-1, -1)
+
+    return step
+
+
+@pytest.mark.parametrize("where", ["the node store's directory", "a twin's name in the store",
+                                   "the flag locker's tmpfs"])
+def test_our_own_steps_fail_as_faults_the_caller_sees_as_enomem(
+        where: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An OSError of the node store or the flag locker reached the caller as its
+    errno (ENOTDIR, EEXIST, ENOSPC), as if the kernel had said it about the
+    caller's call, and was counted as a refusal, logged at debug level; each is
+    now the supervisor's fault: ENOMEM, counted as a fault, logged as an error."""
+    step = _own_step_fails(where, tmp_path, monkeypatch)
+    assert _one_call(step, caplog) == (errno.ENOMEM, [("fault", errno.ENOMEM)])
+    assert "supervisor could not" in caplog.text and "(caller gets ENOMEM)" in caplog.text
+
+
+def _one_call(step: Callable[[Call], object], caplog: pytest.LogCaptureFixture,
+              while_served: Callable[[Dispatcher], None] = lambda dispatcher: None
+              ) -> tuple[int, list[tuple[str, int]]]:
+    """One mknod through a dispatcher whose handler runs ``step``: the errno the
+    caller gets, and (outcome, errno) as the hooks saw it."""
+    seen: list[Outcome] = []
+
+    def handle(call: Call) -> Answer:
+        step(call)
+        return Answer()
+
+    dispatcher = with_handler(handle)
+    dispatcher.hooks.append(seen.append)
+    transport = FakeTransport(dispatcher, make_container())
+    try:
+        with caplog.at_level(logging.ERROR):
+            answer = transport.ask(133, (0, CHR, 1))
+        while_served(dispatcher)
+    finally:
+        transport.close()
+        dispatcher.close()
+    return answer.error, [(o.outcome, o.error) for o in seen]
+
+
+# --- 2, the same for every transport: one way to start a serving thread ------------------
+
+def test_a_programs_listener_without_a_thread_is_a_fault_not_a_bug(
+        no_threads: None, caplog: pytest.LogCaptureFixture) -> None:
+    """A program started for a caller (a FUSE redirect) hands its listener to the
+    dispatcher; with no thread to serve it, the RuntimeError went up as our bug
+    (ENOSYS, a traceback); it is the supervisor's fault (ENOMEM), the listener is
+    closed, and no thread is left for the stop to join."""
+    listener, other_end = os.pipe2(os.O_CLOEXEC)  # stands in for the program's listener
+    left: list[object] = []
+    try:
+        answered = _one_call(lambda call: call.serve_listener(listener), caplog,
+                             lambda dispatcher: left.extend(
+                                 dispatcher._side._threads if dispatcher._side else ["?"]))
+        assert _closed(listener)
+    finally:
+        os.close(other_end)
+        if not _closed(listener):
+            os.close(listener)
+    assert answered == (errno.ENOMEM, [("fault", errno.ENOMEM)]) and left == []
+    assert "can't start new thread" in caplog.text and "(caller gets ENOMEM)" in caplog.text
+
+
+class PeerConn:
+    """An accepted connection as far as accepting it goes: root's peer credentials."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def getsockopt(self, level: int, option: int, size: int) -> bytes:
+        return struct.pack("3i", 4242, 0, 0)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("transport", ["lxc", "agent"])
+def test_a_connection_without_a_thread_is_closed_and_forgotten(
+        transport: str, tmp_path: Path, no_threads: None,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Both sockets start a thread per connection the same way (transport/threads.py):
+    one that cannot start leaves no thread for the stop to join and nothing
+    half-registered, and its connection is closed (LXC reconnects once, then
+    answers ENOSYS; a runtime's listener closes with it)."""
+    conn = PeerConn()
+    if transport == "lxc":
+        proxy = LxcProxy(tmp_path / "s", Dispatcher(), lambda cookie: None,
+                         kernel.notif_sizes())
+        proxy._take(cast(socket.socket, conn))
+        left: list[object] = [*proxy._threads]
+    else:
+        agent = _agent(tmp_path)
+        agent.sock = cast(socket.socket, SimpleNamespace(accept=lambda: (conn, None)))
+        agent.accept()
+        left = [*agent._threads, *agent._reading]
+    assert conn.closed and left == []
+    assert "not served: can't start new thread" in caplog.text
+
+
+# --- 6, once more: from the attach on, the detach follows whatever fails ------------------
+
+class FailingKeeper(FakeKeeper):
+    def keep(self, listener: int, state: bytes) -> str | None:
+        raise OSError(errno.EIO, "the fd store's socket failed")
+
+
+def test_a_listener_whose_keeping_fails_is_detached_all_the_same(tmp_path: Path) -> None:
+    """Between the attach and the serving loop (keeping the listener in systemd's
+    store, its wake-up flag) a failure skipped the detach: the container stayed in
+    status and reload with one listener too many, served by no one, for ever."""
+    agent = _agent(tmp_path)
+    agent.keeper = FailingKeeper()
+    state = parse_state(STATE, 1)
+    listener, other_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        with pytest.raises(OSError, match="fd store"):
+            agent._serve(listener, state, STATE)
+    finally:
+        os.close(listener)
+        os.close(other_end)
+    assert agent.containers() == []
+    assert not agent._live
+
+
+# --- 7, the actor: our own process, and a caller that left while it worked ---------------
+
+def _dead_actor() -> actor_module.Actor:
+    """An actor whose process is gone: its socket's peer closed, as when the
+    container's init exits (the actor exits with it) in the middle of a request."""
+    actor = actor_module.Actor.__new__(actor_module.Actor)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    theirs.close()
+    actor.sock = ours
+    actor.process = cast(subprocess.Popen[bytes], SimpleNamespace(
+        wait=lambda timeout=None: 0, kill=lambda: None, poll=lambda: 0, pid=-1))
+    actor.follow_cpu, actor.cpu, actor.used = False, -1, 0.0
+    return actor
+
+
+@pytest.mark.parametrize("caller_waits", [True, False])
+def test_an_actor_that_dies_mid_request(caller_waits: bool, monkeypatch: pytest.MonkeyPatch,
+                                        caplog: pytest.LogCaptureFixture) -> None:
+    """The actor's socket resets under a request (seen: a container stopped while its
+    caller waited in mknod). The caller got EPIPE or ECONNRESET, our socket's errnos,
+    and an ERROR line said the supervisor failed even when the caller had gone with
+    its container. Now a caller that still waits gets OWN_STEP_ERRNO (a fault, logged);
+    one that left is counted gone, at debug level."""
+    monkeypatch.setattr(kernel, "notif_id_valid", lambda fd, notif_id: caller_waits)
+    who = actor_module.Identity(0, 0, (), 0o022, 0)
+
+    def step(call: Call) -> None:
+        directory = os.open("/", os.O_PATH | os.O_CLOEXEC)  # sent along, as the handler's
+        try:
+            _dead_actor().mknodat(directory, b"null", CHR | 0o666, os.makedev(1, 3), who)
+        finally:
+            os.close(directory)
+
+    answered = _one_call(step, caplog)
+    if caller_waits:
+        assert answered == (errno.ENOMEM, [("fault", errno.ENOMEM)])
+        assert "supervisor could not read the actor's answer" in caplog.text
+    else:
+        assert answered == (errno.ESRCH, [("gone", errno.ESRCH)])
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

@@ -44,10 +44,12 @@ import fcntl
 import logging
 import os
 import stat
+from typing import NoReturn
 
 from .. import kernel
 from ..caller.actor import actor_for
 from ..caller.task import in_container_userns, read_creds, read_whole_at, status_field
+from ..errors import SupervisorFault
 from ..kernel import bpf as kbpf
 from ..kernel.fd import OwnedFd
 from ..policy import bpf as policy
@@ -76,23 +78,27 @@ def handle(call: Call) -> Answer:
     # (handing a load back is always safe: the kernel then checks the caller).
     too_big = policy.size_refusal(size)
     if too_big:
-        return KERNEL_DECIDES if load else Answer(error=too_big)
+        if load:
+            return KERNEL_DECIDES
+        raise OSError(too_big, "the attr's size")
     try:
         data = request.read_bytes(request.args[1], size) if size else b""
     except OSError as err:
-        if err.errno != errno.EFAULT:
+        if err.errno != errno.EFAULT or not load:
             raise
-        return KERNEL_DECIDES if load else Answer(error=errno.EFAULT)
+        return KERNEL_DECIDES
     if load:
         return _load(call, data)
     return _attach(call, cmd, data)
 
 
 def _verdict(request: Request, verdict: policy.Kernel | policy.Refused) -> Answer:
+    """A refusal raised with its errno (the dispatcher answers it, as every handler's),
+    or the call handed back."""
     if isinstance(verdict, policy.Refused):
         log.debug("%s: pid %d bpf refused (%s): %s", request.container.name, request.tid,
                   errno.errorcode.get(verdict.errno, verdict.errno), verdict.why)
-        return Answer(error=verdict.errno)
+        raise OSError(verdict.errno, verdict.why)
     log.debug("%s: pid %d bpf to the kernel: %s", request.container.name, request.tid,
               verdict.why)
     return KERNEL_DECIDES if verdict.ours else NOT_OURS
@@ -117,13 +123,9 @@ def _load(call: Call, data: bytes) -> Answer:
     refusal = policy.load_refusal(attr)
     if refusal is not None:
         return _verdict(request, refusal)
-    try:
-        insns = request.read_bytes(int(attr.insns), parsed.insns_size)
-        license_text = _read_license(request, int(attr.license))
-    except OSError as err:
-        if err.errno != errno.EFAULT:
-            raise
-        return Answer(error=errno.EFAULT)
+    # EFAULT for a page the caller cannot read, as the kernel's copies answer.
+    insns = request.read_bytes(int(attr.insns), parsed.insns_size)
+    license_text = _read_license(request, int(attr.license))
     with contextlib.ExitStack() as fds:
         root = _subtree_root(call, fds)
         chain = [] if root is None else [root, *_up_to_the_top(root, fds)]
@@ -132,7 +134,7 @@ def _load(call: Call, data: bytes) -> Answer:
                      "override or exclusive semantics is on the container's cgroup or "
                      "above it (or the container has no cgroup of its own)",
                      request.container.name, request.tid)
-            return Answer(error=errno.EPERM)
+            raise OSError(errno.EPERM, "no device program for this container now")
     request.ensure_valid()
     answer, got = actor_for(thread, request).step("bpf", "prog_load", {
         "attr": parsed.for_actor().hex(), "insns": base64.b64encode(insns).decode(),
@@ -143,11 +145,11 @@ def _load(call: Call, data: bytes) -> Answer:
             os.close(extra)
         written = _write_log(request, attr, data, answer)
         if written:
-            return Answer(error=written)
+            raise OSError(written, "the verifier's log")
         if answer["errno"]:
-            return Answer(error=int(answer["errno"]))
+            raise OSError(int(answer["errno"]), "bpf")
         if prog.fd < 0:
-            raise OSError(errno.EIO, "the actor sent no program")
+            raise SupervisorFault("load", OSError(errno.EIO, "the actor sent no program"))
         return _give_fd(request, prog.fd)
 
 
@@ -208,9 +210,10 @@ def _attach(call: Call, cmd: int, data: bytes) -> Answer:
         kbpf.bpf_bytes(cmd, policy.dry_run(cmd, data))
     except OSError as err:
         if err.errno != errno.EBADF:
-            return Answer(error=err.errno or errno.EIO)
+            raise OSError(err.errno or errno.EIO, "the kernel's check of the attr") from None
     else:
-        raise OSError(errno.EIO, "bpf took an attr whose fds are all -1")
+        raise SupervisorFault("check the attr", OSError(errno.EIO, "bpf took an attr "
+                                                                 "whose fds are all -1"))
     creds = read_creds(request, thread.status)
     net_admin = in_container_userns(request, creds) and (
         creds.has_cap(kernel.CAP_NET_ADMIN) or creds.has_cap(kernel.CAP_SYS_ADMIN))
@@ -226,11 +229,11 @@ def _attach(call: Call, cmd: int, data: bytes) -> Answer:
             return _detach(call, parsed, pidfd, fds)
         prog = _fetch(pidfd, parsed.prog_fd, fds)
         if kbpf.prog_type_of(prog, thread.host_proc_fd) != kbpf.BPF_PROG_TYPE_CGROUP_DEVICE:
-            return Answer(error=errno.EINVAL)
+            raise OSError(errno.EINVAL, "not a device program")
         target = _fetch_cgroup(pidfd, parsed.target_fd, fds)
         chain = _ancestors_in_subtree(call, target, fds)
         if chain is None:
-            return _outside(request)
+            _outside(request)
         if policy.replaces_a_program_above(_programs(chain)):
             return _verdict(request, policy.Refused(
                 errno.EPERM, "a cgroup above holds a program with override or exclusive "
@@ -240,7 +243,7 @@ def _attach(call: Call, cmd: int, data: bytes) -> Answer:
             replaced = _fetch(pidfd, parsed.replace_fd, fds)
             if kbpf.prog_type_of(replaced, thread.host_proc_fd) != \
                     kbpf.BPF_PROG_TYPE_CGROUP_DEVICE:
-                return Answer(error=errno.EINVAL)
+                raise OSError(errno.EINVAL, "not a device program")
             sent.append(replaced)
         request.ensure_valid()
         step = "link_create" if cmd == kbpf.BPF_LINK_CREATE else "prog_attach"
@@ -249,10 +252,10 @@ def _attach(call: Call, cmd: int, data: bytes) -> Answer:
         for fd in got:
             fds.callback(os.close, fd)
         if answer["errno"]:
-            return Answer(error=int(answer["errno"]))
+            raise OSError(int(answer["errno"]), "bpf")
         if cmd == kbpf.BPF_LINK_CREATE:
             if not got:
-                raise OSError(errno.EIO, "the actor sent no link")
+                raise SupervisorFault("link", OSError(errno.EIO, "the actor sent no link"))
             return _give_fd(request, got[0])
         return DONE
 
@@ -263,7 +266,7 @@ def _detach(call: Call, parsed: policy.Attach, pidfd: int, fds: contextlib.ExitS
     request, thread = call.request, call.thread
     target = _fetch_cgroup(pidfd, parsed.target_fd, fds)
     if _ancestors_in_subtree(call, target, fds) is None:
-        return _outside(request)
+        _outside(request)
     refusal = policy.detach_refusal(*kbpf.prog_query(target, kbpf.BPF_CGROUP_DEVICE))
     if refusal is not None:
         return _verdict(request, refusal)
@@ -272,21 +275,23 @@ def _detach(call: Call, parsed: policy.Attach, pidfd: int, fds: contextlib.ExitS
     except OSError as err:
         if err.errno != errno.EBADF:
             raise
-        return Answer(error=errno.EINVAL)
+        raise OSError(errno.EINVAL, "no program to detach") from None
     if kbpf.prog_type_of(prog, thread.host_proc_fd) != kbpf.BPF_PROG_TYPE_CGROUP_DEVICE:
-        return Answer(error=errno.EINVAL)
+        raise OSError(errno.EINVAL, "not a device program")
     request.ensure_valid()
     answer, got = actor_for(thread, request).step(
         "bpf", "prog_detach", {"attach_type": kbpf.BPF_CGROUP_DEVICE}, [target, prog])
     for fd in got:
         os.close(fd)
-    return Answer(error=int(answer["errno"])) if answer["errno"] else DONE
+    if answer["errno"]:
+        raise OSError(int(answer["errno"]), "bpf")
+    return DONE
 
 
-def _outside(request: Request) -> Answer:
+def _outside(request: Request) -> NoReturn:
     log.info("%s: pid %d bpf: the cgroup is not in the container's own subtree (EPERM)",
              request.container.name, request.tid)
-    return Answer(error=errno.EPERM)
+    raise OSError(errno.EPERM, "not in the container's subtree")
 
 
 def _fetch(pidfd: int, number: int, fds: contextlib.ExitStack) -> int:

@@ -262,17 +262,19 @@ def _failed(err: OSError) -> tuple[dict[str, Any], list[int]]:
 
 def step_prog_load(args: Mapping[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
     """BPF_PROG_LOAD of ``args["attr"]`` (its pointers ours to fill): the instructions,
-    the license and, if ``log_size``, a log buffer of that size.  Answers the log
-    and ``log_true_size``, and sends the program's fd."""
+    the license and, if ``log_buffer``, a log buffer of ``log_size`` bytes (the
+    size is passed as given either way: the kernel judges the pair).  Answers the
+    log and ``log_true_size``, and sends the program's fd."""
     attr = bpf_prog_load_attr.from_buffer_copy(bytes.fromhex(args["attr"]))
     insns = base64.b64decode(args["insns"])
     insns_buf = ctypes.create_string_buffer(insns, max(len(insns), 1))
     license_buf = ctypes.create_string_buffer(bytes.fromhex(args["license"]))
     log_size = int(args.get("log_size", 0))
+    # Never a size larger than our buffer: the kernel would write past it.
     log_buf = ctypes.create_string_buffer(max(log_size, 1))
     attr.insns = ctypes.addressof(insns_buf)
     attr.license = ctypes.addressof(license_buf)
-    attr.log_buf = ctypes.addressof(log_buf) if log_size else 0
+    attr.log_buf = ctypes.addressof(log_buf) if args.get("log_buffer") else 0
     attr.log_size = log_size
     try:
         prog_fd = bpf(BPF_PROG_LOAD, attr, ctypes.sizeof(attr))

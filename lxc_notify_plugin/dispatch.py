@@ -63,10 +63,11 @@ class Outcome:
 OUTCOMES: Final = ("done", "kernel", "errno", "gone", "fault", "error", "ignored", "unknown")
 
 # Errnos only the daemon's own limits give: a handler's EMFILE or ENFILE comes from
-# one of our opens (no handler gives the caller an fd: no ADDFD), never from the
-# caller's own fd table.  (The one kernel path that gives a caller EMFILE for
-# another reason, a mount when the anonymous device numbers run out, is one
-# we would meet as our own fsconfig's failure: a fault as well.)
+# one of our opens, never from the caller's own fd table (a handler that gives the
+# caller an fd, bpf's ADDFD, answers the caller's EMFILE itself, without raising).
+# (The one kernel path that gives a caller EMFILE for another reason, a mount when
+# the anonymous device numbers run out, is one we would meet as our own fsconfig's
+# failure: a fault as well.)
 DAEMON_ONLY_ERRNOS: Final = frozenset({errno.EMFILE, errno.ENFILE})
 
 

@@ -30,6 +30,10 @@ leaks whatever it forgets.  So every such step happens here, in an *actor*:
   that a call of the program's that the policy traps is answered without
   waiting on the request that started it (LXC's proxy serves one request at
   a time per container).
+* a step a family's kernel bindings declare (``ACTOR_STEPS`` of a module of
+  ``kernel/``: loading a cgroup device program, attaching one) runs here
+  through one generic operation (``Actor.step``): the step is the module's,
+  the context is the actor's, and adding a family adds no operation here.
 
 An actor must not keep a cgroup alive that its owner wants to remove
 (``rmdir`` of a cgroup with a task in it is EBUSY, and LXC does not retry:
@@ -50,9 +54,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import importlib
 import json
 import logging
 import os
+import re
 import resource
 import select
 import signal
@@ -61,7 +67,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -87,6 +93,7 @@ _MISSING = 127  # the shell's "command not found"
 _LSM_REFUSED = 125  # the caller's LSM profile could not be set for the exec
 _PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MESSAGE_MAX = 1 << 16
+_STEP_MODULE = re.compile(r"^[a-z_]+$")  # a module of kernel/, by name
 
 # Errors a step can give a caller; an actor reports only these.
 ALLOWED_ERRNOS = frozenset({
@@ -313,6 +320,19 @@ class Actor:
             raise SupervisorFault(str(answer["step"]),
                                   OSError(int(answer.get("errno", errno.EIO)), "failed"))
         return answer
+
+    def step(self, module: str, step: str, args: dict[str, Any],
+             fds: Sequence[int] = ()) -> tuple[dict[str, Any], list[int]]:
+        """Run ``ACTOR_STEPS[step]`` of ``kernel/<module>.py`` here, with ``args`` and
+        ``fds`` (sent, not given away).  Returns its answer, whose ``errno`` is one of
+        ALLOWED_ERRNOS (0: done), and the fds it sent back (the caller's now)."""
+        answer, got = self._call({"op": "step", "module": module, "step": step,
+                                  "args": args}, fds)
+        code = answer.get("errno")
+        if not isinstance(code, int) or (code and code not in ALLOWED_ERRNOS):
+            _close_all(got)
+            raise ActorFailed(f"{module}.{step}", OSError(errno.EIO, f"actor answered {code}"))
+        return answer, got
 
     # --- the wire ---------------------------------------------------------------------
 
@@ -574,6 +594,33 @@ def _make_mount(message: dict[str, Any], node_fd: int, name: bytes | None,
     finally:
         if fs_fd >= 0:
             os.close(fs_fd)
+
+
+def _do_step(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+    """A step a module of kernel/ declares in ``ACTOR_STEPS``; its errno filtered as
+    every answer's is.  The fds it returns are sent, then closed here."""
+    name, step = str(message.get("module", "")), str(message.get("step", ""))
+    steps: Any = {}
+    if _STEP_MODULE.match(name):
+        try:
+            steps = getattr(importlib.import_module(f"{kernel.__name__}.{name}"),
+                            "ACTOR_STEPS", {})
+        except ImportError:
+            steps = {}
+    action = steps.get(step) if isinstance(steps, Mapping) else None
+    if action is None:
+        _send(sock, {"errno": errno.EIO, "step": f"no step {name}.{step}"})
+        return
+    out: list[int] = []
+    try:
+        answer, out = action(message.get("args", {}), fds)
+        answer["errno"] = _errno_of(OSError(answer["errno"], "")) if answer.get("errno") else 0
+    except OSError as err:
+        answer = {"errno": _errno_of(err)}
+    try:
+        _send(sock, answer, out)
+    finally:
+        _close_all(out)
 
 
 def _do_run(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
@@ -889,6 +936,8 @@ def main(argv: list[str]) -> int:
                     _do_mount(sock, message, fds)
                 elif op == "run":
                     _do_run(sock, message, fds)
+                elif op == "step":
+                    _do_step(sock, message, fds)
                 else:
                     _send(sock, {"errno": errno.EIO})
             finally:

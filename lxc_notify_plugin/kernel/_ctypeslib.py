@@ -195,9 +195,19 @@ class RawSyscall:
         return f"<RawSyscall {self.name} {self._pointer.argtypes}>"
 
 
-def syscall(name: str) -> RawSyscall:
-    """A raw syscall from :data:`SYSCALLS`, with a function pointer of its own."""
-    signature = SYSCALLS[name]
+def syscall(name: str, signature: Signature | None = None) -> RawSyscall:
+    """A raw syscall from :data:`SYSCALLS`, with a function pointer of its own.
+
+    A module of one syscall family's bindings (``kernel/bpf.py``) gives the
+    signatures of its own syscalls here, as data in its own table: adding a
+    family's bindings edits no table shared with the others.  A name in
+    :data:`SYSCALLS` keeps the signature written there."""
+    if name in SYSCALLS:
+        if signature is not None and signature != SYSCALLS[name]:
+            raise ValueError(f"{name}: a signature other than SYSCALLS'")
+        signature = SYSCALLS[name]
+    elif signature is None:
+        raise KeyError(f"{name}: no signature in SYSCALLS and none given")
     pointer = _libc["syscall"]
     _bind(pointer, signature, (c_long, *signature.argtypes), name)
     return RawSyscall(name, pointer)

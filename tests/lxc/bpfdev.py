@@ -21,6 +21,7 @@ BPF_PROG_ATTACH = 8
 BPF_PROG_DETACH = 9
 BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_CGROUP_DEVICE = 6  # enum bpf_attach_type
+BPF_F_ALLOW_OVERRIDE = 1
 BPF_F_ALLOW_MULTI = 2
 DEVCG_DEV_BLOCK = 1
 DEVCG_DEV_CHAR = 2
@@ -86,14 +87,16 @@ def _attach_attr(cgroup_fd: int, prog_fd: int, flags: int) -> bytes:
 
 
 @contextlib.contextmanager
-def attached(cgroup_dir: str, denied: Sequence[tuple[int, int, int]]) -> Iterator[None]:
-    """The program attached (BPF_F_ALLOW_MULTI) to the v2 cgroup ``cgroup_dir``
-    for the block; detached and closed afterwards, whatever happened."""
+def attached(cgroup_dir: str, denied: Sequence[tuple[int, int, int]],
+             flags: int = BPF_F_ALLOW_MULTI) -> Iterator[None]:
+    """The program attached (with ``flags``: BPF_F_ALLOW_MULTI unless told) to the
+    v2 cgroup ``cgroup_dir`` for the block; detached and closed afterwards,
+    whatever happened."""
     prog_fd = load(denied)
     try:
         cgroup_fd = os.open(cgroup_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
-            _bpf(BPF_PROG_ATTACH, _attach_attr(cgroup_fd, prog_fd, BPF_F_ALLOW_MULTI))
+            _bpf(BPF_PROG_ATTACH, _attach_attr(cgroup_fd, prog_fd, flags))
             try:
                 yield
             finally:

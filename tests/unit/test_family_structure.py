@@ -12,7 +12,9 @@ defined only in this file then shows up in all of them with no other edit.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
+import pkgutil
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -31,6 +33,7 @@ from lxc_notify_plugin.policy.effective import ContainerPolicy, notify_rules
 from lxc_notify_plugin.policy.families import Family
 from lxc_notify_plugin.policy.profile import parse_profile, schema
 from lxc_notify_plugin.service import unit
+from tests.unit.conftest import clear_family_caches
 
 SAMPLE = {"bool": "true", "fs-list": "ext4", "fuse-map": "ext4=fuse2fs"}
 
@@ -105,6 +108,25 @@ def test_every_host_view_is_declared_by_a_family_whose_handler_reads_it() -> Non
             assert f"host.{view}" in source, (family.name, view)
 
 
+def test_every_actor_step_a_kernel_module_declares_is_run_by_a_handler() -> None:
+    """A family's kernel bindings bring the steps its handler has an actor run
+    (``ACTOR_STEPS``): the actor has one operation for all of them, and a step
+    no handler asks for is a declaration nothing uses."""
+    handlers_source = "".join(inspect.getsource(sys.modules[entry.handle.__module__])
+                              for entry in registry().values())
+    declared = 0
+    for info in pkgutil.iter_modules(kernel.__path__):
+        module = importlib.import_module(f"{kernel.__name__}.{info.name}")
+        steps = getattr(module, "ACTOR_STEPS", None)
+        if steps is None:
+            continue
+        assert f'.step("{info.name}",' in handlers_source, info.name
+        for name, step in steps.items():
+            declared += 1
+            assert callable(step) and f'"{name}"' in handlers_source, (info.name, name)
+    assert declared
+
+
 # --- a family defined only here ----------------------------------------------------------
 
 DUMMY_POLICY = '''
@@ -156,28 +178,29 @@ def handle(call):
 '''
 
 
-def _clear_caches() -> None:
-    catalog.built.cache_clear()
-    keys.known.cache_clear()
-    registry.cache_clear()
+_STAND_IN = ("lxc_notify_plugin.policy.bpf", "lxc_notify_plugin.handlers.bpf")
 
 
 @pytest.fixture
 def dummy_family(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The family above in place of the real bpf family (every LXD name is built):
+    its two modules come first on the packages' paths, and the real ones leave
+    sys.modules (and their packages) until the test ends."""
     (tmp_path / "policy").mkdir()
     (tmp_path / "handlers").mkdir()
     (tmp_path / "policy" / "bpf.py").write_text(textwrap.dedent(DUMMY_POLICY))
     (tmp_path / "handlers" / "bpf.py").write_text(textwrap.dedent(DUMMY_HANDLER))
-    monkeypatch.setattr(policy, "__path__", [*policy.__path__, str(tmp_path / "policy")])
-    monkeypatch.setattr(handlers, "__path__", [*handlers.__path__, str(tmp_path / "handlers")])
-    _clear_caches()
+    monkeypatch.setattr(policy, "__path__", [str(tmp_path / "policy"), *policy.__path__])
+    monkeypatch.setattr(handlers, "__path__", [str(tmp_path / "handlers"), *handlers.__path__])
+    for package, name in ((policy, _STAND_IN[0]), (handlers, _STAND_IN[1])):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+        monkeypatch.delattr(package, "bpf", raising=False)
+    clear_family_caches()
     try:
         yield
     finally:
-        for name in ("lxc_notify_plugin.policy.bpf", "lxc_notify_plugin.handlers.bpf"):
-            sys.modules.pop(name, None)
         monkeypatch.undo()
-        _clear_caches()
+        clear_family_caches()
 
 
 @pytest.mark.usefixtures("dummy_family")
@@ -205,6 +228,7 @@ def test_a_new_family_shows_up_everywhere_from_its_two_modules_alone() -> None:
 
 
 def test_the_dummy_family_is_gone_again() -> None:
-    assert "bpf" not in catalog.built()
-    with pytest.raises(ConfigError, match="no bpf handler yet"):
-        keys.check_buildable(keys.PREFIX + "bpf", "true", "keys")
+    assert catalog.built()["bpf"].doc != "Emulate bpf (test)"
+    assert sys.modules[_STAND_IN[0]].FAMILY is catalog.built()["bpf"]
+    assert registry()["bpf"].handle is sys.modules[_STAND_IN[1]].handle
+    assert "bpf: loading device programs (test)" not in unit.capabilities().get("CAP_BPF", "")

@@ -1,0 +1,159 @@
+"""The bpf family on stock Debian 12 and 13 (pure cgroup v2), checked in a VM.
+
+There LXC attaches its own device program to the container's cgroup, and
+the container's cgroup2 is what LXC's stock configuration mounts.  One boot
+per image: the daemon runs from this checkout (shared read-only at
+/mnt/src, its requirements from the wheels), a busybox container under
+LXC's generated AppArmor profile and LXC's common.conf (its device rules;
+not userns.conf, which empties them) gets intercept.bpf and bpf.devices, and
+tests/helpers/bpfprobe.c (static, shared at /mnt/helpers) makes the calls.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.vm.conftest import SUMMARY
+from tests.vm.image import SUITES, Image
+from tests.vm.runner import VMResult, run_in_vm, wheels
+
+REPO = Path(__file__).resolve().parents[2]
+
+SCRIPT = r"""
+set -u
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PYTHONPATH=/mnt/src PYTHONDONTWRITEBYTECODE=1
+fact() { printf 'fact %s %s\n' "$1" "$(echo "$2" | tr '\n' ' ' | sed 's/ *$//')"; }
+python3 -m venv --system-site-packages /root/venv >&2 \
+  && /root/venv/bin/pip install -q --no-index --find-links /mnt/wheels \
+       -r /mnt/wheels/requirements.txt >&2
+fact kernel "$(uname -r)"
+N="/root/venv/bin/python -m lxc_notify_plugin --config /root/daemon.toml
+   --socket /run/lxcn/seccomp.sock --state-dir /root/state --profile-dir /root/profiles"
+printf '[audit]\npath = ""\n' > /root/daemon.toml
+$N daemon -v > /root/daemon.log 2>&1 &
+for _ in $(seq 100); do [ -S /run/lxcn/seccomp.sock ] && break; sleep 0.3; done
+fact daemon "$([ -S /run/lxcn/seccomp.sock ] && echo up || echo down)"
+
+for f in /etc/subuid /etc/subgid; do
+  grep -qx 'root:100000:65536' "$f" 2>/dev/null || echo 'root:100000:65536' >> "$f"
+done
+# LXC's common.conf, as the stock templates' configurations include it: its device
+# rules are what LXC turns into a device program on a cgroup v2 host.  Not
+# userns.conf, which empties them for unprivileged containers ("CAP_SYS_ADMIN in
+# init-user-ns is required for cgroup.devices"): LXC then attaches no program.
+fact userns_conf_devices "$(grep -c '^lxc.cgroup2.devices.*= *$' /usr/share/lxc/config/userns.conf)"
+cat > /root/c1.conf <<'EOF'
+lxc.include = /usr/share/lxc/config/common.conf
+lxc.tty.dir =
+lxc.net.0.type = empty
+lxc.apparmor.profile = generated
+lxc.idmap = u 0 100000 65536
+lxc.idmap = g 0 100000 65536
+EOF
+lxc-create -n c1 -t busybox -f /root/c1.conf >&2
+cp /mnt/helpers/bpfprobe /var/lib/lxc/c1/rootfs/bin/bpfprobe
+cat > /var/lib/lxc/c1/rootfs/bin/cg2 <<'EOF'
+#!/bin/sh
+grep ' - cgroup2 ' /proc/self/mountinfo | awk '$4 == "/" {print $5; exit}'
+EOF
+chmod 755 /var/lib/lxc/c1/rootfs/bin/cg2
+$N enable c1 --profile default >&2
+$N config set c1 security.syscalls.intercept.bpf true >&2
+$N config set c1 security.syscalls.intercept.bpf.devices true >&2
+lxc-start -n c1 >&2; lxc-wait -n c1 -s RUNNING -t 60 >&2
+fact state "$(lxc-info -n c1 -sH)"
+c1() { lxc-attach -n c1 --clear-env -- /bin/sh -c "PATH=/bin:/sbin; $1"; }
+pid=$(lxc-info -n c1 -pH)
+v2=$(sed -n 's/^0:://p' /proc/$pid/cgroup)
+fact cgroup "$v2"
+fact lxc_program "$(/root/venv/bin/python -c '
+import os, sys
+from lxc_notify_plugin.kernel import bpf
+fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)
+print(*bpf.prog_query(fd, bpf.BPF_CGROUP_DEVICE))' "/sys/fs/cgroup$v2")"
+cg=$(c1 /bin/cg2)
+fact cgroup2_inside "${cg:-none}"
+fact mkdir "$(c1 "mkdir $cg/t1 && mkdir $cg/t2 && echo ok")"
+fact attach "$(c1 "/bin/bpfprobe load 1 3 attach $cg/t1 2")"
+fact inside "$(c1 "/bin/bpfprobe join $cg/t1 open /dev/null open /dev/zero")"
+fact outside "$(c1 "/bin/bpfprobe open /dev/null")"
+fact override "$(c1 "/bin/bpfprobe load 1 3 attach $cg/t2 1")"
+fact link "$(c1 "/bin/bpfprobe load 1 5 link $cg/t2 join $cg/t2 open /dev/zero")"
+fact non_root "$(lxc-attach -n c1 --clear-env -u 1000 -g 1000 -- /bin/bpfprobe load 1 3)"
+fact other_type "$(c1 "/bin/bpfprobe loadtype 9")"
+fact tracebacks "$(grep -c Traceback /root/daemon.log)"
+grep -E "ERROR|Traceback" -A5 /root/daemon.log >&2
+lxc-stop -n c1 -k >&2
+exit 0
+"""
+
+
+@dataclass(frozen=True)
+class Run:
+    result: VMResult
+    facts: dict[str, str]
+
+    def fact(self, name: str) -> str:
+        assert name in self.facts, (f"the script never reported {name}\n"
+                                    f"stderr:\n{self.result.stderr[-3000:]}")
+        return self.facts[name]
+
+
+@pytest.fixture(scope="module")
+def helpers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("vm-helpers")
+    subprocess.run(["gcc", "-O2", "-static", "-Wall", "-Werror", "-o",
+                    str(directory / "bpfprobe"), str(REPO / "tests/helpers/bpfprobe.c")],
+                   check=True)
+    return directory
+
+
+@pytest.fixture(scope="module", params=sorted(SUITES))
+def run(request: pytest.FixtureRequest, vm_image: Callable[[str], Image], helpers: Path,
+        tmp_path_factory: pytest.TempPathFactory) -> Run:
+    img = vm_image(request.param)
+    result = run_in_vm(img, SCRIPT, tmp_path_factory.mktemp(f"vm-bpf-{request.param}"), 900,
+                       shares={"wheels": wheels(img.suite.python), "src": REPO,
+                               "helpers": helpers})
+    facts = {}
+    for line in result.stdout.splitlines():
+        if line.startswith("fact "):
+            _, name, *value = line.split(" ", 2)
+            facts[name] = value[0] if value else ""
+    SUMMARY.append(f"{request.param} bpf: LXC's device program {facts.get('lxc_program')}, "
+                   f"cgroup2 in the container at {facts.get('cgroup2_inside')}")
+    return Run(result, facts)
+
+
+def test_the_container_runs_supervised(run: Run) -> None:
+    assert run.result.status == 0, run.result.output[-3000:]
+    assert run.fact("daemon") == "up" and run.fact("state") == "RUNNING"
+    assert run.fact("tracebacks") == "0", run.result.stderr[-3000:]
+
+
+def test_lxc_attaches_its_device_program_with_multi_semantics(run: Run) -> None:
+    # With common.conf's rules; userns.conf (2 lines) empties them.
+    assert run.fact("userns_conf_devices") == "2"
+    flags, count = run.fact("lxc_program").split()
+    assert int(flags) == 2 and int(count) >= 1  # BPF_F_ALLOW_MULTI
+
+
+def test_the_container_narrows_its_own_devices_below_lxcs_program(run: Run) -> None:
+    assert run.fact("cgroup2_inside") != "none"
+    assert run.fact("mkdir") == "ok", run.result.stderr[-3000:]
+    assert run.fact("attach") == "ok ok"
+    assert run.fact("inside") == "ok EPERM ok"
+    assert run.fact("outside") == "ok"
+    assert run.fact("link") == "ok ok ok EPERM"
+
+
+def test_what_the_container_may_not(run: Run) -> None:
+    assert run.fact("override") == "ok EPERM"
+    assert run.fact("non_root") == "EPERM"
+    assert run.fact("other_type") == "EPERM"

@@ -18,8 +18,9 @@ from tests.conftest import require_tools
 from tests.lxc.conftest import Container, Daemon, supervised_container
 
 MKNOD_KEY = "security.syscalls.intercept.mknod"
-# A family LXD names that this build has no handler for (derived, never listed).
-UNBUILT = next(family for family in LXD_FAMILIES if family not in built())
+# A family LXD names that this build has no handler for (derived, never listed):
+# none since bpf, so the key's refusal is the unit tier's (its `unbuilt` fixture).
+UNBUILT = next((family for family in LXD_FAMILIES if family not in built()), None)
 
 
 def unique(prefix: str) -> str:
@@ -132,10 +133,12 @@ def test_bad_input_is_one_line_and_changes_nothing(container: Container, daemon:
     cases = [
         (["config", "set", container.name, MKNOD_KEY, "perhaps"], [str(record), MKNOD_KEY,
                                                                   "not a boolean"]),
-        (["config", "set", container.name, f"security.syscalls.intercept.{UNBUILT}", "true"],
-         [f"security.syscalls.intercept.{UNBUILT}", f"no {UNBUILT} handler yet"]),
         (["config", "set", container.name, "security.syscalls.nope", "1"], ["unknown key"]),
     ]
+    if UNBUILT is not None:
+        cases.append((["config", "set", container.name, f"security.syscalls.intercept.{UNBUILT}",
+                       "true"], [f"security.syscalls.intercept.{UNBUILT}",
+                                 f"no {UNBUILT} handler yet"]))
     bad = tmp_path / "bad.toml"
     bad.write_text('[[devices]]\ntype = "c"\nmajor = 5000\nminor = 1\n')
     cases.append((["profile", "check", str(bad)], [str(bad), "devices[0].major", "outside"]))

@@ -32,7 +32,7 @@ import pytest
 
 from lxc_notify_plugin.tools.sandbox import SandboxError, ensure_subordinate_ids
 from tests.conftest import require, require_tools
-from tests.lxc.conftest import Container, Daemon
+from tests.lxc.conftest import PURE_V2, Container, Daemon
 
 SUITE = "bookworm"
 PACKAGES = ("docker.io", "containerd", "runc", "fuse-overlayfs", "fuse3", "iproute2", "tini")
@@ -65,6 +65,16 @@ lxc.init.cmd = /usr/bin/tini -- sleep infinity
 DOCKERD = ("dockerd --storage-driver fuse-overlayfs --bridge none --iptables=false "
            "--ip6tables=false --exec-opt native.cgroupdriver=cgroupfs")
 DOCKERD_LOG = "/var/log/dockerd.log"
+# On a cgroup v2 host (Debian 12 and 13), the container's cgroup is a domain whose
+# processes keep its controllers from being enabled for children (the "no internal
+# processes" rule); as docker's own dind script does, they move to a leaf first, so
+# dockerd's /docker/<id> cgroups get memory, pids and the rest.  LXC then attaches
+# into a leaf of its own (.lxc) as it does for any container whose cgroup has children.
+CGROUP2_LEAF = (
+    "cd /sys/fs/cgroup && mkdir -p init && "
+    "for pid in $(cat cgroup.procs); do echo $pid > init/cgroup.procs 2>/dev/null; done; "
+    "sed -e 's/ / +/g' -e 's/^/+/' cgroup.controllers > cgroup.subtree_control && "
+    "cat cgroup.subtree_control")
 BASE_IMAGE, IMAGE = "lxcn-busybox", "lxcn-whiteout"
 DOCKERFILE = f"""\
 FROM {BASE_IMAGE}
@@ -235,6 +245,10 @@ class DockerHost(Container):
 @pytest.fixture
 def docker_host(daemon: Daemon) -> Iterator[DockerHost]:
     require(Path("/sys/class/misc/fuse").exists(), "FUSE in the host's kernel (/dev/fuse)")
+    # Stock Debian builds tun as a module that nothing has loaded yet: load it, as an
+    # admin would for Docker's networking.
+    if not Path("/sys/class/misc/tun").exists() and shutil.which("modprobe"):
+        subprocess.run(["modprobe", "tun"], capture_output=True, check=False)
     require(Path("/sys/class/misc/tun").exists(), "tun in the host's kernel (/dev/net/tun)")
     require(shutil.which("busybox") is not None, "busybox (busybox-static)")
     tar = rootfs_tar()
@@ -298,6 +312,9 @@ def test_docker_builds_with_fuse_overlayfs_and_passes_our_nodes(
         # A twin unlinked from the store shows as "//deleted" and cannot be bound again.
         assert root is not None and not root.endswith("//deleted"), (node, root)
 
+    if PURE_V2:
+        enabled = host.docker(CGROUP2_LEAF).split()
+        assert "+memory" in enabled or "memory" in enabled, enabled
     host.docker(f"setsid {DOCKERD} >{DOCKERD_LOG} 2>&1 </dev/null &")
     try:
         driver = host.docker(

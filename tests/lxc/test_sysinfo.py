@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -151,7 +153,8 @@ def test_free_and_uptime_commands_show_the_containers_view(limited: Container) -
 def test_free_shows_the_limit_with_lxcfs_and_says_why_not_without(
         daemon: Daemon, nodeprobe: Path) -> None:
     """busybox free takes its totals from sysinfo(2) and cached memory from
-    /proc/meminfo: with lxcfs's meminfo (LXC's 00-lxcfs.conf) the two agree;
+    /proc/meminfo, procps free all from /proc/meminfo: with lxcfs's meminfo (LXC's
+    00-lxcfs.conf) they agree;
     without lxcfs the admin is told, when the key is set and in status."""
     if not lxcfs_running():
         box = Container()
@@ -176,8 +179,28 @@ def test_free_shows_the_limit_with_lxcfs_and_says_why_not_without(
         assert columns["used"] + columns["free"] <= 256, (header, mem)
         meminfo = box.sh("cat /proc/meminfo").splitlines()[0].split()
         assert meminfo[:3] == ["MemTotal:", str(256 * 1024), "kB"], meminfo
+        # procps free reads /proc/meminfo alone (no sysinfo): lxcfs's view, the same limit.
+        free = install_with_libraries(box, "free")
+        header, mem = box.sh(f"{free} -m").splitlines()[:2]
+        columns = dict(zip(header.split(), (int(v) for v in mem.split()[1:]), strict=False))
+        assert columns["total"] == 256, (header, mem)
+        assert columns["used"] + columns["free"] <= 256, (header, mem)
+        assert 0 < columns["available"] <= 256, (header, mem)
     finally:
         box.destroy()
+
+
+def install_with_libraries(box: Container, program: str) -> str:
+    """The host's dynamically linked PROGRAM and every library ``ldd`` names for it,
+    copied into BOX at the same paths (the busybox container has no libc)."""
+    path = shutil.which(program)
+    require(path is not None, f"{program} on the host")
+    assert path is not None
+    listing = subprocess.run(["ldd", path], capture_output=True, text=True, check=True).stdout
+    # "libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" and "/lib64/ld-linux... (0x...)"
+    for name in [path, *re.findall(r"(/\S+) \(0x", listing)]:
+        box.install(os.path.realpath(name), name)
+    return path
 
 
 def test_swap_follows_the_swap_limit(daemon: Daemon, nodeprobe: Path) -> None:

@@ -3,9 +3,11 @@
 One boot per image: the tree (tracked files, and new ones not ignored) is
 copied in as a newcomer's checkout, and the README's commands run there as
 root: ``./demo.sh`` (setup.sh, then the demo) and ``./test.sh`` with the
-handler modules of tests/lxc and the podman test of tests/oci: about 15
-minutes a guest under QEMU's TCG (the unit tier, which needs no kernel of
-its own, and the rest of the host tier run on this host).  The kernel tier
+handler modules of tests/lxc, Docker inside a supervised Debian container
+(test_docker.py, its root filesystem shared in from this host's cache) and the
+podman test of tests/oci: about 17 minutes a guest under QEMU's TCG (the unit
+tier, which needs no kernel of its own, and the rest of the host tier run on
+this host).  The kernel tier
 is left out: its kernel-version fallbacks are written (tests.conftest.
 kernel_has_since) but its mount-identity sessions die in both guests, cause
 not yet found.
@@ -32,6 +34,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.lxc.test_docker import rootfs_tar
 from tests.vm.conftest import SUMMARY
 from tests.vm.image import REPO, SUITES
 from tests.vm.runner import VMResult, run_in_vm, wheels
@@ -39,7 +42,8 @@ from tests.vm.runner import VMResult, run_in_vm, wheels
 # The handler tests of tests/lxc: each handler's real test, as the host tier runs it.
 MODULES = ("tests/lxc/test_mknod.py", "tests/lxc/test_setxattr.py",
            "tests/lxc/test_sysinfo.py", "tests/lxc/test_sched.py", "tests/lxc/test_mount.py",
-           "tests/lxc/test_caller_context.py", "tests/oci/test_podman.py")
+           "tests/lxc/test_caller_context.py", "tests/lxc/test_docker.py",
+           "tests/oci/test_podman.py")
 
 SCRIPT = r"""
 set -u
@@ -47,6 +51,10 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 fact() { printf 'fact %s %s\n' "$1" "$2"; }
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=/mnt/wheels
 cp -a /mnt/src /root/lxc-notify-plugin && cd /root/lxc-notify-plugin
+# Docker's Debian root filesystem, as this host's run of test_docker.py cached it (the
+# guest has no network for debootstrap): read in place from the share.
+mkdir -p /var/cache/lxc-notify-tests
+ln -s /mnt/dockercache/docker-*.tar /var/cache/lxc-notify-tests/
 ./demo.sh > /mnt/share/demo.txt 2>&1
 fact demo $?
 .venv/bin/lxc-notify features > /mnt/share/features.txt 2>&1
@@ -112,9 +120,11 @@ def guest(request: pytest.FixtureRequest, vm_image: object,
     suite = request.param
     img = vm_image(suite)  # type: ignore[operator]
     src = source_tree(tmp_path_factory.mktemp(f"src-{suite}"))
+    docker_rootfs = rootfs_tar()  # made here if this host's tier has not made it yet
     share = tmp_path_factory.mktemp(f"vm-handlers-{suite}")
     result = run_in_vm(img, SCRIPT.replace("@MODULES@", " ".join(MODULES)), share, 3000,
-                       shares={"wheels": wheels(img.suite.python, extras_for_tests()), "src": src},
+                       shares={"wheels": wheels(img.suite.python, extras_for_tests()), "src": src,
+                               "dockercache": docker_rootfs.parent},
                        env={"CI": "true"})
     SUMMARY.append(f"{suite}: handler tests: boot to script {result.boot_seconds:.1f} s, "
                    f"QEMU {result.total_seconds:.1f} s")

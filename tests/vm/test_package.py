@@ -7,7 +7,9 @@ checks what the package set up and makes a busybox container that LXC starts at
 boot (``lxc.start.auto = 1``), supervised through ``lxc-notify enable``; the
 machine powers off.  The second boot is that machine coming up again: the
 container must have been started by lxc.service with the supervisor already
-listening, and be served; then ``lxc-notify service install`` and ``remove``,
+listening, and be served; a call made while the service is stopped starts it
+through the socket and is served, and so are calls across ``systemctl
+restart``; then ``lxc-notify service install`` and ``remove``,
 with and without ``--unit-dir``, under the real systemd.  The first boot also
 installs the tree with pip in a fresh venv (``pip install .``, offline, from
 the tier's wheels) on a machine that has no python3-wheel.
@@ -141,6 +143,27 @@ fact mknod_mem "$(in_c1_mknod mem c 1 1)"
 fact status_c1 "$(lxc-notify status 2>&1 | awk '$1 == "c1" {print $2}')"
 fact listening "$(daemon_lines | grep -c 'listening on /run/lxc-notify/seccomp.sock')"
 daemon_lines | tail -20 >&2
+
+step "a call while the service is stopped, then calls across systemctl restart"
+# Stopped, the socket stays with systemd: the call's datagram waits there and starts
+# the service (socket activation); the caller sees only a slower mknod.
+systemctl stop lxc-notify.service 2>/dev/null
+fact gap_service "$(systemctl is-active lxc-notify.service)"
+fact gap_socket "$(systemctl is-active lxc-notify.socket)"
+fact gap_served "$(in_c1_mknod gap c 1 3)"
+fact gap_service_after "$(systemctl is-active lxc-notify.service)"
+pid_before=$(systemctl show -p MainPID --value lxc-notify.service)
+# Calls one after another while the admin restarts the service, the first answered before.
+( for i in 1 2 3 4 5 6 7 8; do in_c1_mknod across$i c 1 3; done ) > /root/across.out &
+calls=$!
+until [ -s /root/across.out ] || ! kill -0 "$calls" 2>/dev/null; do sleep 0.1; done
+systemctl restart lxc-notify.service; fact restart $?
+wait "$calls"
+cat /root/across.out >&2
+fact across_ok "$(grep -c '^ok character special file 1:3' /root/across.out)"
+fact restart_new_pid "$([ "$(systemctl show -p MainPID --value lxc-notify.service)" != \
+                        "$pid_before" ] && echo yes || echo no)"
+fact after_restart "$(in_c1_mknod after c 1 3)"
 
 step "service install and remove under systemd"
 # Into /etc/systemd/system, over the package's units: the same text, now from /etc.
@@ -280,6 +303,19 @@ def test_after_a_reboot_the_autostarted_container_is_supervised(host: Host) -> N
     assert "Operation not permitted" in second.fact("mknod_mem")
     assert second.fact("status_c1") == "running"
     assert int(second.fact("listening")) >= 1
+
+
+def test_a_call_in_the_gap_and_calls_across_a_restart_are_served(host: Host) -> None:
+    second = host.second
+    err = second.result.stderr[-4000:]
+    assert second.fact("gap_service") == "inactive", err
+    assert second.fact("gap_socket") == "active", err
+    assert second.fact("gap_served") == "ok character special file 1:3", err
+    assert second.fact("gap_service_after") == "active", err
+    assert second.fact("restart") == "0", err
+    assert second.fact("across_ok") == "8", err
+    assert second.fact("restart_new_pid") == "yes", err
+    assert second.fact("after_restart") == "ok character special file 1:3", err
 
 
 def test_service_install_and_remove_under_systemd(host: Host) -> None:

@@ -419,7 +419,9 @@ def loop_device() -> Iterator[str]:
 def open_dir() -> Iterator[Path]:
     """A directory container root (host 100000) may search (pytest's tmp_path is
     root's alone)."""
-    path = Path(tempfile.mkdtemp(prefix="lxcn-kmount-", dir="/tmp"))
+    # Not /tmp: Debian 13 mounts a tmpfs there with nodev, where the kernel refuses a
+    # block node as a mount's source (EACCES) before anything this module compares.
+    path = Path(tempfile.mkdtemp(prefix="lxcn-kmount-", dir="/var/tmp"))
     path.chmod(0o755)
     try:
         yield path
@@ -571,7 +573,8 @@ def test_relative_paths_from_the_cwd_and_under_a_chroot(loop_device: str,
     (root / "mnt").mkdir()
     (open_dir / "link").symlink_to("mnt")
     os.mknod(root / "disk", stat.S_IFBLK | 0o600, os.stat(loop_device).st_rdev)
-    up = b"../../" + loop_device.lstrip("/").encode()  # from open_dir, one level below /tmp
+    # open_dir to the device: up to / first, however deep open_dir is.
+    up = b"../" * (len(open_dir.parts) - 1) + loop_device.lstrip("/").encode()
     steps = [
         mount_call(up, b"mnt", cwd=bytes(open_dir)),
         mount_call(up, b"link", cwd=bytes(open_dir)),
@@ -679,7 +682,7 @@ def test_the_mount_table_names_the_callers_source(loop_device: str, open_dir: Pa
     keeps it (fc->source): what findmnt, df and ``umount SOURCE`` go by."""
     target = open_dir / "mnt"
     target.mkdir()
-    up = b"../../" + loop_device.lstrip("/").encode()
+    up = b"../" * (len(open_dir.parts) - 1) + loop_device.lstrip("/").encode()
     steps = [mount_call(loop_device.encode(), bytes(target)),
              mount_call(up, b"mnt", cwd=bytes(open_dir))]
     sources = []

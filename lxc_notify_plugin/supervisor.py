@@ -24,6 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from . import kernel
+from .admin import daemon, lxc_config
 from .dispatch import Container, Dispatcher, HostViews
 from .errors import ConfigError, DaemonError
 from .host.memory import lxcfs_running
@@ -35,7 +36,6 @@ from .service import config as daemon_config
 from .service.audit import AuditLog
 from .service.config import DaemonConfig
 from .service.metrics import Metrics
-from .start import lxc as lxc_config
 from .state import ContainerRecord, StateStore
 from .transport import lxc as protocol
 from .transport.agent import OciAgent, StatePolicies
@@ -228,7 +228,7 @@ class Supervisor:
             except OSError as err:
                 self.lxc.close()
                 if err.errno == errno.EADDRINUSE:
-                    pid = lxc_config.daemon_pid(self.paths)
+                    pid = daemon.daemon_pid(self.paths)
                     raise DaemonError(f"a supervisor{f' (pid {pid})' if pid else ''} already "
                                       f"listens on {path}: one per host") from None
                 raise DaemonError(f"cannot listen on {path}: {err.strerror or err}") from None

@@ -292,7 +292,7 @@ def cmd_oci_seccomp(args: argparse.Namespace) -> int:
     from .policy import oci_profile
     from .policy.effective import ContainerPolicy
     from .policy.profile import load_profile
-    from .transport.agent import PROFILE_KEY, profile_name_ok
+    from .transport.oci_state import PROFILE_KEY, profile_name_ok
 
     paths = _paths(args)
     if not profile_name_ok(args.profile):

@@ -1,7 +1,7 @@
 """The supervisor: the daemon's life, its containers, and what admins ask of it.
 
 It owns the transports (LXC's proxy socket, ``transport/lxc.py``, and the OCI
-runtimes' seccomp agent socket, ``transport/agent.py``), the
+runtimes' seccomp agent socket, ``transport/oci_agent.py``), the
 one dispatcher they all hand requests to, the registry of containers it
 serves (by the cookie LXC sends), the udev watcher, and the wake pipe that
 signals turn into work on the main thread: stop, reload, status.
@@ -38,8 +38,9 @@ from .service.config import DaemonConfig
 from .service.metrics import Metrics
 from .state import ContainerRecord, StateStore
 from .transport import lxc as protocol
-from .transport.agent import OciAgent, StatePolicies
 from .transport.lxc import LxcProxy
+from .transport.oci_agent import OciAgent
+from .transport.oci_policy import StatePolicies
 
 log = logging.getLogger(__name__)
 

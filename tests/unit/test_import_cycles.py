@@ -64,5 +64,6 @@ def test_no_policy_module_request_or_caller_task_is_on_an_import_cycle() -> None
 
 def test_transports_reach_the_node_store_only_through_the_dispatcher() -> None:
     graph = _graph()
-    for transport in ("lxc_notify_plugin.transport.lxc", "lxc_notify_plugin.transport.agent"):
+    for transport in ("lxc_notify_plugin.transport.lxc", "lxc_notify_plugin.transport.oci_agent",
+                      "lxc_notify_plugin.transport.oci_state"):
         assert "lxc_notify_plugin.handlers.nodes" not in graph[transport]

@@ -37,9 +37,10 @@ from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice, 
 from lxc_notify_plugin.service.config import DaemonConfig
 from lxc_notify_plugin.supervisor import Supervisor
 from lxc_notify_plugin.transport import lxc as protocol
-from lxc_notify_plugin.transport.agent import OciAgent, parse_state
 from lxc_notify_plugin.transport.listener import serve_listener
 from lxc_notify_plugin.transport.lxc import LxcProxy, _Session
+from lxc_notify_plugin.transport.oci_agent import OciAgent
+from lxc_notify_plugin.transport.oci_state import parse_state
 from tests.unit.test_dispatch import (
     CHR,
     COOKIE,

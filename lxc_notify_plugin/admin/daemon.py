@@ -3,7 +3,7 @@
 A command finds the daemon by its socket and pid file, starts one in the
 background when ``start`` needs it, and asks it for its status (SIGUSR1) or a
 reload (SIGHUP), reading the answer it writes beside its socket
-(``supervisor.py``).
+(``service/status.py``).
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from lxc_notify_plugin.host import udev
 from lxc_notify_plugin.host.flaglock import FlagLocker
 from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice, Request
+from lxc_notify_plugin.service import status
 from lxc_notify_plugin.service.config import DaemonConfig
 from lxc_notify_plugin.supervisor import Supervisor
 from lxc_notify_plugin.transport import lxc as protocol
@@ -88,8 +89,6 @@ def test_counts_stay_right_while_status_reads_them(fine_switching: None) -> None
     # whole, the next ones are iterated (where a change of size shows).
     settled = make_container()
     settled.stats.update({"done": 1})
-    status = cast(Supervisor, SimpleNamespace(
-        metrics=SimpleNamespace(latency_quantiles=lambda name: {})))
     current: list[Container] = [make_container()]
     start, finish = threading.Barrier(writers + 1), threading.Barrier(writers + 1)
     stop = threading.Event()
@@ -117,8 +116,8 @@ def test_counts_stay_right_while_status_reads_them(fine_switching: None) -> None
         while not stop.is_set():
             container = current[0]
             try:
-                Supervisor._row(status, "box", "default", "running", True, None,
-                                [settled, container])
+                status.container_row("box", "default", "running", True, None,
+                                     [settled, container], lambda name: {})
                 session = _Session(1)
                 session.container = container
                 session.stats()

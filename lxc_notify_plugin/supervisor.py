@@ -23,7 +23,7 @@ import time
 
 from . import kernel
 from .admin import daemon
-from .dispatch import Container, Dispatcher, HostViews
+from .dispatch import Dispatcher, HostViews, SupervisedContainer
 from .errors import ConfigError, DaemonError
 from .host.udev import HostDeviceIndex, UdevWatcher
 from .paths import Paths, atomic_write
@@ -42,17 +42,17 @@ log = logging.getLogger(__name__)
 
 
 class ContainerRegistry:
-    """cookie -> Container, read from the state directory when a cookie is new."""
+    """cookie -> SupervisedContainer, read from the state directory when a cookie is new."""
 
     def __init__(self, paths: Paths) -> None:
         self._store = StateStore(paths)
         self._paths = paths
-        self._by_cookie: dict[bytes, Container] = {}
+        self._by_cookie: dict[bytes, SupervisedContainer] = {}
         self._lock = threading.Lock()
         self.forgotten: list[str] = []  # names dropped by a rescan, for the metrics to forget
         self._scanned: int | None = None  # the state directory's mtime at the last rescan
 
-    def lookup(self, cookie: bytes) -> Container | None:
+    def lookup(self, cookie: bytes) -> SupervisedContainer | None:
         with self._lock:
             known = self._find(cookie)
             if known is None and self._changed():
@@ -71,11 +71,11 @@ class ContainerRegistry:
         # scan leaves it unchanged, so a directory changed in the last second counts.
         return mtime != self._scanned or time.time_ns() - mtime < 1_000_000_000
 
-    def containers(self) -> list[Container]:
+    def containers(self) -> list[SupervisedContainer]:
         with self._lock:
             return list(self._by_cookie.values())
 
-    def _find(self, cookie: bytes) -> Container | None:
+    def _find(self, cookie: bytes) -> SupervisedContainer | None:
         for candidate, container in self._by_cookie.items():
             if protocol.cookie_matches(candidate, cookie):
                 return container
@@ -120,7 +120,7 @@ class ContainerRegistry:
             except Exception:
                 log.exception("container %s: policy could not be built", record.name)
                 continue
-            self._by_cookie[cookie] = Container(record, policy)
+            self._by_cookie[cookie] = SupervisedContainer(record, policy)
         return records
 
     def reload(self) -> list[str]:

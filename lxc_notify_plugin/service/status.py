@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from ..admin.lxc_config import container_state
-from ..dispatch import Container
+from ..dispatch import SupervisedContainer
 from ..host.memory import lxcfs_running
 from ..kernel import features
 from ..paths import atomic_write
@@ -40,7 +40,7 @@ def write_answer(path: Path, stamp_ns: int, body: Mapping[str, object]) -> None:
 
 
 def container_row(name: str, profile: str, state: str, connected: bool,
-                  intercept: frozenset[str] | None, containers: Iterable[Container],
+                  intercept: frozenset[str] | None, containers: Iterable[SupervisedContainer],
                   latency: Latency) -> dict[str, object]:
     """One row: a container's state and its requests summed over its connections."""
     requests: Counter[str] = Counter()
@@ -51,11 +51,11 @@ def container_row(name: str, profile: str, state: str, connected: bool,
             "requests": dict(requests), "latency_us": dict(latency(name))}
 
 
-def container_rows(records: Iterable[ContainerRecord], served: Iterable[Container],
-                   oci: Iterable[Container], latency: Latency) -> list[dict[str, object]]:
+def container_rows(records: Iterable[ContainerRecord], served: Iterable[SupervisedContainer],
+                   oci: Iterable[SupervisedContainer], latency: Latency) -> list[dict[str, object]]:
     """Every enabled LXC container (``records``, served or not), those still served
     under a record that is gone, then every OCI container the agent serves."""
-    by_name: dict[str, list[Container]] = {}
+    by_name: dict[str, list[SupervisedContainer]] = {}
     for container in served:
         by_name.setdefault(container.name, []).append(container)
     rows = []

@@ -35,7 +35,7 @@ from .oci_state import ProcessState, parse_state, receive_state
 from .threads import start_serving
 
 if TYPE_CHECKING:  # serving a listener needs the dispatcher's types only
-    from ..dispatch import Container, Dispatcher
+    from ..dispatch import Dispatcher, SupervisedContainer
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +49,17 @@ class Keeper(Protocol):
     def release(self, name: str) -> None: ...
 
 
-# state -> the Container to serve it as (with its policy), and why it is served
+# state -> the SupervisedContainer to serve it as (with its policy), and why it is served
 # as a pass-through when its profile or keys cannot be used (None otherwise).
-Resolve = Callable[[ProcessState], "tuple[Container, str | None]"]
+Resolve = Callable[[ProcessState], "tuple[SupervisedContainer, str | None]"]
 
 
 @dataclass
-class _Live:
-    """One OCI container as the agent serves it: shared by all its listeners."""
+class _ContainerListeners:
+    """The listeners the agent serves for one OCI container (a runtime hands over one
+    per ``exec``): the container they share, and how many are served now."""
 
-    container: Container
+    container: SupervisedContainer
     user_ns: str | None  # its twins' store key (handlers/nodes.py), forgotten at the end
     listeners: int = 0
 
@@ -91,7 +92,7 @@ class OciAgent:
         self._stop_r = self._stop_w = -1  # made by bind(): every listener thread polls it
         self._threads: dict[threading.Thread, None] = {}
         self._reading: set[socket.socket] = set()  # connections still sending their state
-        self._live: dict[tuple[str, int], _Live] = {}
+        self._served: dict[tuple[str, int], _ContainerListeners] = {}
         self._lock = threading.Lock()
         self._serial = 0
 
@@ -162,12 +163,12 @@ class OciAgent:
                       None, refused=refused,
                       failed=f"agent: pid {pid}: connection thread failed")
 
-    def containers(self) -> list[Container]:
+    def containers(self) -> list[SupervisedContainer]:
         with self._lock:
-            return [live.container for live in self._live.values()]
+            return [group.container for group in self._served.values()]
 
-    def reload(self, rebuild: Callable[[Container], None]) -> None:
-        """Give each live container a new policy (``rebuild`` swaps it or says why not)."""
+    def reload(self, rebuild: Callable[[SupervisedContainer], None]) -> None:
+        """Give each served container a new policy (``rebuild`` swaps it or says why not)."""
         for container in self.containers():
             rebuild(container)
 
@@ -230,8 +231,8 @@ class OciAgent:
         ``stored`` names it in the keeper when it was given back after a restart;
         a new one is kept there now.  It leaves the keeper only when the container
         is done with it: at a stop it stays, for the next daemon."""
-        live = self._attach(state)
-        container = live.container
+        group = self._attach(state)
+        container = group.container
         why = "broken"
         try:  # from the attach on: whatever fails, the detach follows
             if stored is None and self.keeper is not None:
@@ -243,7 +244,7 @@ class OciAgent:
             why = serve_listener(listener, container, state.init_pid, self.dispatcher,
                                  self._stop_r, self.proc_root)
         finally:
-            self._detach(state, live)
+            self._detach(state, group)
             if stored is not None and self.keeper is not None and why != "stopped":
                 self.keeper.release(stored)
             log.info("%s: listener of pid %d released (%s)", container.name, state.pid,
@@ -288,7 +289,7 @@ class OciAgent:
         except OSError as err:
             log.error("agent: stored listener %s could not be released: %s", name, err)
 
-    def _attach(self, state: ProcessState) -> _Live:
+    def _attach(self, state: ProcessState) -> _ContainerListeners:
         """Count one more listener in its container's entry, made if it has none.
 
         Finding the entry and counting in it are one lock section: between two,
@@ -298,10 +299,10 @@ class OciAgent:
         _detach's), so a detach meanwhile cannot forget them under it."""
         key = (state.container_id, state.init_pid)
         with self._lock:
-            live = self._live.get(key)
-            if live is not None:
-                self._count_in(live, 1)
-                return live
+            group = self._served.get(key)
+            if group is not None:
+                self._count_in(group, 1)
+                return group
         # Resolving reads the profile and the state directory: not under the lock.
         container, passthrough = self.resolve(state)
         if passthrough is not None:
@@ -312,31 +313,31 @@ class OciAgent:
         except OSError:
             user_ns = None  # init already gone: POLLHUP follows
         with self._lock:  # another listener may have made the entry meanwhile
-            live = self._live.setdefault(key, _Live(container, user_ns))
-            self._count_in(live, 1)
-        return live
+            group = self._served.setdefault(key, _ContainerListeners(container, user_ns))
+            self._count_in(group, 1)
+        return group
 
-    def _detach(self, state: ProcessState, live: _Live) -> None:
+    def _detach(self, state: ProcessState, group: _ContainerListeners) -> None:
         with self._lock:
-            self._count_in(live, -1)
-            last = live.listeners == 0
+            self._count_in(group, -1)
+            last = group.listeners == 0
             if last:
-                self._live.pop((state.container_id, state.init_pid), None)
+                self._served.pop((state.container_id, state.init_pid), None)
         if last and self.on_gone is not None:
             try:
-                self.on_gone(live.container.name)
+                self.on_gone(group.container.name)
             except Exception:
-                log.exception("%s: forgetting it failed", live.container.name)
+                log.exception("%s: forgetting it failed", group.container.name)
 
-    def _count_in(self, live: _Live, delta: int) -> None:
+    def _count_in(self, group: _ContainerListeners, delta: int) -> None:
         """One listener more or less in ``live`` (under the agent's lock)."""
         nodes = self.dispatcher.host.nodes
-        live.listeners += delta
-        live.container.add_connection(delta)
-        if live.user_ns is not None:
+        group.listeners += delta
+        group.container.add_connection(delta)
+        if group.user_ns is not None:
             # Each listener holds its twins' names, as each LXC connection does;
             # the last one takes them along.
-            (nodes.hold if delta > 0 else nodes.release)(live.user_ns)
+            (nodes.hold if delta > 0 else nodes.release)(group.user_ns)
 
 
 def _answers(path: Path) -> bool:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from ..dispatch import Container
+from ..dispatch import SupervisedContainer
 from ..errors import ConfigError
 from ..paths import Paths
 from ..policy.effective import ContainerPolicy
@@ -36,12 +36,12 @@ class StatePolicies:
         self.paths = paths
         self.store = StateStore(paths)
 
-    def __call__(self, state: ProcessState) -> tuple[Container, str | None]:
+    def __call__(self, state: ProcessState) -> tuple[SupervisedContainer, str | None]:
         policy, problem = self.policy(state.container_id, state.profile)
         record = ContainerRecord(self.PREFIX + state.container_id, "", state.profile)
-        return Container(record, policy), problem
+        return SupervisedContainer(record, policy), problem
 
-    def rebuild(self, container: Container) -> None:
+    def rebuild(self, container: SupervisedContainer) -> None:
         """Reload: the new policy, or the old one kept when the new one fails."""
         container_id = container.record.name.removeprefix(self.PREFIX)
         policy, problem = self.policy(container_id, container.record.profile)

@@ -27,7 +27,7 @@ import pytest
 from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller import actor as actor_module
 from lxc_notify_plugin.caller.thread import ThreadState
-from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
+from lxc_notify_plugin.dispatch import Call, Dispatcher, Outcome, SupervisedContainer
 from lxc_notify_plugin.errors import SupervisorFault, own_step
 from lxc_notify_plugin.handlers import nodes
 from lxc_notify_plugin.host import udev
@@ -89,7 +89,7 @@ def test_counts_stay_right_while_status_reads_them(fine_switching: None) -> None
     # whole, the next ones are iterated (where a change of size shows).
     settled = make_container()
     settled.stats.update({"done": 1})
-    current: list[Container] = [make_container()]
+    current: list[SupervisedContainer] = [make_container()]
     start, finish = threading.Barrier(writers + 1), threading.Barrier(writers + 1)
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -646,7 +646,7 @@ def test_a_listener_whose_keeping_fails_is_detached_all_the_same(tmp_path: Path)
         os.close(listener)
         os.close(other_end)
     assert agent.containers() == []
-    assert not agent._live
+    assert not agent._served
 
 
 # --- 7, the actor: our own process, and a caller that left while it worked ---------------

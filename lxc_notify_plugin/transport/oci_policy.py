@@ -2,7 +2,7 @@
 
 The agent (``oci_agent.py``) asks this once per container, at its first
 listener, and again at every reload; LXC containers get theirs from the
-record their cookie names (``supervisor.ContainerRegistry``).
+record their cookie names (``container_registry.py``).
 """
 
 from __future__ import annotations

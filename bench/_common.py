@@ -24,8 +24,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from lxc_notify_plugin.admin.daemon import daemon_running, daemon_status  # noqa: E402
 from lxc_notify_plugin.paths import Paths  # noqa: E402
-from lxc_notify_plugin.start.lxc import daemon_running, daemon_status  # noqa: E402
 from lxc_notify_plugin.tools.sandbox import Sandbox  # noqa: E402
 
 NODEPROBE_SOURCE = REPO / "tests" / "helpers" / "nodeprobe.c"

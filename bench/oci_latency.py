@@ -36,7 +36,7 @@ from pathlib import Path
 # _common first: it puts the repository on sys.path for lxc_notify_plugin.
 from _common import REPO, Daemon, build_nodeprobe, wait_for
 
-from lxc_notify_plugin.tools.bundle import CONTAINER_ROOT, Bundle
+from tests.oci.bundle import CONTAINER_ROOT, Bundle
 
 
 def _bench(bundle: Bundle, calls: int, path: str, major: int, minor: int

@@ -11,13 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Final
 
+from .admin import daemon, lxc_config
 from .errors import LxcNotifyError
 from .host.memory import lxcfs_running
 from .kernel import features
 from .paths import Paths
 from .service import config as daemon_config
 from .service.config import DaemonConfig
-from .start import lxc as lxc_config
 
 DEFAULTS = Paths()
 
@@ -94,7 +94,7 @@ def cmd_enable(args: argparse.Namespace) -> int:
     record = lxc_config.enable(args.name, args.profile, paths)
     print(f"{args.name}: interception enabled with profile {record.profile!r}; "
           f"lxc-start -n {args.name} is now supervised")
-    if not lxc_config.daemon_running(paths):
+    if not daemon.daemon_running(paths):
         # LXC then reports the start as a success while the container stays
         # STOPPED ("Failed to connect to seccomp proxy" in its log).
         print(f"lxc-notify: WARNING: no supervisor listens on {paths.socket}: until one "
@@ -179,7 +179,7 @@ LXCFS_ABSENT = ("With sysinfo interception, free and top read their totals from 
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = lxc_config.daemon_status(_paths(args))
+    status = daemon.daemon_status(_paths(args))
     if status is None:
         print("lxc-notify: no running supervisor answered", file=sys.stderr)
         return 1
@@ -229,7 +229,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     removed = lxc_config.prune(paths)
     for name, why in removed:
         print(f"{name}: {why}: state removed")
-    if removed and lxc_config.signal_reload(paths) is None:
+    if removed and daemon.signal_reload(paths) is None:
         print("(no supervisor running: nothing else to tell)")
     if not removed:
         print("nothing to prune")
@@ -272,7 +272,7 @@ def cmd_service(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    refused = lxc_config.signal_reload(_paths(args))
+    refused = daemon.signal_reload(_paths(args))
     if refused is None:
         print("lxc-notify: no running supervisor confirmed a reload", file=sys.stderr)
         return 1
@@ -292,7 +292,7 @@ def cmd_oci_seccomp(args: argparse.Namespace) -> int:
     from .policy import oci_profile
     from .policy.effective import ContainerPolicy
     from .policy.profile import load_profile
-    from .transport.agent import PROFILE_KEY, profile_name_ok
+    from .transport.oci_state import PROFILE_KEY, profile_name_ok
 
     paths = _paths(args)
     if not profile_name_ok(args.profile):

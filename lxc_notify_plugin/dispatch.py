@@ -24,10 +24,10 @@ from . import kernel
 from .caller.thread import ThreadState
 from .errors import RequestGone, SupervisorFault, ThreadIdentityLost, own_step
 from .handlers import Registered, registry
-from .handlers.call import Call, Container, HostViews
+from .handlers.call import Call, HostViews, SupervisedContainer
 from .request import KERNEL_DECIDES, Answer, Notice, Request
 
-__all__ = ["OUTCOMES", "Call", "Container", "Dispatcher", "HostViews", "Outcome",
+__all__ = ["OUTCOMES", "Call", "Dispatcher", "HostViews", "Outcome", "SupervisedContainer",
            "thread_state"]
 
 if TYPE_CHECKING:
@@ -91,7 +91,8 @@ class Dispatcher:
         self.syscalls = {key: (syscall, by_syscall[syscall]) for key, syscall in
                          kernel.syscall_numbers(tuple(by_syscall)).items()}
 
-    def serve_listener(self, listener_fd: int, container: Container, init_pid: int) -> None:
+    def serve_listener(self, listener_fd: int, container: SupervisedContainer,
+                       init_pid: int) -> None:
         with self._side_lock:
             if self._side is None:
                 # Imported here: the transports import this module.
@@ -108,7 +109,7 @@ class Dispatcher:
             side.close()
         self.host.flag_locks.close()
 
-    def answer(self, container: Container, notice: Notice, thread: ThreadState,
+    def answer(self, container: SupervisedContainer, notice: Notice, thread: ThreadState,
                init_pid: int, listener_fd: int, proc_fd: int = -1) -> Answer:
         """The answer to one notification.  Never raises.
 
@@ -172,7 +173,8 @@ class Dispatcher:
                      request.details if request is not None else {})
         return answer
 
-    def refuse(self, container: Container, notice: Notice, fault: SupervisorFault) -> Answer:
+    def refuse(self, container: SupervisedContainer, notice: Notice,
+               fault: SupervisorFault) -> Answer:
         """The answer to a notification the transport cannot hand to ``answer``
         (its thread has no ThreadState: ``thread_state`` said why): logged,
         counted and seen by the hooks as any other supervisor fault.  Never raises."""
@@ -186,14 +188,14 @@ class Dispatcher:
         return answer
 
     @staticmethod
-    def _fault(container: Container, notice: Notice, syscall: str,
+    def _fault(container: SupervisedContainer, notice: Notice, syscall: str,
                fault: SupervisorFault) -> Answer:
         code = fault_errno(fault)
         log.error("%s: pid %d %s: %s (caller gets %s)", container.name, notice.tid,
                   syscall or notice.nr, fault, errno.errorcode.get(code, code))
         return Answer(error=code)
 
-    def _finish(self, container: Container, notice: Notice, syscall: str, outcome: str,
+    def _finish(self, container: SupervisedContainer, notice: Notice, syscall: str, outcome: str,
                 answer: Answer, started: int, details: dict[str, object]) -> None:
         """Count one answered request and tell the hooks."""
         container.count(outcome)

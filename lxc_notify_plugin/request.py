@@ -63,8 +63,13 @@ class IdMap:
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerView:
-    """What stays true about a running container: read once per init pid."""
+class ContainerUserns:
+    """A running container's user namespace as its init shows it: the namespace's
+    identity and id maps, with the container's name and init pid.
+
+    Read once per init pid and never changed (a namespace's maps are written
+    once); what the daemon keeps and changes for a container is
+    ``handlers/call.py``'s ``SupervisedContainer``."""
 
     name: str
     init_pid: int
@@ -73,7 +78,7 @@ class ContainerView:
     gid_map: IdMap
 
     @classmethod
-    def read(cls, name: str, init_pid: int, proc_root: str = "/proc") -> ContainerView:
+    def read(cls, name: str, init_pid: int, proc_root: str = "/proc") -> ContainerUserns:
         base = f"{proc_root}/{init_pid}"
         try:
             user_ns = os.readlink(f"{base}/ns/user")
@@ -129,7 +134,7 @@ class Request:
     __slots__ = ("container", "notice", "syscall", "listener_fd", "details", "keeps_details",
                  "_proc_fd", "_proc_root", "_owns_proc_fd")
 
-    def __init__(self, container: ContainerView, notice: Notice, syscall: str,
+    def __init__(self, container: ContainerUserns, notice: Notice, syscall: str,
                  listener_fd: int, proc_fd: int = -1, proc_root: str | int = "/proc",
                  keeps_details: bool = True) -> None:
         self.container = container

@@ -31,6 +31,12 @@ def check_container_name(name: str) -> str:
 
 @dataclass(frozen=True)
 class ContainerRecord:
+    """A container's persisted record, ``STATE/containers/NAME.json``: what `lxc-notify
+    enable` (or `config`) wrote for it, read by the daemon to build its policy.
+
+    An OCI container is named by one too (``transport/oci_policy.py``), never
+    written: the runtime's id and the profile its state names, with no cookie."""
+
     name: str
     cookie: str
     profile: str

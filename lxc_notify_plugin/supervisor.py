@@ -1,167 +1,43 @@
 """The supervisor: the daemon's life, its containers, and what admins ask of it.
 
 It owns the transports (LXC's proxy socket, ``transport/lxc.py``, and the OCI
-runtimes' seccomp agent socket, ``transport/agent.py``), the
-one dispatcher they all hand requests to, the registry of containers it
-serves (by the cookie LXC sends), the udev watcher, and the wake pipe that
-signals turn into work on the main thread: stop, reload, status.
+runtimes' seccomp agent socket, ``transport/oci_agent.py``), the one
+dispatcher they all hand requests to, the registry of LXC containers it
+serves (``container_registry``: by the cookie LXC sends), the udev watcher,
+and the wake pipe that signals turn into work on the main thread: stop,
+reload, status.  What that work is lives in ``service/``: daemon.toml applied
+again (``config_reload``), the status document and the answer files
+(``status``), and systemd's side (``activation``: its sockets, its fd store,
+sd_notify).
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
 import errno
-import json
 import logging
 import os
 import select
 import socket
-import threading
 import time
-from collections import Counter
-from dataclasses import replace
-from pathlib import Path
 
 from . import kernel
-from .dispatch import Container, Dispatcher, HostViews
-from .errors import ConfigError, DaemonError
-from .host.memory import lxcfs_running
+from .admin import daemon
+from .container_registry import ContainerRegistry
+from .dispatch import Dispatcher, HostViews
+from .errors import DaemonError
 from .host.udev import HostDeviceIndex, UdevWatcher
-from .kernel import features
-from .paths import Paths, atomic_write
-from .service import activation
-from .service import config as daemon_config
+from .paths import atomic_write
+from .service import activation, status
 from .service.audit import AuditLog
 from .service.config import DaemonConfig
+from .service.config_reload import ConfigReload
 from .service.metrics import Metrics
-from .start import lxc as lxc_config
-from .state import ContainerRecord, StateStore
-from .transport import lxc as protocol
-from .transport.agent import OciAgent, StatePolicies
 from .transport.lxc import LxcProxy
+from .transport.oci_agent import OciAgent
+from .transport.oci_policy import StatePolicies
 
 log = logging.getLogger(__name__)
-
-
-class ContainerRegistry:
-    """cookie -> Container, read from the state directory when a cookie is new."""
-
-    def __init__(self, paths: Paths) -> None:
-        self._store = StateStore(paths)
-        self._paths = paths
-        self._by_cookie: dict[bytes, Container] = {}
-        self._lock = threading.Lock()
-        self.forgotten: list[str] = []  # names dropped by a rescan, for the metrics to forget
-        self._scanned: int | None = None  # the state directory's mtime at the last rescan
-
-    def lookup(self, cookie: bytes) -> Container | None:
-        with self._lock:
-            known = self._find(cookie)
-            if known is None and self._changed():
-                # Only if a record was written since: a peer sending unknown cookies
-                # must not make every lookup read the whole directory.
-                self._rescan()
-                known = self._find(cookie)
-            return known
-
-    def _changed(self) -> bool:
-        try:
-            mtime = os.stat(self._paths.containers_dir).st_mtime_ns
-        except OSError:
-            return True
-        # mtime moves in clock ticks: a record renamed in during the tick of the last
-        # scan leaves it unchanged, so a directory changed in the last second counts.
-        return mtime != self._scanned or time.time_ns() - mtime < 1_000_000_000
-
-    def containers(self) -> list[Container]:
-        with self._lock:
-            return list(self._by_cookie.values())
-
-    def _find(self, cookie: bytes) -> Container | None:
-        for candidate, container in self._by_cookie.items():
-            if protocol.cookie_matches(candidate, cookie):
-                return container
-        return None
-
-    def refresh(self) -> list[ContainerRecord]:
-        """Re-read the state directory: serve new records, forget records that are
-        gone (disabled, pruned) once nothing is connected for them; every record read."""
-        with self._lock:
-            return self._rescan()
-
-    def _rescan(self) -> list[ContainerRecord]:
-        try:
-            self._scanned = os.stat(self._paths.containers_dir).st_mtime_ns
-        except OSError:
-            self._scanned = None
-        try:
-            records, errors = self._store.all()
-        except OSError as err:
-            log.error("cannot read container state: %s", err)
-            return []
-        for error in errors:
-            log.error("container state refused: %s", error)
-        current = {record.cookie.encode() for record in records}
-        names = {record.name for record in records}
-        for cookie, container in list(self._by_cookie.items()):
-            # A container still connected keeps the cookie it started with.
-            if cookie not in current and container.connections <= 0:
-                del self._by_cookie[cookie]
-                if container.name not in names:  # re-enabled: its series go on
-                    self.forgotten.append(container.name)
-        for record in records:
-            cookie = record.cookie.encode()
-            if cookie in self._by_cookie:
-                continue
-            try:
-                policy = self._store.policy(record)
-            except ConfigError as err:
-                log.error("container %s: policy refused, its calls get ENOSYS: %s",
-                          record.name, err)
-                continue
-            except Exception:
-                log.exception("container %s: policy could not be built", record.name)
-                continue
-            self._by_cookie[cookie] = Container(record, policy)
-        return records
-
-    def reload(self) -> list[str]:
-        """Re-read every known container's record and profiles.
-
-        All or nothing per container: a record or profile that fails any
-        check leaves that container on the policy it had, and says why.
-        Swapping ``container.policy`` is one reference assignment and a request
-        reads it once, so it runs under the old policy or the new, never a mix.
-        """
-        with self._lock:
-            containers = list(self._by_cookie.values())
-        changed = 0
-        refused: list[str] = []
-        for container in containers:
-            name = container.record.name
-            try:
-                record = self._store.get(name)
-                if record is None or record.cookie != container.record.cookie:
-                    continue  # disabled or re-enabled: it keeps its policy until it stops
-                policy = self._store.policy(record)
-            except (OSError, ConfigError) as err:
-                log.error("container %s: reload refused, old policy kept: %s", name, err)
-                refused.append(name)
-                continue
-            except Exception:
-                log.exception("container %s: reload failed, old policy kept", name)
-                refused.append(name)
-                continue
-            if policy.intercept != container.policy.intercept:
-                log.warning("container %s: intercepted calls changed (%s -> %s): the "
-                            "container's filter changes at its next start", name,
-                            ",".join(sorted(container.policy.intercept)) or "none",
-                            ",".join(sorted(policy.intercept)) or "none")
-            container.policy = policy
-            changed += 1
-        log.info("reloaded: %d of %d containers have a new policy", changed, len(containers))
-        return refused
 
 
 class Supervisor:
@@ -169,8 +45,7 @@ class Supervisor:
                  registry: ContainerRegistry | None = None, proc_root: str = "/proc",
                  log_level_given: bool = False) -> None:
         self.config = config or DaemonConfig()
-        self._log_level_given = log_level_given  # on the command line: a reload keeps it
-        self._started_file = self._file_as_started()
+        self._config_reload = ConfigReload(self.config, log_level_given)
         paths = self.paths = self.config.paths
         self.registry = registry or ContainerRegistry(paths)
         self.proc_root = proc_root
@@ -198,16 +73,6 @@ class Supervisor:
         self._bound = False
         self._started = time.time()
 
-    def _file_as_started(self) -> DaemonConfig:
-        """daemon.toml as it is now, without the command line's overrides: what a
-        reload compares with to say what waits for a restart."""
-        if self.config.file is None:
-            return DaemonConfig()
-        try:
-            return daemon_config.load(Path(self.config.file))
-        except (ConfigError, RecursionError):
-            return self.config
-
     def _audit_dropped(self) -> int:
         return self.audit.dropped if self.audit is not None else 0
 
@@ -228,7 +93,7 @@ class Supervisor:
             except OSError as err:
                 self.lxc.close()
                 if err.errno == errno.EADDRINUSE:
-                    pid = lxc_config.daemon_pid(self.paths)
+                    pid = daemon.daemon_pid(self.paths)
                     raise DaemonError(f"a supervisor{f' (pid {pid})' if pid else ''} already "
                                       f"listens on {path}: one per host") from None
                 raise DaemonError(f"cannot listen on {path}: {err.strerror or err}") from None
@@ -280,7 +145,7 @@ class Supervisor:
         except OSError as err:
             log.error("cannot keep OCI listeners across restarts: %s", err)
             return
-        store = activation.FdStore(directory, lambda state, fds: sd_notify(state, fds))
+        store = activation.FdStore(directory, activation.sd_notify)
         for orphan in directory.glob(f"{activation.STORED_PREFIX}*.json"):
             if orphan.stem not in stored:  # its fd did not come back: nothing to serve
                 orphan.unlink(missing_ok=True)
@@ -299,7 +164,7 @@ class Supervisor:
         try:
             self._udev.start()
             self.registry.refresh()  # status shows enabled containers before their first call
-            sd_notify("READY=1")
+            activation.sd_notify("READY=1")
             while True:
                 ready = {fd for fd, _ in poller.poll()}
                 if self._wake_r in ready:
@@ -324,7 +189,7 @@ class Supervisor:
                 if self.lxc.fileno() in ready:
                     self.lxc.accept()
         finally:
-            sd_notify("STOPPING=1")
+            activation.sd_notify("STOPPING=1")
             # Each transport stops taking requests, answers what it holds, and waits
             # for its threads: no caller is left to LXC's 30 s timeout.  Each step
             # runs whatever the one before did: a failure in one must not leave the
@@ -344,10 +209,11 @@ class Supervisor:
 
     def _reload(self) -> None:
         started = time.monotonic_ns()
-        sd_notify("RELOADING=1")
+        activation.sd_notify("RELOADING=1")
         refused: list[str] = []
         try:
-            refused += self._reload_config()
+            self.config, refused = self._config_reload.apply(self.config, self.audit,
+                                                              self.metrics)
             refused += self.registry.reload()
             self.registry.refresh()
             self._forget_gone()
@@ -356,68 +222,22 @@ class Supervisor:
             log.exception("reload failed; every container keeps its policy")
             refused = ["*"]
         self._reloads += 1
-        sd_notify("READY=1")
-        self._answer_admin(self.paths.reload_file, started,
-                           {"reloads": self._reloads, "refused": refused})
-
-    def _reload_config(self) -> list[str]:
-        """daemon.toml again: what can change live changes, the rest waits for a restart."""
-        if self.config.file is None and not daemon_config.DEFAULT_FILE.exists():
-            return []
-        file = Path(self.config.file) if self.config.file else None
-        try:
-            new = daemon_config.load(file)
-        except (ConfigError, RecursionError) as err:
-            log.error("daemon configuration refused, the old one is kept: %s", err)
-            return [str(file or daemon_config.DEFAULT_FILE)]
-        # Compared with the file as it was at start (the command line's overrides
-        # are not the file's): said at every reload until a restart applies it.
-        waiting = self._started_file.restart_needed(new)
-        audit_on = new.audit.path is not None and new.audit.max_bytes > 0
-        if audit_on != (self.audit is not None):
-            waiting.append("audit.max_bytes/path (the audit log on or off)")
-        for key in waiting:
-            log.warning("daemon configuration: %s changed; it applies at the next start", key)
-        level = self.config.log_level if self._log_level_given else new.log_level
-        logging.getLogger().setLevel(daemon_config.LOG_LEVELS[level])
-        audit = self.config.audit
-        if self.audit is not None and audit_on:
-            audit = replace(audit, max_bytes=new.audit.max_bytes, backups=new.audit.backups)
-            self.audit.max_bytes, self.audit.backups = audit.max_bytes, audit.backups
-        self.metrics.interval = new.metrics.interval
-        self.config = replace(self.config, log_level=level, audit=audit,
-                              metrics=replace(self.config.metrics,
-                                              interval=new.metrics.interval))
-        return []
+        activation.sd_notify("READY=1")
+        status.write_answer(self.paths.reload_file, started,
+                            {"reloads": self._reloads, "refused": refused})
 
     def _forget_gone(self) -> None:
         while self.registry.forgotten:
             self.metrics.forget(self.registry.forgotten.pop())
 
     def _write_status(self) -> None:
-        """What an admin sees with `lxc-notify status`: one row per container, every
-        enabled one included, with its state and its latency from the metrics."""
+        """What an admin sees with `lxc-notify status` (service/status.py): the daemon's
+        own state, then one row per container, every enabled one included."""
         records = self.registry.refresh()
         self._forget_gone()
-        served: dict[str, list[Container]] = {}
-        for container in self.registry.containers():
-            served.setdefault(container.name, []).append(container)
-        rows = []
-        for record in records:
-            containers = served.pop(record.name, [])
-            connected = any(c.connections > 0 for c in containers)
-            current = [c for c in containers if c.record.cookie == record.cookie]
-            rows.append(self._row(record.name, record.profile,
-                                  lxc_config.container_state(record, connected),
-                                  connected, current[0].policy.intercept if current else None,
-                                  containers))
-        for name, containers in served.items():  # disabled, still running with the old cookie
-            rows.append(self._row(name, containers[0].record.profile, "disabled (running)",
-                                  True, containers[0].policy.intercept, containers))
-        for container in self.agent.containers():
-            rows.append(self._row(container.name, container.record.profile, "oci", True,
-                                  container.policy.intercept, [container]))
-        self._answer_admin(self.paths.status_file, time.monotonic_ns(), {
+        rows = status.container_rows(records, self.registry.containers(),
+                                     self.agent.containers(), self.metrics.latency_quantiles)
+        status.write_answer(self.paths.status_file, time.monotonic_ns(), {
             "pid": os.getpid(), "reloads": self._reloads, "since": self._started,
             "udev": {"running": self._udev.running, "devices": len(self.host_devices)},
             "audit": {"path": str(self.config.audit.path) if self.audit else None,
@@ -425,28 +245,8 @@ class Supervisor:
                       "dropped": self._audit_dropped()},
             "metrics": str(self.config.metrics.path) if self.config.metrics.path else None,
             "containers": rows,
-            "host": {"release": os.uname().release, "features": features.report(),
-                     "lxcfs": lxcfs_running(self.proc_root)},
+            "host": status.host_report(self.proc_root),
         })
-
-    def _row(self, name: str, profile: str, state: str, connected: bool,
-             intercept: frozenset[str] | None, containers: list[Container]) -> dict[str, object]:
-        requests: Counter[str] = Counter()
-        for container in containers:
-            requests.update(container.counts())  # a copy: their threads count on
-        return {"name": name, "profile": profile, "state": state, "connected": connected,
-                "intercept": sorted(intercept) if intercept is not None else None,
-                "requests": dict(requests), "latency_us": self.metrics.latency_quantiles(name)}
-
-    def _answer_admin(self, path: Path, stamp_ns: int, body: dict[str, object]) -> None:
-        """Answer a signal from `lxc-notify`: JSON beside the socket, stamped with
-        CLOCK_MONOTONIC (one clock for every process of a boot) when the work
-        began, so the command can tell this answer from an older one."""
-        try:
-            atomic_write(path, json.dumps({"stamp_ns": stamp_ns, **body}, indent=1) + "\n",
-                         mode=0o600)
-        except OSError as err:
-            log.error("cannot answer in %s: %s", path, err)
 
     def request_status(self) -> None:
         """Ask serve() to write its status (signal-safe: SIGUSR1)."""
@@ -464,23 +264,3 @@ class Supervisor:
         with contextlib.suppress(OSError):  # already stopping: the pipe may be closed
             os.write(self._wake_w, b"x")
 
-
-def sd_notify(state: str, fds: list[int] | None = None) -> bool:
-    """Tell systemd (Type=notify) where the daemon is, or hand it fds to keep
-    (FDSTORE=1); False outside systemd or if the message could not be sent.
-
-    The protocol is one datagram on $NOTIFY_SOCKET (sd_notify(3)), fds attached
-    with SCM_RIGHTS; an abstract socket is named with a leading '@'."""
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address or address[0] not in "/@":
-        return False
-    if address[0] == "@":
-        address = "\0" + address[1:]
-    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-            sock.sendmsg([state.encode()], ancillary, 0, address)
-    except OSError as err:
-        log.debug("sd_notify %r: %s", state.split("\n", 1)[0], err)
-        return False
-    return True

@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 
 from .. import kernel
-from ..request import ContainerView, Request
+from ..request import ContainerUserns, Request
 
 # Capabilities whose effect on an inode depends on its owner and group being
 # mapped into the caller's user namespace (capable_wrt_inode_uidgid).
@@ -39,7 +39,7 @@ class CallerCreds:
     def has_cap(self, cap: int) -> bool:
         return bool(self.cap_effective >> cap & 1)
 
-    def caps_over(self, view: ContainerView, uid: int, gid: int) -> int:
+    def caps_over(self, view: ContainerUserns, uid: int, gid: int) -> int:
         """The caller's effective capabilities as they apply to an inode owned by
         ``uid:gid``: the inode capabilities only when both are mapped into its
         namespace, as capable_wrt_inode_uidgid() decides."""

@@ -47,7 +47,7 @@ from typing import Protocol, TypeVar
 
 from .. import kernel
 from ..errors import SupervisorFault, ThreadIdentityLost
-from ..request import ContainerView, Request
+from ..request import ContainerUserns, Request
 from .task import INODE_CAPS, CallerCreds, TaskFile
 from .userns import UsernsHelper
 
@@ -91,7 +91,7 @@ class ThreadState:
         self.in_scope = False
         self.broken = False  # its identity could not be restored: it must serve no more
         self._caps_sets: dict[int, kernel.ThreadCaps] = {}
-        self._view: ContainerView | None = None
+        self._view: ContainerUserns | None = None
         self.helpers: dict[str, UsernsHelper] = {}  # by container user namespace
 
     def resource(self, key: str, make: Callable[[], R]) -> R:
@@ -118,16 +118,16 @@ class ThreadState:
                 setattr(self, name, -1)
 
     @property
-    def cached_view(self) -> ContainerView | None:
+    def cached_view(self) -> ContainerUserns | None:
         return self._view
 
-    def view(self, name: str, init_pid: int) -> ContainerView:
+    def view(self, name: str, init_pid: int) -> ContainerUserns:
         """The container's view, read again only when its init changes."""
         if self._view is None or self._view.init_pid != init_pid or self._view.name != name:
-            self._view = ContainerView.read(name, init_pid, self.proc_root)
+            self._view = ContainerUserns.read(name, init_pid, self.proc_root)
         return self._view
 
-    def userns_helper(self, view: ContainerView) -> UsernsHelper:
+    def userns_helper(self, view: ContainerUserns) -> UsernsHelper:
         """The helper in ``view``'s user namespace, spawned on first use."""
         assert not self.in_scope, "the helper is never spawned under a caller's root"
         helper = self.helpers.get(view.user_ns)

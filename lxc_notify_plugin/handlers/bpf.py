@@ -140,9 +140,9 @@ def _load(call: Call, data: bytes) -> Answer:
         "attr": parsed.for_actor().hex(), "insns": base64.b64encode(insns).decode(),
         "license": license_text.hex(), "log_size": parsed.log_size,
         "log_buffer": bool(attr.log_buf)})
-    with OwnedFd(got[0] if got else -1) as prog:
-        for extra in got[1:]:
-            os.close(extra)
+    with OwnedFd(got[0] if got else -1) as prog, contextlib.ExitStack() as extras:
+        for extra in got[1:]:  # more than the one program: not ours to keep
+            extras.enter_context(OwnedFd(extra))
         written = _write_log(request, attr, data, answer)
         if written:
             raise OSError(written, "the verifier's log")
@@ -281,8 +281,9 @@ def _detach(call: Call, parsed: policy.Attach, pidfd: int, fds: contextlib.ExitS
     request.ensure_valid()
     answer, got = actor_for(thread, request).step(
         "bpf", "prog_detach", {"attach_type": kbpf.BPF_CGROUP_DEVICE}, [target, prog])
-    for fd in got:
-        os.close(fd)
+    with contextlib.ExitStack() as unwanted:  # a detach hands back no fd to keep
+        for fd in got:
+            unwanted.enter_context(OwnedFd(fd))
     if answer["errno"]:
         raise OSError(int(answer["errno"]), "bpf")
     return DONE
@@ -334,14 +335,12 @@ def _subtree_root(call: Call, fds: contextlib.ExitStack) -> int | None:
         errors="surrogateescape"))
     if mount is None:
         return None
-    top = os.open(mount, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        root = kernel.openat2(top, os.fsencode(path.lstrip("/")), _DIR,
-                              kernel.RESOLVE_BENEATH | _UP)
-    except FileNotFoundError:
-        return None  # the container's cgroup went away meanwhile
-    finally:
-        os.close(top)
+    with OwnedFd(os.open(mount, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)) as top:
+        try:
+            root = kernel.openat2(top.fd, os.fsencode(path.lstrip("/")), _DIR,
+                                  kernel.RESOLVE_BENEATH | _UP)
+        except FileNotFoundError:
+            return None  # the container's cgroup went away meanwhile
     fds.callback(os.close, root)
     return root
 

@@ -3,7 +3,8 @@
 Handlers import these from here, never from the dispatcher (which imports
 the handlers): ``Call`` for one request, ``HostViews`` for what the host
 knows (each field is a view some family declares in ``Family.host_views``),
-and ``Container``, the daemon's state for one container it serves.
+and ``SupervisedContainer``, the daemon's live state for one container it serves
+(its record, its current policy, its counters and connections).
 """
 
 from __future__ import annotations
@@ -27,8 +28,11 @@ from .nodes import NodeStore
 
 
 @dataclass
-class Container:
-    """A container the daemon serves: its record and the policy compiled from it.
+class SupervisedContainer:
+    """A container the daemon serves, live: its record (``state.ContainerRecord``, what
+    an admin enabled) and the policy compiled from it, with what its serving threads
+    count.  One per cookie (LXC) or per runtime container (OCI); what the kernel
+    says of the running container itself is ``request.ContainerUserns``.
 
     ``policy`` is swapped whole on reload; a request reads it once.
 
@@ -81,7 +85,8 @@ class HostViews:
 class ListenerServer(Protocol):
     """The dispatcher as a handler may use it: serving a started program's listener."""
 
-    def serve_listener(self, listener_fd: int, container: Container, init_pid: int) -> None: ...
+    def serve_listener(self, listener_fd: int, container: SupervisedContainer,
+                       init_pid: int) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +97,7 @@ class Call:
     policy: ContainerPolicy
     thread: ThreadState
     host: HostViews
-    container: Container | None = None
+    container: SupervisedContainer | None = None
     dispatcher: ListenerServer | None = None
 
     def serve_listener(self, listener_fd: int) -> None:

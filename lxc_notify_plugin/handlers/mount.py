@@ -51,6 +51,7 @@ from ..caller.thread import AT_FDCWD, ThreadState
 from ..errors import SupervisorFault
 from ..host.shift import Shifter, ShiftUnsupported
 from ..kernel import features
+from ..kernel.fd import OwnedFd
 from ..policy.mount import (
     EMULATE,
     FAMILY,
@@ -77,6 +78,7 @@ _ATIME_ATTRS = kernel.MOUNT_ATTR__ATIME | kernel.MOUNT_ATTR_NODIRATIME
 _FSCONFIG_MAX = 256  # fsconfig() takes no key or value this long (strndup_user)
 _SOURCE_FLAGS = os.O_PATH | os.O_CLOEXEC
 _TARGET_FLAGS = os.O_PATH | os.O_CLOEXEC
+_DIR_PATH = os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC  # a directory held, never read
 
 
 def handle(call: Call) -> Answer:
@@ -132,8 +134,7 @@ def _mount(call: Call) -> Answer:
     request.ensure_valid()
     kind, program = decided
     actor = actor_for(thread, request) if kind == EMULATE else None
-    target_fd = _open_target(call, creds, target)
-    try:
+    with OwnedFd(_open_target(call, creds, target)) as target_fd:
         source, options = _check_arguments(fs_type, flags, source, data,
                                            parse=kind == EMULATE)
         forced = forced_flags(policy.of(FAMILY))
@@ -141,9 +142,7 @@ def _mount(call: Call) -> Answer:
             return _redirect(call, creds, program, fs_type, source, target, flags | forced,
                              options)
         return _emulate(call, creds, actor, fs_type, flags, forced, source, options,
-                        target_fd)
-    finally:
-        os.close(target_fd)
+                        target_fd.fd)
 
 
 def _read_source(request: Request, address: int) -> bytes | None:
@@ -170,8 +169,8 @@ def _check_arguments(fs_type: str, flags: int, source: bytes | None, data: bytes
     if error is not None:
         raise OSError(error, "unknown mount flags")
     kept = []
-    fs_fd = kernel.fsopen(fs_type.encode()) if parse else -1
-    try:
+    with OwnedFd(kernel.fsopen(fs_type.encode()) if parse else -1) as fs_context:
+        fs_fd = fs_context.fd
         for option in parse_options(data):
             bad = refused_option((option,))
             if bad is not None:
@@ -189,9 +188,6 @@ def _check_arguments(fs_type: str, flags: int, source: bytes | None, data: bytes
                 else:
                     kernel.fsconfig(fs_fd, kernel.FSCONFIG_SET_STRING, option.key, option.value)
             kept.append(option)
-    finally:
-        if fs_fd >= 0:
-            os.close(fs_fd)
     if not source:
         raise OSError(errno.EINVAL, "no source")  # get_tree_bdev, lookup_bdev("")
     return source, tuple(kept)
@@ -207,47 +203,39 @@ def _emulate(call: Call, creds: CallerCreds, actor: Actor, fs_type: str, flags: 
     # so it can change them later as on a mount of its own.
     every_attr = mount_attrs(flags, forced)
     locked_attrs = mount_attrs(0, forced) | every_attr & _ATIME_ATTRS
-    node_fd = _source_node(call, creds, source)
-    where: list[int] = []
-    try:
+    # The node and the caller's root and start directory are closed once the actor
+    # has made the mount: the mount holds what it needs of them.
+    with OwnedFd(_source_node(call, creds, source)) as node, OwnedFd() as root, \
+            OwnedFd() as start:
         name = None
         if not source.startswith((b"/proc/", b"/dev/fd/")) and len(source) < _FSCONFIG_MAX:
             # The caller's own words for its source, for the mount table; the
             # actor uses them only if they still reach this node.
             name = source
-            for which in ("root", "root" if source.startswith(b"/") else "cwd"):
-                where.append(os.open(which, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
-                                     dir_fd=request.proc_fd))
+            root.own(os.open("root", _DIR_PATH, dir_fd=request.proc_fd))
+            start.own(os.open("root" if source.startswith(b"/") else "cwd", _DIR_PATH,
+                              dir_fd=request.proc_fd))
         # The kernel opens the device in the actor, in the caller's cgroups,
         # read-only or read-write as the superblock will be after the caller's
         # options and ours: the device cgroup is the kernel's own check.
-        mount_fd = actor.new_mount(fs_type, node_fd, config_steps(fs_type, flags, options,
-                                                                  forced),
-                                   locked_attrs, name=name,
-                                   root_fd=where[0] if where else -1,
-                                   start_fd=where[1] if where else -1)
-    except MountRefused as err:
-        log.info("mount %s: %s%s", fs_type, err.strerror, f" ({err.said})" if err.said else "")
-        raise OSError(err.errno, err.strerror) from None
-    finally:
-        os.close(node_fd)
-        for fd in where:
-            os.close(fd)
-    try:
-        if policy.of(FAMILY).shift:
-            mount_fd = _shift(call.host.shifter, request, fs_type, mount_fd,
-                              bool(policy.of(FAMILY).unshifted_fallback))
-        # Whatever the container does later, the forced flags stay.
-        locked_fd = call.host.flag_locks.lock(mount_fd, thread.host_mnt_ns_fd)
         try:
+            made = actor.new_mount(fs_type, node.fd, config_steps(fs_type, flags, options,
+                                                                  forced),
+                                   locked_attrs, name=name, root_fd=root.fd, start_fd=start.fd)
+        except MountRefused as err:
+            log.info("mount %s: %s%s", fs_type, err.strerror,
+                     f" ({err.said})" if err.said else "")
+            raise OSError(err.errno, err.strerror) from None
+    with OwnedFd(made) as mount:
+        if policy.of(FAMILY).shift:
+            _shift(call.host.shifter, request, fs_type, mount,
+                   bool(policy.of(FAMILY).unshifted_fallback))
+        # Whatever the container does later, the forced flags stay.
+        with OwnedFd(call.host.flag_locks.lock(mount.fd, thread.host_mnt_ns_fd)) as locked:
             if every_attr & ~locked_attrs:
-                kernel.mount_setattr(locked_fd, b"", kernel.AT_EMPTY_PATH,
+                kernel.mount_setattr(locked.fd, b"", kernel.AT_EMPTY_PATH,
                                      attr_set=every_attr & ~locked_attrs)
-            _attach(thread, request, locked_fd, target_fd)
-        finally:
-            os.close(locked_fd)
-    finally:
-        os.close(mount_fd)
+            _attach(thread, request, locked.fd, target_fd)
     log.debug("mounted %s from %s for host uid %d (flags %#x)", fs_type, os.fsdecode(source),
               creds.fsuid, flags | forced)
     return DONE
@@ -304,35 +292,30 @@ def _source_node(call: Call, creds: CallerCreds, source: bytes) -> int:
     walk, that it is a block node (ENOTBLK), and that its mount allows devices
     (EACCES), which it checks again itself when the actor's fsconfig resolves
     the node through this fd."""
-    node_fd = _walk(call, creds, source, _SOURCE_FLAGS)
-    try:
-        if not stat.S_ISBLK(os.fstat(node_fd).st_mode):
+    with OwnedFd(_walk(call, creds, source, _SOURCE_FLAGS)) as node:
+        if not stat.S_ISBLK(os.fstat(node.fd).st_mode):
             raise OSError(errno.ENOTBLK, "source is not a block device")
-    except BaseException:
-        os.close(node_fd)
-        raise
-    return node_fd
+        return node.detach()
 
 
-def _shift(shifter: Shifter, request: Request, fs_type: str, mount_fd: int,
-           fallback: bool) -> int:
-    userns_fd = os.open("ns/user", os.O_RDONLY | os.O_CLOEXEC, dir_fd=request.proc_fd)
-    try:
-        backend, attach_fd = shifter.shift(fs_type, mount_fd, userns_fd)
-    except ShiftUnsupported as err:
-        if fallback:
-            log.info("mount %s unshifted, as the policy allows: %s", fs_type, err)
-            return mount_fd
-        log.warning("mount %s refused: %s", fs_type, err)
-        raise PermissionError(errno.EPERM, str(err)) from err
-    except OSError as err:
-        raise SupervisorFault(f"shift the {fs_type} mount", err) from err
-    finally:
-        os.close(userns_fd)
-    if attach_fd != mount_fd:
-        os.close(mount_fd)
+def _shift(shifter: Shifter, request: Request, fs_type: str, mount: OwnedFd,
+           fallback: bool) -> None:
+    """Shift the mount ``mount`` holds into the caller's user namespace; ``mount`` then
+    holds the mount to attach (the same one, or a shifted one the backend made)."""
+    with OwnedFd(os.open("ns/user", os.O_RDONLY | os.O_CLOEXEC,
+                         dir_fd=request.proc_fd)) as userns:
+        try:
+            backend, attach_fd = shifter.shift(fs_type, mount.fd, userns.fd)
+        except ShiftUnsupported as err:
+            if fallback:
+                log.info("mount %s unshifted, as the policy allows: %s", fs_type, err)
+                return
+            log.warning("mount %s refused: %s", fs_type, err)
+            raise PermissionError(errno.EPERM, str(err)) from err
+        except OSError as err:
+            raise SupervisorFault(f"shift the {fs_type} mount", err) from err
+    mount.replace(attach_fd)
     log.debug("%s mount shifted with %s", fs_type, backend)
-    return attach_fd
 
 
 def _is_mount_root(fd: int) -> bool:
@@ -340,13 +323,10 @@ def _is_mount_root(fd: int) -> bool:
         return bool(kernel.statx_attributes(fd) & kernel.STATX_ATTR_MOUNT_ROOT)
     # Before 5.8: a mount's root is on another mount than its parent directory
     # (or is its own parent: the root of the namespace).
-    parent = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd)
-    try:
-        if os.path.samestat(os.fstat(parent), os.fstat(fd)):
+    with OwnedFd(os.open("..", _DIR_PATH, dir_fd=fd)) as parent:
+        if os.path.samestat(os.fstat(parent.fd), os.fstat(fd)):
             return True
-        return kernel.file_identity(parent).mount_id != kernel.file_identity(fd).mount_id
-    finally:
-        os.close(parent)
+        return kernel.file_identity(parent.fd).mount_id != kernel.file_identity(fd).mount_id
 
 
 def _attach(thread: ThreadState, request: Request, mount_fd: int, target_fd: int) -> None:

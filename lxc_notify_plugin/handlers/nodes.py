@@ -258,11 +258,8 @@ def _copy_acl(proc_root: str, from_fd: int, store_fd: int, name: str) -> None:
         if err.errno in (errno.ENODATA, errno.EOPNOTSUPP):
             return
         raise
-    target = os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=store_fd)
-    try:
-        os.setxattr(f"{proc_root}/thread-self/fd/{target}", _ACL_ACCESS, acl)
-    finally:
-        os.close(target)
+    with OwnedFd(os.open(name, os.O_PATH | os.O_CLOEXEC, dir_fd=store_fd)) as target:
+        os.setxattr(f"{proc_root}/thread-self/fd/{target.fd}", _ACL_ACCESS, acl)
 
 
 def unlink_quietly(dir_fd: int, name: bytes | str) -> None:

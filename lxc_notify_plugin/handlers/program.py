@@ -26,6 +26,7 @@ default); an SELinux or Smack label (not handled: Debian's LXC uses AppArmor).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import logging
 import os
@@ -33,6 +34,7 @@ import resource
 
 from ..caller.actor import NAMESPACES, ProgramOrder, actor_for, seccomp_rules_wire
 from ..caller.task import CallerCreds, status_field
+from ..kernel.fd import OwnedFd
 from ..policy.filter import ArgMatch, Rule
 from ..policy.lxc_policy import rules as lxc_rules
 from .call import Call
@@ -56,11 +58,8 @@ def _limits(tid: int) -> list[tuple[int, int, int]]:
 
 
 def _oom_score_adj(proc_fd: int) -> int:
-    fd = os.open("oom_score_adj", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
-    try:
-        return int(os.read(fd, 32).strip() or b"0")
-    finally:
-        os.close(fd)
+    with OwnedFd(os.open("oom_score_adj", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)) as fd:
+        return int(os.read(fd.fd, 32).strip() or b"0")
 
 
 def apparmor_label(proc_fd: int) -> str:
@@ -68,15 +67,14 @@ def apparmor_label(proc_fd: int) -> str:
     AppArmor): ``/proc/TID/attr/apparmor/current`` says "NAME (MODE)"."""
     for name in ("attr/apparmor/current", "attr/current"):
         try:
-            fd = os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)
+            attr = OwnedFd(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd))
         except (FileNotFoundError, PermissionError):
             continue
-        try:
-            text = os.read(fd, 4096).decode(errors="replace").strip().rstrip("\0")
-        except OSError:
-            return ""  # no LSM answers this attribute here
-        finally:
-            os.close(fd)
+        with attr:
+            try:
+                text = os.read(attr.fd, 4096).decode(errors="replace").strip().rstrip("\0")
+            except OSError:
+                return ""  # no LSM answers this attribute here
         label = text.rsplit(" (", 1)[0] if text.endswith(")") else text
         return "" if label in ("", "unconfined") else label
     return ""
@@ -114,24 +112,20 @@ def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_er
         lsm_label=apparmor_label(request.proc_fd),
     )
     actor = actor_for(thread, request)
-    fds: list[int] = []
-    try:
+    with contextlib.ExitStack() as held:
+        fds: list[int] = []
         for name, _ in NAMESPACES:
             try:
-                fds.append(os.open(f"ns/{name}", os.O_RDONLY | os.O_CLOEXEC,
-                                   dir_fd=request.proc_fd))
+                fd = os.open(f"ns/{name}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=request.proc_fd)
             except FileNotFoundError:
-                fds.append(-1)  # a kernel without that namespace: nothing to enter
+                fd = -1  # a kernel without that namespace: nothing to enter
+            fds.append(held.enter_context(OwnedFd(fd)).fd)
         for name in ("root", "cwd"):
-            fds.append(os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC,
-                               dir_fd=request.proc_fd))
+            fds.append(held.enter_context(OwnedFd(os.open(
+                name, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=request.proc_fd))).fd)
         request.ensure_valid()  # the fds are the caller's, not a successor's
         report = actor.run_program(order, fds[:len(NAMESPACES)], fds[-2], fds[-1],
                                    call.serve_listener)
-    finally:
-        for fd in fds:
-            if fd >= 0:
-                os.close(fd)
     if report.get("unmatched"):
         log.info("%s for %s runs with ours where the caller's are higher: %s", what,
                     view.name, ", ".join(map(str, report["unmatched"])))

@@ -24,6 +24,7 @@ import sys
 
 from .. import kernel
 from ..caller.task import host_pid, in_container_userns, read_creds
+from ..kernel.fd import OwnedFd
 from ..request import DONE, KERNEL_DECIDES, Answer, Request
 from .call import Call
 
@@ -68,19 +69,16 @@ def check_in_container(request: Request, host_proc_fd: int, tid: int) -> None:
     except FileNotFoundError:
         raise OSError(errno.ESRCH, "the target exited") from None
     wanted = request.container.user_ns
-    try:
+    with OwnedFd(fd) as userns:
         while True:
             try:
-                parent = kernel.ns_get_parent(fd)
+                parent = kernel.ns_get_parent(userns.fd)
             except PermissionError:  # above the host's own namespace: not below the container's
                 raise OSError(errno.EPERM, "target outside the container's user namespace"
                               ) from None
-            os.close(fd)
-            fd = parent
-            if f"user:[{os.fstat(fd).st_ino}]" == wanted:
+            userns.replace(parent)  # one level up, the one below closed
+            if f"user:[{os.fstat(userns.fd).st_ino}]" == wanted:
                 return
-    finally:
-        os.close(fd)
 
 
 def to_int(register: int) -> int:

@@ -41,6 +41,7 @@ import os
 from .. import kernel
 from ..caller.task import INODE_CAPS, in_container_userns, read_creds, rebase_self_path
 from ..caller.thread import AT_FDCWD, CallerScope
+from ..kernel.fd import OwnedFd
 from ..policy.setxattr import (
     FAMILY,
     XATTR_CREATE,
@@ -81,14 +82,12 @@ def handle(call: Call) -> Answer:
         return KERNEL_DECIDES
     if request.syscall == "fsetxattr":
         request.note(fd=to_int(target))
-        file_fd = open_callers_fd(request, to_int(target))  # EBADF comes first for it
-        try:
+        # EBADF comes first for it
+        with OwnedFd(open_callers_fd(request, to_int(target))) as file_fd:
             value = request.read_bytes(value_address, size) if size else b""
             request.ensure_valid()  # read everything, then check, then act
             with thread.as_caller(request, creds, _SYS_ADMIN) as scope:
-                set_on(scope, file_fd, name, value, flags)
-        finally:
-            os.close(file_fd)
+                set_on(scope, file_fd.fd, name, value, flags)
         return DONE
     value = request.read_bytes(value_address, size) if size else b""
     path = request.read_string(target)
@@ -98,21 +97,15 @@ def handle(call: Call) -> Answer:
     relative = not path.startswith(b"/")
     follow = request.syscall == "setxattr"
     open_flags = os.O_PATH | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
-    with thread.as_caller(request, creds, _SYS_ADMIN, dir_fd=dir_fd,
-                          relative=relative) as scope:
-        file_fd = scope.open_exactly(path, open_flags)
-        try:
+    with OwnedFd() as file_fd:
+        with thread.as_caller(request, creds, _SYS_ADMIN, dir_fd=dir_fd,
+                              relative=relative) as scope:
+            file_fd.own(scope.open_exactly(path, open_flags))
             if not relative:
-                set_on(scope, file_fd, name, value, flags)
-        except BaseException:
-            os.close(file_fd)
-            raise
-    try:
+                set_on(scope, file_fd.fd, name, value, flags)
         if relative:  # acted on outside the chroot: the path below is the host's /proc
             with thread.as_caller(request, creds, _SYS_ADMIN) as scope:
-                set_on(scope, file_fd, name, value, flags)
-    finally:
-        os.close(file_fd)
+                set_on(scope, file_fd.fd, name, value, flags)
     if log.isEnabledFor(logging.DEBUG):
         log.debug("set %s (%d bytes) on %s for host uid %d", os.fsdecode(name), len(value),
                   os.fsdecode(path), creds.fsuid)
@@ -143,22 +136,20 @@ def open_callers_fd(request: Request, fd: int) -> int:
         raise OSError(errno.EBADF, "bad fd")
     try:
         info = kernel_fdinfo_flags(request, fd)
-        ours = os.open(f"fd/{fd}", os.O_PATH | os.O_CLOEXEC, dir_fd=request.proc_fd)
+        ours = OwnedFd(os.open(f"fd/{fd}", os.O_PATH | os.O_CLOEXEC, dir_fd=request.proc_fd))
     except FileNotFoundError:
         raise OSError(errno.EBADF, "the caller has no such fd") from None
-    if info & _O_PATH_FLAG:
-        os.close(ours)
-        raise OSError(errno.EBADF, "an O_PATH fd")
-    return ours
+    with ours:
+        if info & _O_PATH_FLAG:
+            raise OSError(errno.EBADF, "an O_PATH fd")
+        return ours.detach()
 
 
 def kernel_fdinfo_flags(request: Request, fd: int) -> int:
     """The open flags of the caller's fd, from /proc/TID/fdinfo/FD."""
-    info_fd = os.open(f"fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC, dir_fd=request.proc_fd)
-    try:
-        text = os.read(info_fd, 4096)
-    finally:
-        os.close(info_fd)
+    with OwnedFd(os.open(f"fdinfo/{fd}", os.O_RDONLY | os.O_CLOEXEC,
+                         dir_fd=request.proc_fd)) as info:
+        text = os.read(info.fd, 4096)
     for line in text.split(b"\n"):
         if line.startswith(b"flags:"):
             return int(line.split()[1], 8)

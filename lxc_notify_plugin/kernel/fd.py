@@ -25,6 +25,19 @@ class OwnedFd:
         self.fd = fd
         return fd
 
+    def detach(self) -> int:
+        """Give the fd up to a new owner (as ``socket.detach``): this holder holds
+        nothing after, so its ``with`` block no longer closes it."""
+        fd, self.fd = self.fd, -1
+        return fd
+
+    def replace(self, fd: int) -> None:
+        """Hold ``fd`` instead of the fd held now, which is closed: after the swap, so
+        that a failing close cannot leave the new fd without an owner."""
+        old, self.fd = self.fd, fd
+        if old >= 0 and old != fd:
+            os.close(old)
+
     def close(self) -> None:
         fd, self.fd = self.fd, -1
         if fd >= 0:

@@ -1,4 +1,5 @@
-"""Sockets systemd holds for the daemon (sd_listen_fds(3)), so a restart loses no caller.
+"""The daemon under systemd: sockets it holds for us (sd_listen_fds(3)), so a restart
+loses no caller, the fds it keeps for us, and what we tell it (sd_notify(3)).
 
 Under ``lxc-notify.socket`` the listening sockets belong to systemd, which
 passes them to each daemon it starts as fds 3, 4, ... with ``LISTEN_FDS``
@@ -10,6 +11,7 @@ them, so a caller waits through a restart instead of getting ENOSYS (LXC
 
 from __future__ import annotations
 
+import array
 import contextlib
 import logging
 import os
@@ -135,3 +137,24 @@ class FdStore:
                 continue
             found.append((name, fd, state))
         return found
+
+
+def sd_notify(state: str, fds: list[int] | None = None) -> bool:
+    """Tell systemd (Type=notify) where the daemon is, or hand it fds to keep
+    (FDSTORE=1); False outside systemd or if the message could not be sent.
+
+    The protocol is one datagram on $NOTIFY_SOCKET (sd_notify(3)), fds attached
+    with SCM_RIGHTS; an abstract socket is named with a leading '@'."""
+    address = os.environ.get("NOTIFY_SOCKET")
+    if not address or address[0] not in "/@":
+        return False
+    if address[0] == "@":
+        address = "\0" + address[1:]
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            sock.sendmsg([state.encode()], ancillary, 0, address)
+    except OSError as err:
+        log.debug("sd_notify %r: %s", state.split("\n", 1)[0], err)
+        return False
+    return True

@@ -1,1 +1,5 @@
-"""Not the product's core: throw-away containers for the demo, the tests and the benchmarks."""
+"""Not the product's core: the throw-away LXC containers of ``lxc-notify demo``.
+
+The tests and benchmarks use them too; what only tests use (the OCI tier's
+bundles) lives under ``tests/``, so the package ships nothing of it.
+"""

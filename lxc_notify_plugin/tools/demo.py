@@ -15,8 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..admin.daemon import daemon_running
 from ..paths import Paths
-from ..start.lxc import daemon_running
 from .sandbox import Sandbox, SandboxError
 
 

@@ -26,7 +26,7 @@ import threading
 
 from .. import kernel
 from ..caller.thread import ThreadState
-from ..dispatch import Container, Dispatcher, thread_state
+from ..dispatch import Dispatcher, SupervisedContainer, thread_state
 from ..errors import OWN_STEP_ERRNO, SupervisorFault
 from ..kernel import features
 from ..request import Notice
@@ -50,7 +50,7 @@ def set_sync_wake_up(listener_fd: int) -> bool:
     return True
 
 
-def serve_listener(listener_fd: int, container: Container, init_pid: int,
+def serve_listener(listener_fd: int, container: SupervisedContainer, init_pid: int,
                    dispatcher: Dispatcher, stop_fd: int, proc_root: str = "/proc") -> str:
     """Answer every notification on ``listener_fd`` until no task is left in its
     filter ("hangup") or ``stop_fd`` becomes readable ("stopped").  The caller
@@ -124,7 +124,7 @@ class SideListeners:
         self._lock = threading.Lock()
         self._threads: dict[threading.Thread, None] = {}
 
-    def start(self, listener_fd: int, container: Container, init_pid: int,
+    def start(self, listener_fd: int, container: SupervisedContainer, init_pid: int,
               dispatcher: Dispatcher) -> None:
         """Serve ``listener_fd`` (owned from now on: closed when its thread ends).
         No thread to be had is the supervisor's fault (ENOMEM for the caller

@@ -48,7 +48,7 @@ from .threads import start_serving
 
 if TYPE_CHECKING:
     from ..caller.thread import ThreadState
-    from ..dispatch import Container, Dispatcher
+    from ..dispatch import Dispatcher, SupervisedContainer
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ _MAX_FDS: Final = 8  # more than LXC ever sends: extra fds are received (and clo
 _ANCILLARY: Final = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
 _PEERCRED: Final = struct.Struct("3i")
 
-Lookup = Callable[[bytes], "Container | None"]
+Lookup = Callable[[bytes], "SupervisedContainer | None"]
 
 
 class LxcProxy:
@@ -352,7 +352,7 @@ class _Session:
 
     def __init__(self, peer_pid: int) -> None:
         self.peer_pid = peer_pid
-        self.container: Container | None = None
+        self.container: SupervisedContainer | None = None
 
     @property
     def label(self) -> str:
@@ -360,7 +360,7 @@ class _Session:
             return f"container {self.container.name}"
         return f"monitor pid {self.peer_pid}"
 
-    def bind(self, cookie: bytes, lookup: Lookup) -> Container | None:
+    def bind(self, cookie: bytes, lookup: Lookup) -> SupervisedContainer | None:
         """The container this connection serves; one cookie per connection."""
         if self.container is not None:
             expected = self.container.record.cookie.encode()

@@ -31,7 +31,7 @@ import pytest
 
 from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller.task import status_field
-from lxc_notify_plugin.dispatch import Call, Container, Dispatcher
+from lxc_notify_plugin.dispatch import Call, Dispatcher, SupervisedContainer
 from lxc_notify_plugin.handlers import Registered, registry
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
 from lxc_notify_plugin.policy.effective import ContainerPolicy
@@ -100,7 +100,8 @@ def _child(channel: socket.socket, steps: list[tuple[int, int, Step]]) -> None:
 
 class Served:
     def __init__(self, pid: int, keeper: int, channel: socket.socket,
-                 serving: threading.Thread, tid_box: list[int], container: Container) -> None:
+                 serving: threading.Thread, tid_box: list[int],
+                 container: SupervisedContainer) -> None:
         self.pid, self.keeper, self.channel, self.serving = pid, keeper, channel, serving
         self.tid_box, self.container = tid_box, container
 
@@ -125,7 +126,7 @@ class Served:
 @contextmanager
 def served(steps: list[tuple[int, int, Step]], dispatcher: Dispatcher | None = None
            ) -> Iterator[Served]:
-    container = Container(ContainerRecord("kernel-tier", "", "default"),
+    container = SupervisedContainer(ContainerRecord("kernel-tier", "", "default"),
                           ContainerPolicy.from_profile(load_profile("default",
                                                                     (PACKAGE_PROFILES,))))
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -298,9 +299,9 @@ def test_pids_translate_from_the_callers_namespace() -> None:
     """host_pid: 0 is the caller itself; a pid of the caller's namespace (here the
     host's, one level) maps to its host id; one the namespace lacks is ESRCH."""
     from lxc_notify_plugin.caller.task import host_pid
-    from lxc_notify_plugin.request import ContainerView, IdMap, Notice, Request
+    from lxc_notify_plugin.request import ContainerUserns, IdMap, Notice, Request
 
-    view = ContainerView("self", os.getpid(), os.readlink("/proc/self/ns/user"),
+    view = ContainerUserns("self", os.getpid(), os.readlink("/proc/self/ns/user"),
                          IdMap(((0, 0, 1 << 32),)), IdMap(((0, 0, 1 << 32),)))
     proc_fd = os.open(f"/proc/{os.getpid()}", os.O_PATH | os.O_DIRECTORY)
     try:

@@ -46,7 +46,7 @@ import pytest
 
 from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller import actor as actor_module
-from lxc_notify_plugin.dispatch import Container, Dispatcher
+from lxc_notify_plugin.dispatch import Dispatcher, SupervisedContainer
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
 from lxc_notify_plugin.policy import keys
 from lxc_notify_plugin.policy.effective import ContainerPolicy
@@ -246,7 +246,7 @@ class Mounted:
 
 class Session:
     def __init__(self, pid: int, keeper: int, channel: socket.socket, device: str,
-                 container: Container | None, listener: int) -> None:
+                 container: SupervisedContainer | None, listener: int) -> None:
         self.pid, self.keeper, self.channel, self.device = pid, keeper, channel, device
         self.container, self.listener = container, listener
         self.serving: threading.Thread | None = None
@@ -296,11 +296,11 @@ def device_mounts(mountinfo: str, device: str) -> list[Mounted]:
     return found
 
 
-def container_policy(shift: bool = True) -> Container:
+def container_policy(shift: bool = True) -> SupervisedContainer:
     config = {keys.PREFIX + "mount": "true", keys.PREFIX + "mount.allowed": "ext4",
               keys.PREFIX + "mount.shift": str(shift).lower()}
     policy = ContainerPolicy.from_profile(load_profile("default", (PACKAGE_PROFILES,)), config)
-    return Container(ContainerRecord("kernel-mount", "", "default"), policy)
+    return SupervisedContainer(ContainerRecord("kernel-mount", "", "default"), policy)
 
 
 @contextlib.contextmanager
@@ -436,7 +436,7 @@ def open_dir() -> Iterator[Path]:
 
 
 def _both(steps: list[Step], places: list[Path], device: str
-          ) -> tuple[list[tuple[int, list[str]]], list[tuple[int, list[str]]], Container]:
+          ) -> tuple[list[tuple[int, list[str]]], list[tuple[int, list[str]]], SupervisedContainer]:
     """The steps' results from the kernel (reference) and from us (emulated)."""
     with session(steps, device, container=False) as reference:
         expected = reference.run(len(steps), places)

@@ -24,9 +24,9 @@ from typing import TypeVar
 
 import pytest
 
+from lxc_notify_plugin.admin.daemon import daemon_running
 from lxc_notify_plugin.kernel.arch import native_syscall_number
 from lxc_notify_plugin.paths import Paths
-from lxc_notify_plugin.start.lxc import daemon_running
 from lxc_notify_plugin.tools.sandbox import Sandbox, lxc_attach_error
 from tests.conftest import require, require_root, require_tools
 

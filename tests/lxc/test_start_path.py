@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lxc_notify_plugin.admin.daemon import daemon_running
+from lxc_notify_plugin.admin.lxc_config import BEGIN
 from lxc_notify_plugin.paths import Paths
-from lxc_notify_plugin.start.lxc import BEGIN, daemon_running
 from tests.lxc.conftest import Container, Daemon
 
 

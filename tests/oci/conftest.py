@@ -18,9 +18,9 @@ from typing import Any
 
 import pytest
 
-from lxc_notify_plugin.tools.bundle import CONTAINER_ROOT, Bundle
 from tests.conftest import require, require_root, require_tools
 from tests.lxc.conftest import Daemon
+from tests.oci.bundle import CONTAINER_ROOT, Bundle
 
 OCI_TESTS = Path(__file__).resolve().parent
 

@@ -5,7 +5,7 @@ store (``--root``/``--runroot`` in a temporary directory, vfs driver: no
 mounts left behind).  Seen on this host: podman 4.3.1 asks for a nofile
 limit of 1048576, which no process here may raise to (no CAP_SYS_RESOURCE),
 so the limits are given; crun runs through the same private-mount-namespace
-wrapper as in tools/bundle.py.
+wrapper as in tests/oci/bundle.py.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from lxc_notify_plugin.tools.bundle import CRUN_WRAPPER, Bundle
 from tests.conftest import require
 from tests.lxc.conftest import Daemon
+from tests.oci.bundle import CRUN_WRAPPER, Bundle
 
 from .conftest import seccomp_profile
 

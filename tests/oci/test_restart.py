@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from lxc_notify_plugin.tools.bundle import Bundle
 from tests.lxc.conftest import Daemon, blocked_in, tasks_like, wait_for
+from tests.oci.bundle import Bundle
 
 from .conftest import seccomp_profile, wait_until
 

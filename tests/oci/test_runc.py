@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from lxc_notify_plugin.policy.oci_profile import DISTRIBUTION_BASE
-from lxc_notify_plugin.tools.bundle import Bundle
 from tests.conftest import IN_CI, require
 from tests.lxc.conftest import Daemon
+from tests.oci.bundle import Bundle
 
 from .conftest import seccomp_profile, wait_until
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from lxc_notify_plugin.admin.lxc_config import BEGIN, END, _split_managed
 from lxc_notify_plugin.caller.task import status_field
 from lxc_notify_plugin.request import IdMap
-from lxc_notify_plugin.start.lxc import BEGIN, END, _split_managed
 from lxc_notify_plugin.state import ContainerRecord
 
 STATUS = (b"Name:\tnodeprobe\nUmask:\t0022\nState:\tS (sleeping)\n"

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
 from lxc_notify_plugin import cli
 from lxc_notify_plugin.errors import ConfigError
 from lxc_notify_plugin.service import config
+from lxc_notify_plugin.service.config_reload import ConfigReload
+from lxc_notify_plugin.service.metrics import Metrics
 
 FULL = """
 [daemon]
@@ -119,3 +124,27 @@ def test_a_bad_file_fails_every_command_in_one_line(tmp_path: Path,
     assert cli.main(["status", "--config", str(file)]) == 1
     err = capsys.readouterr().err
     assert err == f"lxc-notify: {file}: audit.backups: -1 is not between 0 and 1000000\n"
+
+
+def test_a_reload_applies_the_live_keys_and_names_the_rest(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """service/config_reload.py: the metrics' interval changes live, a path waits for
+    the next start (said, and kept), and a file that no longer parses is refused whole."""
+    file = tmp_path / "daemon.toml"
+    text = FULL.replace('path = "/srv/log/audit.log"', 'path = ""')
+    file.write_text(text)
+    running = config.load(file)
+    reload = ConfigReload(running)
+    metrics = SimpleNamespace(interval=running.metrics.interval)
+    root, level = logging.getLogger(), logging.getLogger().level
+    try:
+        file.write_text(text.replace("interval = 2", "interval = 5")
+                        .replace("/srv/state", "/srv/other"))
+        new, refused = reload.apply(running, None, cast(Metrics, metrics))
+        assert refused == [] and new.metrics.interval == 5.0 and metrics.interval == 5.0
+        assert new.paths.state_dir == Path("/srv/state")
+        assert "daemon.state_dir changed; it applies at the next start" in caplog.text
+        file.write_text("[daemon]\nlog_level = 3\n")
+        assert reload.apply(new, None, cast(Metrics, metrics)) == (new, [str(file)])
+    finally:
+        root.setLevel(level)  # the reload set the process's level from the file

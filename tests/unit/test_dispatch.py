@@ -20,7 +20,7 @@ import pytest
 
 from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller.thread import ThreadState
-from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
+from lxc_notify_plugin.dispatch import Call, Dispatcher, Outcome, SupervisedContainer
 from lxc_notify_plugin.handlers import Registered, registry
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
 from lxc_notify_plugin.policy.effective import ContainerPolicy
@@ -35,9 +35,9 @@ X86_64, I386 = kernel.AUDIT_ARCH_X86_64, kernel.AUDIT_ARCH_I386
 CHR = 0o20000
 
 
-def make_container() -> Container:
+def make_container() -> SupervisedContainer:
     profile = load_profile("default", (PACKAGE_PROFILES,))
-    return Container(ContainerRecord("box", COOKIE.decode(), "default"),
+    return SupervisedContainer(ContainerRecord("box", COOKIE.decode(), "default"),
                      ContainerPolicy.from_profile(profile))
 
 
@@ -56,7 +56,7 @@ class FakeTransport:
     """Reads packed notices from one end of a socketpair and writes answers back,
     on a thread of its own, through the same Dispatcher the real transports use."""
 
-    def __init__(self, dispatcher: Dispatcher, container: Container) -> None:
+    def __init__(self, dispatcher: Dispatcher, container: SupervisedContainer) -> None:
         self.ours, self.theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self.dispatcher, self.container = dispatcher, container
         self.thread = threading.Thread(target=self._serve)

@@ -64,5 +64,15 @@ def test_no_policy_module_request_or_caller_task_is_on_an_import_cycle() -> None
 
 def test_transports_reach_the_node_store_only_through_the_dispatcher() -> None:
     graph = _graph()
-    for transport in ("lxc_notify_plugin.transport.lxc", "lxc_notify_plugin.transport.agent"):
+    for transport in ("lxc_notify_plugin.transport.lxc", "lxc_notify_plugin.transport.oci_agent",
+                      "lxc_notify_plugin.transport.oci_state"):
         assert "lxc_notify_plugin.handlers.nodes" not in graph[transport]
+
+
+def test_the_oci_wire_format_needs_neither_the_dispatcher_nor_policy() -> None:
+    """Parsing a runtime's state is the wire format's one job (transport/oci_state.py):
+    the agent's socket and the choice of a policy sit in modules of their own."""
+    reached = _reaches(_graph(), "lxc_notify_plugin.transport.oci_state")
+    assert not [m for m in reached if m.startswith(("lxc_notify_plugin.dispatch",
+                                                    "lxc_notify_plugin.policy",
+                                                    "lxc_notify_plugin.handlers"))]

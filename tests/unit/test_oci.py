@@ -18,7 +18,7 @@ from lxc_notify_plugin.policy import oci_profile
 from lxc_notify_plugin.policy.effective import ContainerPolicy
 from lxc_notify_plugin.policy.filter import NE, ArgMatch, Rule
 from lxc_notify_plugin.policy.profile import load_profile
-from lxc_notify_plugin.transport.agent import _complete, parse_state
+from lxc_notify_plugin.transport.oci_state import _complete, parse_state
 from tests.conftest import require
 
 OURS = {"mknod", "mknodat", "mount", "fsopen"}

@@ -27,19 +27,21 @@ import pytest
 from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller import actor as actor_module
 from lxc_notify_plugin.caller.thread import ThreadState
-from lxc_notify_plugin.dispatch import Call, Container, Dispatcher, Outcome
+from lxc_notify_plugin.dispatch import Call, Dispatcher, Outcome, SupervisedContainer
 from lxc_notify_plugin.errors import SupervisorFault, own_step
 from lxc_notify_plugin.handlers import nodes
 from lxc_notify_plugin.host import udev
 from lxc_notify_plugin.host.flaglock import FlagLocker
 from lxc_notify_plugin.paths import Paths
 from lxc_notify_plugin.request import KERNEL_DECIDES, NOT_OURS, Answer, Notice, Request
+from lxc_notify_plugin.service import status
 from lxc_notify_plugin.service.config import DaemonConfig
 from lxc_notify_plugin.supervisor import Supervisor
 from lxc_notify_plugin.transport import lxc as protocol
-from lxc_notify_plugin.transport.agent import OciAgent, parse_state
 from lxc_notify_plugin.transport.listener import serve_listener
 from lxc_notify_plugin.transport.lxc import LxcProxy, _Session
+from lxc_notify_plugin.transport.oci_agent import OciAgent
+from lxc_notify_plugin.transport.oci_state import parse_state
 from tests.unit.test_dispatch import (
     CHR,
     COOKIE,
@@ -87,9 +89,7 @@ def test_counts_stay_right_while_status_reads_them(fine_switching: None) -> None
     # whole, the next ones are iterated (where a change of size shows).
     settled = make_container()
     settled.stats.update({"done": 1})
-    status = cast(Supervisor, SimpleNamespace(
-        metrics=SimpleNamespace(latency_quantiles=lambda name: {})))
-    current: list[Container] = [make_container()]
+    current: list[SupervisedContainer] = [make_container()]
     start, finish = threading.Barrier(writers + 1), threading.Barrier(writers + 1)
     stop = threading.Event()
     failures: list[BaseException] = []
@@ -116,8 +116,8 @@ def test_counts_stay_right_while_status_reads_them(fine_switching: None) -> None
         while not stop.is_set():
             container = current[0]
             try:
-                Supervisor._row(status, "box", "default", "running", True, None,
-                                [settled, container])
+                status.container_row("box", "default", "running", True, None,
+                                     [settled, container], lambda name: {})
                 session = _Session(1)
                 session.container = container
                 session.stats()
@@ -646,7 +646,7 @@ def test_a_listener_whose_keeping_fails_is_detached_all_the_same(tmp_path: Path)
         os.close(listener)
         os.close(other_end)
     assert agent.containers() == []
-    assert not agent._live
+    assert not agent._served
 
 
 # --- 7, the actor: our own process, and a caller that left while it worked ---------------

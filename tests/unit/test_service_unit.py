@@ -60,7 +60,7 @@ def test_sockets_systemd_passes_are_taken_by_path_and_type(tmp_path: Path,
 @pytest.mark.parametrize("abstract", [False, True])
 def test_sd_notify_reaches_notify_socket(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                          abstract: bool) -> None:
-    from lxc_notify_plugin.supervisor import sd_notify
+    from lxc_notify_plugin.service.activation import sd_notify
 
     name = f"lxc-notify-test-{tmp_path.name}" if abstract else str(tmp_path / "notify")
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:

@@ -1,70 +1,44 @@
-"""The OCI seccomp agent: runtimes hand us a container's listener (``linux.seccomp.listenerPath``).
+"""The OCI seccomp agent's socket: runtimes hand us a container's listener there.
 
-Each time a runtime (runc, crun) installs a filter with a ``SCMP_ACT_NOTIFY``
-rule, at the container's start and again for every ``exec`` into it, it
-connects to this SOCK_STREAM socket and sends one JSON ``ContainerProcessState``
-with the listener fd attached (SCM_RIGHTS)::
-
-    {"ociVersion": "1.0.2-dev", "fds": ["seccompFd"], "pid": 4242,
-     "metadata": "profile=default",
-     "state": {"ociVersion": "1.0.2-dev", "id": "web", "status": "creating",
-               "pid": 4242, "bundle": "/srv/web", "annotations": {...}}}
-
-Seen on this machine: runc 1.1.5 sends it in one write and keeps its end open
-(so the end of the JSON, not EOF, ends the message); crun 1.8.1 sends it
-pretty-printed with ``ociVersion`` "0.2.0" and closes.  ``fds`` names the
-attached fds in order; ``pid`` is the process the filter was installed in,
-``state.pid`` the container's init (an ``exec``'s message names its own
-process and the container's init).
-
-From then on the daemon holds the listener itself: one thread per listener
-serves it with ``serve_listener`` (RECV, dispatch, SEND) until the kernel
-reports POLLHUP, which it does once no task is left in the filter: the
-``exec``'d process exited, or the container stopped.  The thread then closes
-the fd and ends, so nothing is kept per exited process.  Only root may
-connect (the socket's directory is 0700 and the peer's uid is checked): a
-listener is the power to answer a container's syscalls, and a state's
-claims (its id, its profile) are trusted as root's.
+A runtime connects and sends its ``ContainerProcessState`` with the listener
+attached (the format: ``oci_state.py``).  From then on the daemon holds the
+listener itself: one thread per listener serves it with ``serve_listener``
+(RECV, dispatch, SEND) until the kernel reports POLLHUP, which it does once no
+task is left in the filter: the ``exec``'d process exited, or the container
+stopped.  The thread then closes the fd and ends, so nothing is kept per
+exited process.  Only root may connect (the socket's directory is 0700 and
+the peer's uid is checked): a listener is the power to answer a container's
+syscalls, and a state's claims (its id, its profile) are trusted as root's.
+Which policy a state is served under is the caller's to say (``resolve``:
+``oci_policy.py`` in the daemon).
 """
 
 from __future__ import annotations
 
-import array
 import contextlib
 import json
 import logging
 import os
-import re
 import socket
 import struct
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
 from .. import kernel
-from ..errors import ConfigError, ProtocolError
+from ..errors import ProtocolError
 from ..paths import claim_socket_path
 from .listener import serve_listener, set_sync_wake_up
+from .oci_state import ProcessState, parse_state, receive_state
 from .threads import start_serving
 
-if TYPE_CHECKING:  # parsing a state needs neither the dispatcher nor policy
-    from ..dispatch import Container, Dispatcher
-    from ..paths import Paths
-    from ..policy.effective import ContainerPolicy
+if TYPE_CHECKING:  # serving a listener needs the dispatcher's types only
+    from ..dispatch import Dispatcher, SupervisedContainer
 
 log = logging.getLogger(__name__)
 
-MAX_STATE: Final = 256 * 1024  # a state with its annotations; more is refused
-MAX_FDS: Final = 16  # more than any runtime sends: extra fds are received and closed
-HANDSHAKE_SECONDS: Final = 5.0  # a peer that sends no complete state by then is dropped
-PROFILE_KEY: Final = "profile"
-PROFILE_ANNOTATION: Final = "org.lxc-notify.profile"
-DEFAULT_PROFILE: Final = "default"
-_PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # a name, never a path
-_ANCILLARY: Final = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
 _PEERCRED: Final = struct.Struct("3i")
 
 
@@ -75,148 +49,17 @@ class Keeper(Protocol):
     def release(self, name: str) -> None: ...
 
 
-@dataclass(frozen=True)
-class ProcessState:
-    """What a runtime says about one listener: the OCI ``ContainerProcessState``."""
-
-    oci_version: str
-    container_id: str
-    init_pid: int  # state.pid: the container's init, on the host
-    pid: int  # the process the filter was installed in (init, or an exec'd one)
-    status: str
-    bundle: str
-    metadata: str
-    annotations: dict[str, str] = field(default_factory=dict)
-    seccomp_fd_index: int = 0  # where "seccompFd" is among the attached fds
-
-    @property
-    def profile(self) -> str:
-        """``profile=NAME`` in the listener metadata, else the annotation, else default."""
-        for word in re.split(r"[\s,;]+", self.metadata):
-            key, sep, value = word.partition("=")
-            if sep and key == PROFILE_KEY and value:
-                return value
-        return self.annotations.get(PROFILE_ANNOTATION) or DEFAULT_PROFILE
-
-
-def profile_name_ok(name: str) -> bool:
-    return bool(_PROFILE_NAME.match(name))
-
-
-def parse_state(data: bytes, fd_count: int) -> ProcessState:
-    """Decode one state; ProtocolError says what is wrong with it.
-
-    Tolerant where runtimes differ (``ociVersion``, extra fields, missing
-    annotations and metadata), strict where we act on it: a container id, a
-    positive init pid and a ``seccompFd`` among the fds actually attached."""
-    if len(data) > MAX_STATE:
-        raise ProtocolError(f"state of {len(data)} bytes, more than {MAX_STATE}")
-    try:
-        doc = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ProtocolError(f"not JSON: {err}") from None
-    if not isinstance(doc, dict):
-        raise ProtocolError("not a JSON object")
-    state = doc.get("state")
-    if not isinstance(state, dict):
-        raise ProtocolError("no state object")
-    fds = doc.get("fds")
-    if not isinstance(fds, list) or not all(isinstance(f, str) for f in fds):
-        raise ProtocolError("fds is not an array of names")
-    if "seccompFd" not in fds:
-        raise ProtocolError(f"no seccompFd among the fds {fds}")
-    index = fds.index("seccompFd")
-    if len(fds) != fd_count:
-        raise ProtocolError(f"{len(fds)} fds named, {fd_count} attached")
-    container_id = state.get("id")
-    if not isinstance(container_id, str) or not container_id or len(container_id) > 1024:
-        raise ProtocolError("state.id is missing or not a string")
-    init_pid = _positive(state.get("pid"))
-    pid = _positive(doc.get("pid")) or init_pid
-    if not init_pid:
-        raise ProtocolError("state.pid is missing or not a positive integer")
-    annotations = state.get("annotations") or {}
-    if not isinstance(annotations, dict):
-        raise ProtocolError("state.annotations is not an object")
-    metadata = doc.get("metadata") or ""
-    if not isinstance(metadata, str):
-        raise ProtocolError("metadata is not a string")
-    return ProcessState(
-        oci_version=str(doc.get("ociVersion", "")), container_id=container_id,
-        init_pid=init_pid, pid=pid, status=str(state.get("status", "")),
-        bundle=str(state.get("bundle", "")), metadata=metadata,
-        annotations={str(k): str(v) for k, v in annotations.items()},
-        seccomp_fd_index=index)
-
-
-def _positive(value: Any) -> int:
-    # bool is an int in Python; JSON true is not a pid.
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
-
-
-def _complete(buffer: bytes | bytearray) -> bool:
-    """Whether the bytes so far may be a whole JSON object (parsed only then:
-    a peer sending one byte at a time must not make us parse 256 KiB 256 Ki times)."""
-    end = buffer.rstrip()
-    if not end.endswith(b"}"):
-        return False
-    try:
-        json.loads(end)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        return False
-    return True
-
-
-def receive_state(conn: socket.socket, timeout: float = HANDSHAKE_SECONDS
-                  ) -> tuple[bytes, list[int]]:
-    """Read until the bytes form one JSON object, EOF, the size bound or the
-    deadline; return them with every fd that came along (the caller closes
-    them, whatever it then decides)."""
-    deadline = time.monotonic() + timeout
-    buffer = bytearray()
-    fds: list[int] = []
-    try:
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ProtocolError(f"no complete state within {timeout:g} s")
-            conn.settimeout(remaining)
-            try:
-                data, ancillary, flags, _ = conn.recvmsg(65536, _ANCILLARY,
-                                                         socket.MSG_CMSG_CLOEXEC)
-            except TimeoutError:
-                raise ProtocolError(f"no complete state within {timeout:g} s") from None
-            for level, kind, payload in ancillary:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    usable = len(payload) - len(payload) % array.array("i").itemsize
-                    fds.extend(array.array("i", payload[:usable]))
-            if flags & socket.MSG_CTRUNC:
-                raise ProtocolError(f"more than {MAX_FDS} fds attached")
-            if not data:
-                return bytes(buffer), fds
-            buffer += data
-            if len(buffer) > MAX_STATE:
-                raise ProtocolError(f"state longer than {MAX_STATE} bytes")
-            if _complete(buffer):
-                return bytes(buffer), fds
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-
-
-# --- the daemon's side --------------------------------------------------------------------
-
-# state -> the Container to serve it as (with its policy), and why it is served
+# state -> the SupervisedContainer to serve it as (with its policy), and why it is served
 # as a pass-through when its profile or keys cannot be used (None otherwise).
-Resolve = Callable[[ProcessState], "tuple[Container, str | None]"]
+Resolve = Callable[[ProcessState], "tuple[SupervisedContainer, str | None]"]
 
 
 @dataclass
-class _Live:
-    """One OCI container as the agent serves it: shared by all its listeners."""
+class _ContainerListeners:
+    """The listeners the agent serves for one OCI container (a runtime hands over one
+    per ``exec``): the container they share, and how many are served now."""
 
-    container: Container
+    container: SupervisedContainer
     user_ns: str | None  # its twins' store key (handlers/nodes.py), forgotten at the end
     listeners: int = 0
 
@@ -249,7 +92,7 @@ class OciAgent:
         self._stop_r = self._stop_w = -1  # made by bind(): every listener thread polls it
         self._threads: dict[threading.Thread, None] = {}
         self._reading: set[socket.socket] = set()  # connections still sending their state
-        self._live: dict[tuple[str, int], _Live] = {}
+        self._served: dict[tuple[str, int], _ContainerListeners] = {}
         self._lock = threading.Lock()
         self._serial = 0
 
@@ -320,12 +163,12 @@ class OciAgent:
                       None, refused=refused,
                       failed=f"agent: pid {pid}: connection thread failed")
 
-    def containers(self) -> list[Container]:
+    def containers(self) -> list[SupervisedContainer]:
         with self._lock:
-            return [live.container for live in self._live.values()]
+            return [group.container for group in self._served.values()]
 
-    def reload(self, rebuild: Callable[[Container], None]) -> None:
-        """Give each live container a new policy (``rebuild`` swaps it or says why not)."""
+    def reload(self, rebuild: Callable[[SupervisedContainer], None]) -> None:
+        """Give each served container a new policy (``rebuild`` swaps it or says why not)."""
         for container in self.containers():
             rebuild(container)
 
@@ -388,8 +231,8 @@ class OciAgent:
         ``stored`` names it in the keeper when it was given back after a restart;
         a new one is kept there now.  It leaves the keeper only when the container
         is done with it: at a stop it stays, for the next daemon."""
-        live = self._attach(state)
-        container = live.container
+        group = self._attach(state)
+        container = group.container
         why = "broken"
         try:  # from the attach on: whatever fails, the detach follows
             if stored is None and self.keeper is not None:
@@ -401,7 +244,7 @@ class OciAgent:
             why = serve_listener(listener, container, state.init_pid, self.dispatcher,
                                  self._stop_r, self.proc_root)
         finally:
-            self._detach(state, live)
+            self._detach(state, group)
             if stored is not None and self.keeper is not None and why != "stopped":
                 self.keeper.release(stored)
             log.info("%s: listener of pid %d released (%s)", container.name, state.pid,
@@ -446,7 +289,7 @@ class OciAgent:
         except OSError as err:
             log.error("agent: stored listener %s could not be released: %s", name, err)
 
-    def _attach(self, state: ProcessState) -> _Live:
+    def _attach(self, state: ProcessState) -> _ContainerListeners:
         """Count one more listener in its container's entry, made if it has none.
 
         Finding the entry and counting in it are one lock section: between two,
@@ -456,10 +299,10 @@ class OciAgent:
         _detach's), so a detach meanwhile cannot forget them under it."""
         key = (state.container_id, state.init_pid)
         with self._lock:
-            live = self._live.get(key)
-            if live is not None:
-                self._count_in(live, 1)
-                return live
+            group = self._served.get(key)
+            if group is not None:
+                self._count_in(group, 1)
+                return group
         # Resolving reads the profile and the state directory: not under the lock.
         container, passthrough = self.resolve(state)
         if passthrough is not None:
@@ -470,90 +313,31 @@ class OciAgent:
         except OSError:
             user_ns = None  # init already gone: POLLHUP follows
         with self._lock:  # another listener may have made the entry meanwhile
-            live = self._live.setdefault(key, _Live(container, user_ns))
-            self._count_in(live, 1)
-        return live
+            group = self._served.setdefault(key, _ContainerListeners(container, user_ns))
+            self._count_in(group, 1)
+        return group
 
-    def _detach(self, state: ProcessState, live: _Live) -> None:
+    def _detach(self, state: ProcessState, group: _ContainerListeners) -> None:
         with self._lock:
-            self._count_in(live, -1)
-            last = live.listeners == 0
+            self._count_in(group, -1)
+            last = group.listeners == 0
             if last:
-                self._live.pop((state.container_id, state.init_pid), None)
+                self._served.pop((state.container_id, state.init_pid), None)
         if last and self.on_gone is not None:
             try:
-                self.on_gone(live.container.name)
+                self.on_gone(group.container.name)
             except Exception:
-                log.exception("%s: forgetting it failed", live.container.name)
+                log.exception("%s: forgetting it failed", group.container.name)
 
-    def _count_in(self, live: _Live, delta: int) -> None:
+    def _count_in(self, group: _ContainerListeners, delta: int) -> None:
         """One listener more or less in ``live`` (under the agent's lock)."""
         nodes = self.dispatcher.host.nodes
-        live.listeners += delta
-        live.container.add_connection(delta)
-        if live.user_ns is not None:
+        group.listeners += delta
+        group.container.add_connection(delta)
+        if group.user_ns is not None:
             # Each listener holds its twins' names, as each LXC connection does;
             # the last one takes them along.
-            (nodes.hold if delta > 0 else nodes.release)(live.user_ns)
-
-
-# --- which policy an OCI container runs under ---------------------------------------------
-
-
-class StatePolicies:
-    """An OCI container's policy: the profile its state names, with the LXD keys
-    of ``STATE/containers/ID.json`` laid over it when an admin wrote that record
-    (the same file, checks and key names as an LXC container of that name).
-
-    A profile or key that cannot be used does not refuse the listener: the
-    container is served with nothing intercepted, so every call goes back to
-    the kernel (its own answer, as without us), and the log says why."""
-
-    PREFIX: Final = "oci:"
-
-    def __init__(self, paths: Paths) -> None:
-        from ..state import StateStore
-
-        self.paths = paths
-        self.store = StateStore(paths)
-
-    def __call__(self, state: ProcessState) -> tuple[Container, str | None]:
-        from ..dispatch import Container
-        from ..state import ContainerRecord
-
-        policy, problem = self.policy(state.container_id, state.profile)
-        record = ContainerRecord(self.PREFIX + state.container_id, "", state.profile)
-        return Container(record, policy), problem
-
-    def rebuild(self, container: Container) -> None:
-        """Reload: the new policy, or the old one kept when the new one fails."""
-        container_id = container.record.name.removeprefix(self.PREFIX)
-        policy, problem = self.policy(container_id, container.record.profile)
-        if problem is not None:
-            log.error("%s: reload refused, old policy kept: %s", container.name, problem)
-            return
-        container.policy = policy
-
-    def policy(self, container_id: str, profile: str) -> tuple[ContainerPolicy, str | None]:
-        from ..policy.effective import ContainerPolicy
-        from ..policy.profile import Profile, load_profile
-        from ..state import ContainerRecord, check_container_name
-
-        try:
-            if not profile_name_ok(profile):
-                raise ConfigError("<state>", "profile", f"{profile!r} is not a profile name")
-            try:
-                check_container_name(container_id)
-            except ConfigError:  # no record can have that name: no keys
-                return ContainerPolicy.from_profile(
-                    load_profile(profile, self.paths.profile_search_path)), None
-            record = self.store.get(container_id)
-            config = record.config if record is not None else {}
-            return self.store.policy(ContainerRecord(container_id, "", profile, None,
-                                                     config)), None
-        except (ConfigError, OSError) as err:
-            nothing = Profile(profile, "", "<unusable>", frozenset())
-            return ContainerPolicy.from_profile(nothing), str(err)
+            (nodes.hold if delta > 0 else nodes.release)(group.user_ns)
 
 
 def _answers(path: Path) -> bool:

@@ -1,4 +1,4 @@
-"""Throw-away OCI bundles for the tests and benchmarks: busybox in a user namespace.
+"""Throw-away OCI bundles for the OCI tier and its benchmark: busybox in a user namespace.
 
 Not the product.  A bundle is a busybox-static root filesystem owned by the
 container's root (100000 on the host, as /etc/subuid maps it) and the

@@ -1,1 +1,0 @@
-"""Start paths: how a container comes to be supervised (LXC's config and python-lxc)."""

@@ -151,6 +151,10 @@ systemctl stop lxc-notify.service 2>/dev/null
 fact gap_service "$(systemctl is-active lxc-notify.service)"
 fact gap_socket "$(systemctl is-active lxc-notify.socket)"
 fact gap_served "$(in_c1_mknod gap c 1 3)"
+# systemd reads the daemon's READY=1 on its own time: up to 10 s for it to say so.
+for _ in $(seq 50); do
+  [ "$(systemctl is-active lxc-notify.service)" = active ] && break; sleep 0.2
+done
 fact gap_service_after "$(systemctl is-active lxc-notify.service)"
 pid_before=$(systemctl show -p MainPID --value lxc-notify.service)
 # Calls one after another while the admin restarts the service, the first answered before.

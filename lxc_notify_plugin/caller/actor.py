@@ -115,7 +115,8 @@ NAMESPACES = (("mnt", kernel.CLONE_NEWNS), ("pid", kernel.CLONE_NEWPID),
 
 
 # The mknodat message: op, mode, dev, fsuid, fsgid, umask, caps, group count;
-# then the groups (u32 each) and the leaf name.  The answer: one errno (0: done).
+# then the groups (u32 each; in a memfd passed second where they would not fit)
+# and the leaf name.  The answer: one errno (0: done).
 _MKNOD = struct.Struct("=cIQIIIQI")
 _OP_MKNOD = b"M"
 _ERRNO = struct.Struct("=i")
@@ -221,16 +222,27 @@ class Actor:
         The hot path: a fixed binary message (``_MKNOD``) instead of JSON, one
         errno back."""
         self.used = time.monotonic()
+        groups = struct.pack(f"={len(who.groups)}I", *who.groups)
+        fds = [dir_fd]
+        if _MKNOD.size + len(groups) + len(leaf) > _MESSAGE_MAX:
+            # A task may have up to NGROUPS_MAX (65536) groups, more than one message
+            # holds: those travel in a memfd, and the hot path keeps its small buffer.
+            try:
+                fds.append(_memfd_holding(groups))
+            except OSError as err:
+                raise ActorFailed("pass the caller's groups", err) from err
+            groups = b""
         message = _MKNOD.pack(_OP_MKNOD, mode, dev, who.fsuid, who.fsgid, who.umask, who.caps,
-                              len(who.groups)) + struct.pack(f"={len(who.groups)}I",
-                                                             *who.groups) + leaf
+                              len(who.groups)) + groups + leaf
         self._follow_cpu()
         try:
-            socket.send_fds(self.sock, [message], [dir_fd])
+            socket.send_fds(self.sock, [message], fds)
             data = self.sock.recv(_ERRNO.size)
         except OSError as err:
             self.close()
             raise ActorFailed("read the actor's answer", err) from err
+        finally:
+            _close_all(fds[1:])
         if len(data) != _ERRNO.size:
             self.close()
             raise ActorFailed("read the actor's answer", OSError(errno.EIO, "actor exited"))
@@ -496,11 +508,27 @@ def _errno_of(err: OSError) -> int:
     return err.errno if err.errno in ALLOWED_ERRNOS else errno.EIO
 
 
+def _memfd_holding(data: bytes) -> int:
+    fd = os.memfd_create("lxc-notify-groups", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _do_mknodat(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity) -> None:
     try:
         _, mode, dev, fsuid, fsgid, umask, caps, count = _MKNOD.unpack_from(data)
-        groups = struct.unpack_from(f"={count}I", data, _MKNOD.size)
-        leaf = data[_MKNOD.size + 4 * count:]
+        if len(fds) == 2:  # more groups than a message holds: in a memfd (Actor.mknodat)
+            groups = struct.unpack(f"={count}I", os.pread(fds[1], 4 * count, 0))
+            leaf = data[_MKNOD.size:]
+        else:
+            groups = struct.unpack_from(f"={count}I", data, _MKNOD.size)
+            leaf = data[_MKNOD.size + 4 * count:]
         ids.become(Identity(fsuid, fsgid, groups, umask, caps))
         os.mknod(leaf, mode, dev, dir_fd=fds[0])
         answer = 0

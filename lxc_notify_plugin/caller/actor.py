@@ -119,6 +119,8 @@ NAMESPACES = (("mnt", kernel.CLONE_NEWNS), ("pid", kernel.CLONE_NEWPID),
 # and the leaf name.  The answer: one errno (0: done).
 _MKNOD = struct.Struct("=cIQIIIQI")
 _OP_MKNOD = b"M"
+_OP_LONG = b"L"  # a JSON order longer than a message: in the memfd passed first
+_ORDER_MAX = 16 << 20  # far above any order (65536 groups are about 450 KB of JSON)
 _ERRNO = struct.Struct("=i")
 
 _SECBITS_LOCKED = (kernel.SECBIT_NOROOT_LOCKED | kernel.SECBIT_NO_SETUID_FIXUP_LOCKED
@@ -352,11 +354,23 @@ class Actor:
               timeout: float = _TIMEOUT_S) -> tuple[dict[str, Any], list[int]]:
         self.used = time.monotonic()
         self._follow_cpu()
+        data, passed = json.dumps(message).encode(), list(fds)
+        if len(data) > _MESSAGE_MAX:
+            # An order too long for one message (a program's caller with thousands
+            # of groups): in a memfd, passed first.
+            try:
+                passed.insert(0, _memfd_holding(data))
+            except OSError as err:
+                raise ActorFailed("pass an order to the actor", err) from err
+            data = _OP_LONG
         try:
-            socket.send_fds(self.sock, [json.dumps(message).encode()], list(fds))
+            socket.send_fds(self.sock, [data], passed)
         except OSError as err:
             self.close()
             raise ActorFailed("send to the actor", err) from err
+        finally:
+            if data == _OP_LONG:
+                os.close(passed[0])
         return self._receive(timeout)
 
     def _receive(self, timeout: float = _TIMEOUT_S) -> tuple[dict[str, Any], list[int]]:
@@ -958,6 +972,12 @@ def main(argv: list[str]) -> int:
                     _do_mknodat(sock, data, fds, ids)
                     continue
                 ids.ourselves()
+                if data == _OP_LONG and fds:
+                    holder = fds.pop(0)
+                    try:
+                        data = os.pread(holder, _ORDER_MAX, 0)
+                    finally:
+                        os.close(holder)
                 message = json.loads(data)
                 op = message.get("op")
                 if op == "mount":

@@ -1,4 +1,5 @@
-"""The actor's step is done as the caller: here, every one of its groups.
+"""The actor's step is done as the caller: here, every one of its groups, and
+orders longer than one message.
 
 A task may hold up to NGROUPS_MAX (65536) supplementary groups; the actor's
 mknod message has room for about 16,000, and the rest travel in a memfd
@@ -9,6 +10,7 @@ the kernel says EACCES.  The actor runs in this process's own cgroups.
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Iterator
@@ -60,3 +62,16 @@ def test_a_caller_with_more_groups_than_a_message_holds(actor: Actor, group_dir:
         actor.mknodat(group_dir, b"refused", fifo, 0,
                       Identity(OUTSIDER, OUTSIDER, groups[:-1], 0o022, 0))
     assert actor.alive
+
+
+def test_an_order_longer_than_a_message_reaches_the_actor_whole(actor: Actor) -> None:
+    """JSON orders (a program's caller and its groups) beyond one message go in a
+    memfd: the actor reads all of it, answers, and stays; no fd of ours is left."""
+    before = sorted(os.listdir("/proc/self/fd"))
+    # A step no kernel module declares: the actor answers EIO, having parsed it
+    # (before, a cut order killed it: ActorFailed, "actor exited").
+    answer, fds = actor.step("bpf", "no-such-step", {"padding": "x" * 200_000})
+    assert (answer["errno"], answer.get("step"), fds) == (errno.EIO, "no step bpf.no-such-step",
+                                                          [])
+    assert actor.alive
+    assert sorted(os.listdir("/proc/self/fd")) == before

@@ -173,6 +173,9 @@ def _child(channel: socket.socket, steps: list[Step], container: bool) -> None:
     ``g`` the next step, ``u PATH`` unmount everything at PATH, ``q`` leave."""
     code = 1
     try:
+        # Not pytest's cwd: a checkout in /root (0700, as a newcomer's on Debian) is
+        # no place container root may even name "." in.
+        os.chdir("/")
         if container:
             kernel.unshare(kernel.CLONE_NEWUSER | kernel.CLONE_NEWNS)
             channel.send(b"u")

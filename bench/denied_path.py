@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -99,6 +100,22 @@ def steps(audit_on: bool, number: int) -> list[tuple[str, float]]:
         event = Outcome(container.name, notice.tid, "mknodat", "kernel", 0, 1000,
                         {"dev": "c 4:1", "mode": "0644", "path": "/bench/denied-node"})
 
+        def until_sent() -> list[tuple[str, float]]:
+            """proxy._reply with a send, as the serving loop calls it: ns until the
+            answer was handed to send, and until _reply returned (medians)."""
+            if "send" not in proxy._reply.__code__.co_varnames:
+                return []
+            stamps: list[int] = []
+            sent, whole = [], []
+            for _ in range(number):
+                start = time.perf_counter_ns()
+                proxy._reply(gram, fds, 0, session, thread,
+                             lambda _: stamps.append(time.perf_counter_ns()))
+                whole.append(time.perf_counter_ns() - start)
+                sent.append(stamps.pop() - start)
+            return [("whole: proxy._reply until the answer is sent", statistics.median(sent)),
+                    ("whole: proxy._reply with send, to its return", statistics.median(whole))]
+
         def close_one() -> float:
             """ns to close one received fd (dups of /dev/null, closed in batches)."""
             best = float("inf")
@@ -146,12 +163,17 @@ def steps(audit_on: bool, number: int) -> list[tuple[str, float]]:
             ("whole: proxy._reply (parse..reply bytes)",
              lambda: proxy._reply(gram, fds, 0, session, thread)),
         ]
+        judge = dispatcher.handlers["mknod"].judge
+        if judge is not None:
+            cases.insert(7, ("mknod: judge (decode, rules, refused)",
+                             lambda: judge("mknodat", notice.args, policy, dispatcher.host)))
         del section, answer
         try:
             for name, case in cases:
                 cost = min(timeit.repeat(case, number=number, repeat=5)) / number
                 results.append((name, cost * 1e9))
             results.insert(-2, ("syscall: close one fd (x3 per call)", close_one()))
+            results.extend(until_sent())
         finally:
             for fd in fds:
                 os.close(fd)

@@ -22,15 +22,36 @@ from ..policy.families import Family
 from ..request import Answer
 
 if TYPE_CHECKING:  # the registry itself needs no handler's types
-    from .call import Call
+    from ..policy.effective import ContainerPolicy
+    from .call import Call, HostViews
 
 Handle = Callable[["Call"], Answer]
 
 
+# judge(syscall, args, policy, host): the answer from the notification and the
+# policy alone, or None when the handler must look at the caller (handle).
+Judge = Callable[[str, tuple[int, ...], "ContainerPolicy", "HostViews"], "Answer | None"]
+# describe(syscall, args, read_string): a judged call's arguments for its audit line.
+Describe = Callable[[str, tuple[int, ...], Callable[[int], bytes]], dict[str, object]]
+
+
 @dataclass(frozen=True)
 class Registered:
+    """A family and its handler module's entry points.
+
+    ``judge`` (optional) answers what the notification and the policy decide
+    alone, before the dispatcher reads anything of the caller or makes a
+    request: a refused call then costs what the decision costs.  ``handle``
+    must give the same answer for those calls (it is what other callers use).
+    ``describe`` gives such a call's audit arguments; it runs after the
+    caller was answered, so a string it reads from the caller's memory is
+    best effort (a caller that left meanwhile has none to read) and is only
+    recorded, never acted on."""
+
     family: Family[Any]
     handle: Handle
+    judge: Judge | None = None
+    describe: Describe | None = None
 
 
 @cache
@@ -42,5 +63,6 @@ def registry() -> dict[str, Registered]:
         handle = getattr(module, "handle", None)
         if not callable(handle):
             raise RuntimeError(f"{module.__name__} has no handle(call) for family {name!r}")
-        found[name] = Registered(family, handle)
+        found[name] = Registered(family, handle, getattr(module, "judge", None),
+                                 getattr(module, "describe", None))
     return found

@@ -88,8 +88,11 @@ class Daemon:
     never touches /run/lxc-notify or /var/lib/lxc-notify.  A context manager: the
     daemon is stopped on exit, whatever happened."""
 
-    def __init__(self, root: Path, audit: bool = True) -> None:
+    def __init__(self, root: Path, audit: bool = True, repo: Path = REPO) -> None:
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The checkout whose lxc_notify_plugin runs (another one: a before/after row).
+        self.repo = repo
+        self.env = {**os.environ, "PYTHONPATH": str(repo)}
         self.paths = Paths(socket=root / "lxc-notify.sock", state_dir=root / "state",
                            admin_profiles=root / "profiles")
         self.log_path = root / "daemon.log"
@@ -108,7 +111,8 @@ class Daemon:
 
     def cli(self, *args: str) -> str:
         result = subprocess.run([sys.executable, "-m", "lxc_notify_plugin", *self.global_args(),
-                                 *args], cwd=REPO, capture_output=True, text=True)
+                                 *args], cwd=self.repo, env=self.env, capture_output=True,
+                                text=True)
         if result.returncode != 0:
             raise RuntimeError(f"lxc-notify {' '.join(args)} exited {result.returncode}: "
                                f"{result.stderr.strip()}")
@@ -118,7 +122,7 @@ class Daemon:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lxc_notify_plugin", *self.global_args(), "daemon"],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                cwd=self.repo, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
         def up() -> bool:
             if self.process is not None and self.process.poll() is not None:

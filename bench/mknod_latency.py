@@ -62,6 +62,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=2000, help="calls per run")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--baseline-repo", type=Path, default=None,
+                        help="another checkout (e.g. a git worktree of main): its daemon, "
+                             "audit log on and off, adds denied rows to the same run")
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
@@ -82,10 +85,17 @@ def main() -> int:
         stack.callback(responder_process.terminate)
         stack.enter_context(daemon)
         stack.enter_context(quiet)
+        others = {}
+        if args.baseline_repo is not None:
+            others = {f"baseline-{n}": Daemon(tmp / f"baseline-{n}", audit=n == "on",
+                                               repo=args.baseline_repo.resolve())
+                      for n in ("on", "off")}
+            for other in others.values():
+                stack.enter_context(other)
         wait_for(responder_socket.exists, "the minimal responder")
         # Entered last, so destroyed first: containers go before their supervisors.
         boxes = {name: stack.enter_context(Sandbox(prefix=f"bench-{name}"))
-                 for name in ("kernel", "resp", "ours", "quiet")}
+                 for name in ("kernel", "resp", "ours", "quiet", *others)}
         for box in boxes.values():
             box.create(bind_tmpfs)
             box.install(probe, "/bin/nodeprobe")
@@ -97,12 +107,17 @@ def main() -> int:
         boxes["ours"].start()
         quiet.enable(boxes["quiet"])
         boxes["quiet"].start()
+        for name, other in others.items():
+            other.enable(boxes[name])
+            boxes[name].start()
 
         runs = {
             "kernel EPERM, no interception": (boxes["kernel"], "/bench/k", 1, 3),
             "minimal responder, EPERM via LXC": (boxes["resp"], "/bench/r", 1, 3),
             "lxc-notify, denied (c 4:1)": (boxes["ours"], "/bench/d", 4, 1),
             "lxc-notify, denied, audit off": (boxes["quiet"], "/bench/q", 4, 1),
+            **{f"{name}, denied, audit {name[9:]}": (boxes[name], f"/bench/{name}", 4, 1)
+               for name in others},
             "lxc-notify, emulated, tmpfs": (boxes["ours"], "/bench/e", 1, 3),
             "lxc-notify, emulated, ext4 /tmp": (boxes["ours"], "/tmp/e", 1, 3),
         }
@@ -139,6 +154,10 @@ def main() -> int:
     per_round = sorted(d[0] / r[0] for d, r in zip(samples["lxc-notify, denied (c 4:1)"],
                        samples["minimal responder, EPERM via LXC"], strict=True))
     print("denied/responder per round: " + " ".join(f"{x:.2f}" for x in per_round))
+    for name in others:
+        row = f"{name}, denied, audit {name[9:]}"
+        print(f"{args.baseline_repo} (audit {name[9:]}): denied {medians[row] / responder:.2f}x "
+              "responder")
     unmade = [n for n in runs if "emulated" in n and made[n] != args.rounds * args.calls]
     if unmade:
         print(f"warning: {'; '.join(unmade)}: not every call made its node, so the daemon "

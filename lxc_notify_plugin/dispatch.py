@@ -205,10 +205,8 @@ class Dispatcher:
             return request.details
         if judged is None or judged.describe is None or not self.keeps_details:
             return {}
-        tid = notice.tid
         try:
-            return judged.describe(syscall, notice.narrowed().args,
-                                   lambda address: kernel.read_task_c_string(tid, address))
+            return judged.describe(syscall, notice.narrowed().args)
         except Exception:
             log.exception("%s: describing a judged call failed (its audit line has no "
                           "arguments)", syscall)

@@ -31,8 +31,8 @@ Handle = Callable[["Call"], Answer]
 # judge(syscall, args, policy, host): the answer from the notification and the
 # policy alone, or None when the handler must look at the caller (handle).
 Judge = Callable[[str, tuple[int, ...], "ContainerPolicy", "HostViews"], "Answer | None"]
-# describe(syscall, args, read_string): a judged call's arguments for its audit line.
-Describe = Callable[[str, tuple[int, ...], Callable[[int], bytes]], dict[str, object]]
+# describe(syscall, args): a judged call's arguments for its audit line.
+Describe = Callable[[str, tuple[int, ...]], dict[str, object]]
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,10 @@ class Registered:
     alone, before the dispatcher reads anything of the caller or makes a
     request: a refused call then costs what the decision costs.  ``handle``
     must give the same answer for those calls (it is what other callers use).
-    ``describe`` gives such a call's audit arguments; it runs after the
-    caller was answered, so a string it reads from the caller's memory is
-    best effort (a caller that left meanwhile has none to read) and is only
-    recorded, never acted on."""
+    ``describe`` gives such a call's audit arguments from the notification
+    alone, after the caller was answered: nothing of the caller's is read for
+    them (a path read then cost the caller more than before its answer, as it
+    runs again meanwhile: see handlers/mknod.py)."""
 
     family: Family[Any]
     handle: Handle

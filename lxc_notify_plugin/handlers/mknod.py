@@ -16,7 +16,6 @@ import errno
 import logging
 import os
 import stat
-from collections.abc import Callable
 
 from .. import kernel
 from ..caller.actor import Identity, actor_for
@@ -64,16 +63,16 @@ def judge(syscall: str, args: tuple[int, ...], policy: ContainerPolicy,
     return None if rules else refused(policy)
 
 
-def describe(syscall: str, args: tuple[int, ...],
-             read_string: Callable[[int], bytes]) -> dict[str, object]:
-    """A judged call's audit arguments, made after its answer: the device, the mode
-    and, best effort, the path (read then; see ``handlers.Registered.describe``)."""
-    dir_fd, path_address, mode, dev = decode(syscall, args)
+def describe(syscall: str, args: tuple[int, ...]) -> dict[str, object]:
+    """A judged call's audit arguments: the device, the mode and a dirfd, from the
+    notification alone.  Not the path: reading it from the caller's memory cost the
+    caller 3.2 us before its answer, and more after it, read while the caller runs
+    again (bench/mknod_latency.py: 1.54x the responder against 1.31x without the
+    read, same run); the kernel reads it itself for the answer it gives."""
+    dir_fd, _, mode, dev = decode(syscall, args)
     details: dict[str, object] = {"dev": f"{_KINDS.get(mode & _S_IFMT, '?')} "
                                          f"{os.major(dev)}:{os.minor(dev)}",
                                   "mode": f"{stat.S_IMODE(mode):04o}"}
-    with contextlib.suppress(OSError):
-        details["path"] = os.fsdecode(read_string(path_address))
     if dir_fd != AT_FDCWD:
         details["dirfd"] = dir_fd
     return details
@@ -84,8 +83,8 @@ def handle(call: Call) -> Answer:
     dir_fd, path_address, mode, dev = decode(request.syscall, request.args)
     early = judge(request.syscall, request.args, policy, call.host)
     if early is not None:  # as the dispatcher answers it when it judges first
-        if early.ours and request.keeps_details:  # nothing read for an audit log that is off
-            request.note(**describe(request.syscall, request.args, request.read_string))
+        if early.ours:
+            request.note(**describe(request.syscall, request.args))
         return early
     kind = _KINDS[mode & _S_IFMT]
     major, minor = os.major(dev), os.minor(dev)

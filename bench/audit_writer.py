@@ -119,7 +119,7 @@ def run(name: str, make: Callable[[Path], tuple[Callable[[Outcome], None],
         watcher.join()
         # The writer's CPU: the process's, less the caller's and the watcher's (small).
         writer_cpu = time.process_time_ns() - process0 - caller_cpu
-        lines = path.read_bytes().count(b"\n")
+        lines = path.read_bytes().count(b"\n") if path.exists() else 0
         p99 = sorted(delays)[len(delays) * 99 // 100]
         print(f"{name:34} {statistics.median(hand_over):8.0f} {writer_cpu / count:9.0f} "
               f"{statistics.median(delays) / 1000:8.1f} {p99 / 1000:8.1f} "

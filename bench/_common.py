@@ -88,13 +88,19 @@ class Daemon:
     never touches /run/lxc-notify or /var/lib/lxc-notify.  A context manager: the
     daemon is stopped on exit, whatever happened."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, audit: bool = True, repo: Path = REPO) -> None:
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # The checkout whose lxc_notify_plugin runs (another one: a before/after row).
+        self.repo = repo
+        self.env = {**os.environ, "PYTHONPATH": str(repo)}
         self.paths = Paths(socket=root / "lxc-notify.sock", state_dir=root / "state",
                            admin_profiles=root / "profiles")
         self.log_path = root / "daemon.log"
-        # As a service runs it (audit log and metrics on), with its files under root.
+        # As a service runs it (audit log and metrics on), with its files under root;
+        # audit=False turns the audit log off (path "") to measure what it costs.
+        self.audit_path = root / "audit.log" if audit else None
         self.config_path = root / "daemon.toml"
-        self.config_path.write_text(f'[audit]\npath = "{root}/audit.log"\n'
+        self.config_path.write_text(f'[audit]\npath = "{self.audit_path or ""}"\n'
                                     f'[metrics]\npath = "{root}/metrics.prom"\n')
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -105,7 +111,8 @@ class Daemon:
 
     def cli(self, *args: str) -> str:
         result = subprocess.run([sys.executable, "-m", "lxc_notify_plugin", *self.global_args(),
-                                 *args], cwd=REPO, capture_output=True, text=True)
+                                 *args], cwd=self.repo, env=self.env, capture_output=True,
+                                text=True)
         if result.returncode != 0:
             raise RuntimeError(f"lxc-notify {' '.join(args)} exited {result.returncode}: "
                                f"{result.stderr.strip()}")
@@ -115,7 +122,7 @@ class Daemon:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lxc_notify_plugin", *self.global_args(), "daemon"],
-                cwd=REPO, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
+                cwd=self.repo, env=self.env, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
 
         def up() -> bool:
             if self.process is not None and self.process.poll() is not None:

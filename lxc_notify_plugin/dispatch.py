@@ -110,26 +110,43 @@ class Dispatcher:
         self.host.flag_locks.close()
 
     def answer(self, container: SupervisedContainer, notice: Notice, thread: ThreadState,
-               init_pid: int, listener_fd: int, proc_fd: int = -1) -> Answer:
-        """The answer to one notification.  Never raises.
+               init_pid: int, listener_fd: int, proc_fd: int = -1,
+               send: Callable[[Answer], object] | None = None) -> Answer:
+        """The answer to one notification.  Never raises, but for what ``send`` raises.
 
         ``proc_fd`` is the caller's /proc/TID if the transport has it (LXC
         sends one); the transport owns it and ``listener_fd``.
+
+        ``send``, if given, is called with the answer as soon as it is known,
+        and only then is the request counted, its audit details gathered and
+        the hooks told: none of that is the caller's wait.  What ``send``
+        raises (the transport's peer is gone) is raised after that.
+
+        A call the family's ``judge`` decides from the notification and the
+        policy alone (a device the profile does not name) is answered before
+        anything of the caller's is read or any per-request object is made.
         """
         started = time.monotonic_ns()
         syscall, family = self.syscalls.get((notice.arch, notice.nr), ("", ""))
         request: Request | None = None
+        judged: Registered | None = None
         try:
             policy = container.policy  # once: a reload may swap it meanwhile
             if not syscall or not policy.intercepts(family):
                 # An arch or call we do not handle: the kernel decides, never a guess.
                 answer, outcome = KERNEL_DECIDES, "unknown"
             else:
-                view = thread.view(container.name, init_pid)
-                request = Request(view, notice, syscall, listener_fd, proc_fd,
-                                  thread.host_proc_fd, self.keeps_details)
-                answer = self.handlers[family].handle(Call(request, policy, thread, self.host,
-                                                            container, self))
+                entry = self.handlers[family]
+                early = None if entry.judge is None else entry.judge(
+                    syscall, notice.narrowed().args, policy, self.host)
+                if early is not None:
+                    answer, judged = early, entry
+                else:
+                    view = thread.view(container.name, init_pid)
+                    request = Request(view, notice, syscall, listener_fd, proc_fd,
+                                      thread.host_proc_fd, self.keeps_details)
+                    answer = entry.handle(Call(request, policy, thread, self.host,
+                                               container, self))
                 if not answer.ours:
                     outcome = "ignored"
                 else:
@@ -169,9 +186,32 @@ class Dispatcher:
         finally:
             if request is not None:
                 request.close()
-        self._finish(container, notice, syscall, outcome, answer, started,
-                     request.details if request is not None else {})
+        if send is None:
+            self._finish(container, notice, syscall, outcome, answer, started,
+                         self._details(request, judged, syscall, notice))
+            return answer
+        try:
+            send(answer)
+        finally:
+            self._finish(container, notice, syscall, outcome, answer, started,
+                         self._details(request, judged, syscall, notice))
         return answer
+
+    def _details(self, request: Request | None, judged: Registered | None, syscall: str,
+                 notice: Notice) -> dict[str, object]:
+        """The call's arguments for the audit log: what its handler noted, or, for a
+        call judged from its notification, what the family's ``describe`` makes of
+        it (after the answer: see ``Registered.describe``)."""
+        if request is not None:
+            return request.details
+        if judged is None or judged.describe is None or not self.keeps_details:
+            return {}
+        try:
+            return judged.describe(syscall, notice.narrowed().args)
+        except Exception:
+            log.exception("%s: describing a judged call failed (its audit line has no "
+                          "arguments)", syscall)
+            return {}
 
     def refuse(self, container: SupervisedContainer, notice: Notice,
                fault: SupervisorFault) -> Answer:

@@ -22,15 +22,36 @@ from ..policy.families import Family
 from ..request import Answer
 
 if TYPE_CHECKING:  # the registry itself needs no handler's types
-    from .call import Call
+    from ..policy.effective import ContainerPolicy
+    from .call import Call, HostViews
 
 Handle = Callable[["Call"], Answer]
 
 
+# judge(syscall, args, policy, host): the answer from the notification and the
+# policy alone, or None when the handler must look at the caller (handle).
+Judge = Callable[[str, tuple[int, ...], "ContainerPolicy", "HostViews"], "Answer | None"]
+# describe(syscall, args): a judged call's arguments for its audit line.
+Describe = Callable[[str, tuple[int, ...]], dict[str, object]]
+
+
 @dataclass(frozen=True)
 class Registered:
+    """A family and its handler module's entry points.
+
+    ``judge`` (optional) answers what the notification and the policy decide
+    alone, before the dispatcher reads anything of the caller or makes a
+    request: a refused call then costs what the decision costs.  ``handle``
+    must give the same answer for those calls (it is what other callers use).
+    ``describe`` gives such a call's audit arguments from the notification
+    alone, after the caller was answered: nothing of the caller's is read for
+    them (a path read then cost the caller more than before its answer, as it
+    runs again meanwhile: see handlers/mknod.py)."""
+
     family: Family[Any]
     handle: Handle
+    judge: Judge | None = None
+    describe: Describe | None = None
 
 
 @cache
@@ -42,5 +63,6 @@ def registry() -> dict[str, Registered]:
         handle = getattr(module, "handle", None)
         if not callable(handle):
             raise RuntimeError(f"{module.__name__} has no handle(call) for family {name!r}")
-        found[name] = Registered(family, handle)
+        found[name] = Registered(family, handle, getattr(module, "judge", None),
+                                 getattr(module, "describe", None))
     return found

@@ -27,9 +27,11 @@ from ..policy.mknod import FAMILY, choose, mknod_rules, needs_path
 from ..policy.profile import KERNEL
 from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
 from . import nodes
-from .call import Call
+from .call import Call, HostViews
 
 log = logging.getLogger(__name__)
+
+_S_IFMT = 0o170000  # the file type bits of a mode (stat.S_IFMT is a function)
 
 
 def decode(syscall: str, args: tuple[int, ...]) -> tuple[int, int, int, int]:
@@ -43,24 +45,53 @@ def decode(syscall: str, args: tuple[int, ...]) -> tuple[int, int, int, int]:
     return dir_fd, args[1], args[2] & 0xFFFF, args[3] & 0xFFFFFFFF
 
 
+_KINDS = {stat.S_IFCHR: "c", stat.S_IFBLK: "b"}
+
+
+def judge(syscall: str, args: tuple[int, ...], policy: ContainerPolicy,
+          host: HostViews) -> Answer | None:
+    """The answer from the notification and the policy alone: a node that is not a
+    device, a whiteout, a device the profile does not name.  None: the profile may
+    allow it, and the caller must be looked at (``handle``)."""
+    _, _, mode, dev = decode(syscall, args)
+    kind = _KINDS.get(mode & _S_IFMT)
+    if kind is None:  # the filter traps only these two; anything else is not ours to judge
+        return NOT_OURS
+    rules = mknod_rules(policy.of(FAMILY), kind, os.major(dev), os.minor(dev), host.devices)
+    if rules is None:
+        return NOT_OURS  # a whiteout (c 0:0): the kernel allows it itself
+    return None if rules else refused(policy)
+
+
+def describe(syscall: str, args: tuple[int, ...]) -> dict[str, object]:
+    """A judged call's audit arguments: the device, the mode and a dirfd, from the
+    notification alone.  Not the path: reading it from the caller's memory cost the
+    caller 3.2 us before its answer, and more after it, read while the caller runs
+    again (bench/mknod_latency.py: 1.54x the responder against 1.31x without the
+    read, same run); the kernel reads it itself for the answer it gives."""
+    dir_fd, _, mode, dev = decode(syscall, args)
+    details: dict[str, object] = {"dev": f"{_KINDS.get(mode & _S_IFMT, '?')} "
+                                         f"{os.major(dev)}:{os.minor(dev)}",
+                                  "mode": f"{stat.S_IMODE(mode):04o}"}
+    if dir_fd != AT_FDCWD:
+        details["dirfd"] = dir_fd
+    return details
+
+
 def handle(call: Call) -> Answer:
     request, policy, thread = call.request, call.policy, call.thread
     dir_fd, path_address, mode, dev = decode(request.syscall, request.args)
-    if stat.S_ISCHR(mode):
-        kind = "c"
-    elif stat.S_ISBLK(mode):
-        kind = "b"
-    else:  # the filter traps only these two; anything else is not ours to judge
-        return NOT_OURS
+    early = judge(request.syscall, request.args, policy, call.host)
+    if early is not None:  # as the dispatcher answers it when it judges first
+        if early.ours:
+            request.note(**describe(request.syscall, request.args))
+        return early
+    kind = _KINDS[mode & _S_IFMT]
     major, minor = os.major(dev), os.minor(dev)
-    rules = mknod_rules(policy.of(FAMILY), kind, major, minor, call.host.devices)
-    if rules is None:
-        return NOT_OURS  # a whiteout (c 0:0): the kernel allows it itself
-    request.note(dev=f"{kind} {major}:{minor}", mode=f"{stat.S_IMODE(mode):04o}")
-    if not rules:
-        log.debug("%s %d:%d is not in the profile", kind, major, minor)
-        _note_path(request, path_address)
+    rules = mknod_rules(policy.of(FAMILY), kind, major, minor, call.host.devices) or ()
+    if not rules:  # judge() answers those; kept so this never acts without a rule
         return refused(policy)
+    request.note(dev=f"{kind} {major}:{minor}", mode=f"{stat.S_IMODE(mode):04o}")
     creds = read_creds(request, thread.status)
     if not (in_container_userns(request, creds) and creds.has_cap(kernel.CAP_MKNOD)):
         log.debug("caller lacks CAP_MKNOD in the container: the kernel decides")

@@ -36,14 +36,13 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, NamedTuple, overload
 
 from ..errors import ProtocolError, SupervisorFault
 from ..kernel.seccomp import SECCOMP_USER_NOTIF_FLAG_CONTINUE, NotifSizes
 from ..paths import claim_socket_path
-from ..request import Notice
+from ..request import Answer, Notice
 from .threads import start_serving
 
 if TYPE_CHECKING:
@@ -64,9 +63,9 @@ FDS_PER_MESSAGE: Final = 3
 UNPARSEABLE_REPLY: Final = b"\0"
 
 
-@dataclass(frozen=True, slots=True)
-class Notification:
-    """One seccomp notification as LXC forwarded it."""
+class Notification(NamedTuple):
+    """One seccomp notification as LXC forwarded it.  A NamedTuple: made for every
+    datagram before its answer, in a third of a frozen dataclass's time."""
 
     notif_id: int
     pid: int  # the calling *thread*'s id on the host
@@ -109,11 +108,8 @@ def parse(datagram: bytes, fd_count: int, sizes: NotifSizes) -> Notification:
         raise ProtocolError(f"response id {resp_id:#x} is not the notification id {notif_id:#x}")
     if monitor_pid <= 0 or init_pid <= 0 or pid <= 0:
         raise ProtocolError(f"bad pids: monitor {monitor_pid}, init {init_pid}, caller {pid}")
-    return Notification(
-        notif_id=notif_id, pid=pid, flags=flags, nr=nr, arch=arch, instruction_pointer=ip,
-        args=(a0, a1, a2, a3, a4, a5), monitor_pid=monitor_pid, init_pid=init_pid,
-        cookie=datagram[REPLY_SIZE:], raw_head=datagram[:RESP_OFFSET],
-    )
+    return Notification(notif_id, pid, flags, nr, arch, ip, (a0, a1, a2, a3, a4, a5),
+                        monitor_pid, init_pid, datagram[REPLY_SIZE:], datagram[:RESP_OFFSET])
 
 
 def cookie_matches(presented: bytes, expected: bytes) -> bool:
@@ -282,7 +278,11 @@ class LxcProxy:
                         break  # the monitor closed: the container stopped
                     if not isinstance(caller, ThreadState):
                         caller = thread_state(self.proc_root)
-                    reply = self._reply(datagram, fds, flags, session, caller)
+                    # Sent as soon as it is known (the dispatcher counts and audits
+                    # after), or returned to be sent here; the fds closed after.
+                    reply = self._reply(datagram, fds, flags, session, caller, conn.send)
+                    if reply is not None:
+                        conn.send(reply)
                 finally:
                     for fd in fds:
                         os.close(fd)
@@ -290,7 +290,6 @@ class LxcProxy:
                         and caller.cached_view is not None):
                     held = caller.cached_view.user_ns
                     self.dispatcher.host.nodes.hold(held)
-                conn.send(reply)
                 if isinstance(caller, ThreadState) and caller.broken:
                     log.critical("%s: closing the connection: this thread's identity is "
                                  "not its own any more", session.label)
@@ -314,10 +313,25 @@ class LxcProxy:
             if session.container is not None:
                 session.container.add_connection(-1)
 
+    @overload
     def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
-               caller: ThreadState | SupervisorFault) -> bytes:
-        """The reply for one datagram.  Never raises: every datagram gets an answer.
-        ``caller`` is the thread's ThreadState, or why it has none."""
+               caller: ThreadState | SupervisorFault, send: None = None) -> bytes: ...
+
+    @overload
+    def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
+               caller: ThreadState | SupervisorFault,
+               send: Callable[[bytes], object]) -> bytes | None: ...
+
+    def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
+               caller: ThreadState | SupervisorFault,
+               send: Callable[[bytes], object] | None = None) -> bytes | None:
+        """The reply for one datagram: every datagram gets one.  ``caller`` is the
+        thread's ThreadState, or why it has none.
+
+        With ``send``, a notification the dispatcher answers is sent through it as
+        soon as its answer is known, before the request is counted and audited, and
+        None is returned; what ``send`` raises is all this raises.  Anything else
+        (and everything without ``send``) is returned to be sent."""
         try:
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 raise ProtocolError("datagram or its fds were truncated")
@@ -338,13 +352,27 @@ class LxcProxy:
         notice = Notice(notification.notif_id, notification.pid, notification.arch,
                         notification.nr, notification.args)
         if isinstance(caller, SupervisorFault):
-            answer = self.dispatcher.refuse(container, notice, caller)
-        else:
-            answer = self.dispatcher.answer(container, notice, caller, notification.init_pid,
-                                            listener_fd=fds[2], proc_fd=fds[0])
-        if answer.let_kernel_decide:
-            return notification.reply(flags=SECCOMP_USER_NOTIF_FLAG_CONTINUE)
-        return notification.reply(error=answer.error, val=answer.val)
+            return _encode(notification, self.dispatcher.refuse(container, notice, caller))
+        if send is None:
+            return _encode(notification, self.dispatcher.answer(
+                container, notice, caller, notification.init_pid, listener_fd=fds[2],
+                proc_fd=fds[0]))
+        sent = False
+
+        def reply(answer: Answer) -> None:
+            nonlocal sent
+            sent = True  # tried: if the send fails, the monitor is gone
+            send(_encode(notification, answer))
+
+        answer = self.dispatcher.answer(container, notice, caller, notification.init_pid,
+                                        listener_fd=fds[2], proc_fd=fds[0], send=reply)
+        return None if sent else _encode(notification, answer)
+
+
+def _encode(notification: Notification, answer: Answer) -> bytes:
+    if answer.let_kernel_decide:
+        return notification.reply(flags=SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+    return notification.reply(error=answer.error, val=answer.val)
 
 
 class _Session:

@@ -7,6 +7,7 @@ that needs no privileges: the filter's leftovers and refused devices.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import logging
 import os
@@ -15,6 +16,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import cast
 
 import pytest
 
@@ -200,3 +202,86 @@ def test_lxc_known_cookie_reaches_the_dispatcher(tmp_path: Path) -> None:
 
 def test_lxc_garbage_gets_the_unparseable_reply(tmp_path: Path) -> None:
     assert lxc_reply(tmp_path, COOKIE, b"\xff" * 200) == protocol.UNPARSEABLE_REPLY
+
+
+# --- a refused call costs its decision: judged first, answered before the bookkeeping ------
+
+
+class _NoCallerReads:
+    """A thread state that fails the test if the dispatcher looks at the caller."""
+
+    host_proc_fd = -1
+
+    def view(self, name: str, init_pid: int) -> object:
+        raise AssertionError("a judged call read the caller's container")
+
+
+def test_a_refused_device_is_answered_from_the_notice_and_policy_first() -> None:
+    order: list[str] = []
+    seen: list[Outcome] = []
+    container = make_container()
+
+    def hook(outcome: Outcome) -> None:
+        order.append("hook")
+        seen.append(outcome)
+
+    def send(answer: Answer) -> None:
+        order.append(f"send, counted {sum(container.counts().values())}")
+
+    dispatcher = Dispatcher(hooks=(hook,))
+    path = ctypes.create_string_buffer(b"/dev/tty-refused")
+    notice = Notice(5, threading.get_native_id(), X86_64, 259,
+                    (0xFFFFFF9C, ctypes.addressof(path), CHR | 0o640, os.makedev(4, 1), 0, 0))
+    answer = dispatcher.answer(container, notice, cast(ThreadState, _NoCallerReads()),
+                               os.getpid(), listener_fd=-1, send=send)
+    assert answer == Answer(let_kernel_decide=True)
+    # Sent before it was counted; then counted and told to the hooks with its
+    # arguments from the notice (the caller's memory is not read for its path).
+    assert order == ["send, counted 0", "hook"] and container.counts() == {"kernel": 1}
+    assert (seen[0].syscall, seen[0].outcome) == ("mknodat", "kernel")
+    assert seen[0].arguments == {"dev": "c 4:1", "mode": "0640"}
+
+    # Without an audit log nothing is kept for it.
+    dispatcher.keeps_details = False
+    dispatcher.answer(container, notice, cast(ThreadState, _NoCallerReads()), os.getpid(),
+                      listener_fd=-1, send=send)
+    assert seen[1].arguments == {}
+
+
+def test_a_failed_send_is_counted_and_raised() -> None:
+    seen: list[Outcome] = []
+    dispatcher = Dispatcher(hooks=(seen.append,))
+    container = make_container()
+    notice = Notice(6, os.getpid(), X86_64, 133, (0, CHR, os.makedev(4, 1), 0, 0, 0))
+
+    def send(answer: Answer) -> None:
+        raise BrokenPipeError(errno.EPIPE, "the monitor went away")
+
+    with pytest.raises(BrokenPipeError):
+        dispatcher.answer(container, notice, cast(ThreadState, _NoCallerReads()), os.getpid(),
+                          listener_fd=-1, send=send)
+    assert container.counts() == {"kernel": 1} and [o.outcome for o in seen] == ["kernel"]
+
+
+def test_lxc_sends_the_answer_itself_with_the_same_bytes(tmp_path: Path) -> None:
+    container = make_container()
+    sizes = kernel.notif_sizes()
+    proxy = LxcProxy(tmp_path / "s", Dispatcher(), lambda c: container, sizes)
+    raw = protocol.build(9, os.getpid(), 133, X86_64, (0, CHR, os.makedev(4, 1)),
+                         init_pid=os.getpid(), cookie=COOKIE, sizes=sizes)
+    sent: list[bytes] = []
+    result: list[bytes | None] = []
+
+    def serve() -> None:
+        caller = ThreadState()
+        try:
+            result.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller, sent.append))
+            result.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller))
+        finally:
+            caller.close()
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    thread.join()
+    assert result[0] is None and sent == [result[1]]
+    assert protocol.unpack_reply(sent[0]) == (9, 0, 0, kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE)

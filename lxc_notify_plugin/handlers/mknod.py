@@ -23,7 +23,7 @@ from ..caller.task import INODE_CAPS, in_container_userns, read_creds, rebase_se
 from ..caller.thread import AT_FDCWD
 from ..kernel.fd import OwnedFd
 from ..policy.effective import ContainerPolicy
-from ..policy.mknod import FAMILY, choose, mknod_rules, needs_path
+from ..policy.mknod import FAMILY, DeviceRule, choose, mknod_rules, needs_path
 from ..policy.profile import KERNEL
 from ..request import DONE, KERNEL_DECIDES, NOT_OURS, Answer, Request
 from . import nodes
@@ -53,6 +53,15 @@ def judge(syscall: str, args: tuple[int, ...], policy: ContainerPolicy,
     """The answer from the notification and the policy alone: a node that is not a
     device, a whiteout, a device the profile does not name.  None: the profile may
     allow it, and the caller must be looked at (``handle``)."""
+    judged = _judge(syscall, args, policy, host)
+    return judged if isinstance(judged, Answer) else None
+
+
+def _judge(syscall: str, args: tuple[int, ...], policy: ContainerPolicy,
+           host: HostViews) -> Answer | tuple[DeviceRule, ...]:
+    """``judge``'s decision, or the rules that may allow the node: one derivation
+    for the dispatcher's early answer and for ``handle``, which stands alone (it
+    is also called without the dispatcher judging first)."""
     _, _, mode, dev = decode(syscall, args)
     kind = _KINDS.get(mode & _S_IFMT)
     if kind is None:  # the filter traps only these two; anything else is not ours to judge
@@ -60,7 +69,7 @@ def judge(syscall: str, args: tuple[int, ...], policy: ContainerPolicy,
     rules = mknod_rules(policy.of(FAMILY), kind, os.major(dev), os.minor(dev), host.devices)
     if rules is None:
         return NOT_OURS  # a whiteout (c 0:0): the kernel allows it itself
-    return None if rules else refused(policy)
+    return rules or refused(policy)
 
 
 def describe(syscall: str, args: tuple[int, ...]) -> dict[str, object]:
@@ -81,16 +90,13 @@ def describe(syscall: str, args: tuple[int, ...]) -> dict[str, object]:
 def handle(call: Call) -> Answer:
     request, policy, thread = call.request, call.policy, call.thread
     dir_fd, path_address, mode, dev = decode(request.syscall, request.args)
-    early = judge(request.syscall, request.args, policy, call.host)
-    if early is not None:  # as the dispatcher answers it when it judges first
-        if early.ours:
+    rules = _judge(request.syscall, request.args, policy, call.host)
+    if isinstance(rules, Answer):  # as the dispatcher answers it when it judges first
+        if rules.ours:
             request.note(**describe(request.syscall, request.args))
-        return early
+        return rules
     kind = _KINDS[mode & _S_IFMT]
     major, minor = os.major(dev), os.minor(dev)
-    rules = mknod_rules(policy.of(FAMILY), kind, major, minor, call.host.devices) or ()
-    if not rules:  # judge() answers those; kept so this never acts without a rule
-        return refused(policy)
     request.note(dev=f"{kind} {major}:{minor}", mode=f"{stat.S_IMODE(mode):04o}")
     creds = read_creds(request, thread.status)
     if not (in_container_userns(request, creds) and creds.has_cap(kernel.CAP_MKNOD)):

@@ -100,6 +100,9 @@ def steps(audit_on: bool, number: int) -> list[tuple[str, float]]:
         event = Outcome(container.name, notice.tid, "mknodat", "kernel", 0, 1000,
                         {"dev": "c 4:1", "mode": "0644", "path": "/bench/denied-node"})
 
+        # A tree from before the send was added (this file run against it) returns the reply.
+        discard = (lambda _: None,) if "send" in proxy._reply.__code__.co_varnames else ()
+
         def until_sent() -> list[tuple[str, float]]:
             """proxy._reply with a send, as the serving loop calls it: ns until the
             answer was handed to send, and until _reply returned (medians)."""
@@ -161,7 +164,7 @@ def steps(audit_on: bool, number: int) -> list[tuple[str, float]]:
             ("whole: dispatcher.answer",
              lambda: dispatcher.answer(container, notice, thread, pid, -1, -1)),
             ("whole: proxy._reply (parse..reply bytes)",
-             lambda: proxy._reply(gram, fds, 0, session, thread)),
+             lambda: proxy._reply(gram, fds, 0, session, thread, *discard)),
         ]
         judge = dispatcher.handlers["mknod"].judge
         if judge is not None:

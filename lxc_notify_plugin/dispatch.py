@@ -186,12 +186,9 @@ class Dispatcher:
         finally:
             if request is not None:
                 request.close()
-        if send is None:
-            self._finish(container, notice, syscall, outcome, answer, started,
-                         self._details(request, judged, syscall, notice))
-            return answer
         try:
-            send(answer)
+            if send is not None:
+                send(answer)
         finally:
             self._finish(container, notice, syscall, outcome, answer, started,
                          self._details(request, judged, syscall, notice))

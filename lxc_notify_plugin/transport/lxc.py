@@ -37,7 +37,7 @@ import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, NamedTuple, overload
+from typing import TYPE_CHECKING, Final, NamedTuple
 
 from ..errors import ProtocolError, SupervisorFault
 from ..kernel.seccomp import SECCOMP_USER_NOTIF_FLAG_CONTINUE, NotifSizes
@@ -313,25 +313,16 @@ class LxcProxy:
             if session.container is not None:
                 session.container.add_connection(-1)
 
-    @overload
-    def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
-               caller: ThreadState | SupervisorFault, send: None = None) -> bytes: ...
-
-    @overload
     def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
                caller: ThreadState | SupervisorFault,
-               send: Callable[[bytes], object]) -> bytes | None: ...
-
-    def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
-               caller: ThreadState | SupervisorFault,
-               send: Callable[[bytes], object] | None = None) -> bytes | None:
+               send: Callable[[bytes], object]) -> bytes | None:
         """The reply for one datagram: every datagram gets one.  ``caller`` is the
         thread's ThreadState, or why it has none.
 
-        With ``send``, a notification the dispatcher answers is sent through it as
-        soon as its answer is known, before the request is counted and audited, and
-        None is returned; what ``send`` raises is all this raises.  Anything else
-        (and everything without ``send``) is returned to be sent."""
+        A notification the dispatcher answers is sent through ``send`` as soon as
+        its answer is known, before the request is counted and audited, and None is
+        returned; what ``send`` raises is all this raises.  Anything else (a
+        datagram refused before the dispatcher) is returned to be sent."""
         try:
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 raise ProtocolError("datagram or its fds were truncated")
@@ -353,10 +344,6 @@ class LxcProxy:
                         notification.nr, notification.args)
         if isinstance(caller, SupervisorFault):
             return _encode(notification, self.dispatcher.refuse(container, notice, caller))
-        if send is None:
-            return _encode(notification, self.dispatcher.answer(
-                container, notice, caller, notification.init_pid, listener_fd=fds[2],
-                proc_fd=fds[0]))
         sent = False
 
         def reply(answer: Answer) -> None:

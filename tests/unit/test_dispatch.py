@@ -180,7 +180,9 @@ def lxc_reply(tmp_path: Path, cookie: bytes, datagram: bytes | None = None) -> b
     def serve() -> None:  # on its own thread: ThreadState unshares its fs state
         caller = ThreadState()
         try:
-            result.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller))
+            reply = proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller, result.append)
+            if reply is not None:  # refused before the dispatcher: returned, not sent
+                result.append(reply)
         finally:
             caller.close()
 
@@ -276,7 +278,9 @@ def test_lxc_sends_the_answer_itself_with_the_same_bytes(tmp_path: Path) -> None
         caller = ThreadState()
         try:
             result.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller, sent.append))
-            result.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller))
+            reply = proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller, result.append)
+            if reply is not None:  # refused before the dispatcher: returned, not sent
+                result.append(reply)
         finally:
             caller.close()
 

@@ -43,7 +43,7 @@ from ..errors import ProtocolError, SupervisorFault
 from ..kernel.seccomp import SECCOMP_USER_NOTIF_FLAG_CONTINUE, NotifSizes
 from ..paths import claim_socket_path
 from ..request import Answer, Notice
-from .threads import start_serving
+from .threads import admit, start_serving
 
 if TYPE_CHECKING:
     from ..caller.thread import ThreadState
@@ -140,7 +140,6 @@ def unpack_reply(reply: bytes) -> tuple[int, int, int, int]:
 _MAX_DATAGRAM: Final = REPLY_SIZE + MAX_COOKIE + 1
 _MAX_FDS: Final = 8  # more than LXC ever sends: extra fds are received (and closed), not dropped
 _ANCILLARY: Final = socket.CMSG_SPACE(_MAX_FDS * array.array("i").itemsize)
-_PEERCRED: Final = struct.Struct("3i")
 
 Lookup = Callable[[bytes], "SupervisedContainer | None"]
 
@@ -207,20 +206,10 @@ class LxcProxy:
         self._take(conn)
 
     def _take(self, conn: socket.socket) -> None:
-        pid, uid, _ = _PEERCRED.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-        if uid != 0:
-            log.warning("refused a connection from pid %d uid %d: only root's LXC may connect",
-                        pid, uid)
-            conn.close()
-            return
-        with self._lock:
-            full = len(self._threads) >= self.max_connections
-        if full:
-            # The monitor's send fails, LXC reconnects once, then answers ENOSYS.
-            log.error("refused monitor pid %d: %d connections already (limits.connections)",
-                      pid, self.max_connections)
-            conn.close()
+        # A refused monitor's send fails, LXC reconnects once, then answers ENOSYS.
+        pid = admit(conn, self._lock, self._threads, self.max_connections, label="",
+                    peer="LXC", served="connections")
+        if pid is None:
             return
 
         def refused(err: RuntimeError) -> None:

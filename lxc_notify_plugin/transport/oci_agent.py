@@ -20,26 +20,24 @@ import json
 import logging
 import os
 import socket
-import struct
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Final, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from .. import kernel
 from ..errors import ProtocolError
 from ..paths import claim_socket_path
 from .listener import serve_listener, set_sync_wake_up
 from .oci_state import ProcessState, parse_state, receive_state
-from .threads import start_serving
+from .threads import admit, start_serving
 
 if TYPE_CHECKING:  # serving a listener needs the dispatcher's types only
     from ..dispatch import Dispatcher, SupervisedContainer
 
 log = logging.getLogger(__name__)
 
-_PEERCRED: Final = struct.Struct("3i")
 
 
 class Keeper(Protocol):
@@ -132,21 +130,11 @@ class OciAgent:
         except OSError as err:
             log.warning("agent: accept failed: %s", err)
             return
-        pid, uid, _ = _PEERCRED.unpack(
-            conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-        if uid != 0:
-            log.warning("agent: refused a connection from pid %d uid %d: only root's runtime "
-                        "may hand over a listener", pid, uid)
-            conn.close()
-            return
-        with self._lock:
-            full = len(self._threads) >= self.max_connections
-        if full:
-            # Closing the connection closes the listener we were given: the
-            # container's trapped calls then get ENOSYS from the kernel.
-            log.error("agent: refused pid %d: %d listeners already (limits.connections)",
-                      pid, self.max_connections)
-            conn.close()
+        # Closing a refused connection closes the listener we were given: the
+        # container's trapped calls then get ENOSYS from the kernel.
+        pid = admit(conn, self._lock, self._threads, self.max_connections, label="agent: ",
+                    peer="runtime", served="listeners")
+        if pid is None:
             return
 
         def refused(err: RuntimeError) -> None:

@@ -7,19 +7,24 @@ one can fail: at the unit's task limit (TasksMax) or the host's,
 thread must not stay in the table (``close()`` would join a thread that
 never ran), and what it would have owned (the monitor's connection, a
 listener) must be released at once, or a caller waits on it for ever.
-``start_serving`` is that rule, once for every transport.
+``start_serving`` is that rule, once for every transport; ``admit`` is the
+check each transport makes of a new connection before it gets a thread.
 """
 
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import threading
-from collections.abc import Callable, MutableMapping
-from typing import TypeVar
+from collections.abc import Callable, Mapping, MutableMapping
+from typing import Final, TypeVar
 
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
+
+_PEERCRED: Final = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
 def _nothing() -> None:
@@ -62,3 +67,27 @@ def start_serving(name: str, serve: Callable[[], object], lock: threading.Lock,
             return True
     refused(refusal)
     return False
+
+
+def admit(conn: socket.socket, lock: threading.Lock, threads: Mapping[threading.Thread, object],
+          limit: int, *, label: str, peer: str, served: str) -> int | None:
+    """The pid of ``conn``'s peer, if it is root's (``peer`` names who may connect)
+    and fewer than ``limit`` ``served`` run now; else ``conn`` is closed, the
+    refusal logged (prefixed with ``label``) and None."""
+    pid: int
+    uid: int
+    pid, uid, _ = _PEERCRED.unpack(
+        conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    if uid != 0:
+        log.warning("%srefused a connection from pid %d uid %d: only root's %s may connect",
+                    label, pid, uid, peer)
+        conn.close()
+        return None
+    with lock:
+        full = len(threads) >= limit
+    if full:
+        log.error("%srefused pid %d: %d %s already (limits.connections)", label, pid, limit,
+                  served)
+        conn.close()
+        return None
+    return pid

@@ -18,20 +18,17 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from . import kernel
 from .caller.thread import ThreadState
-from .errors import RequestGone, SupervisorFault, ThreadIdentityLost, own_step
+from .errors import RequestGone, SupervisorFault, ThreadIdentityLost
 from .handlers import Registered, registry
 from .handlers.call import Call, HostViews, SupervisedContainer
 from .request import KERNEL_DECIDES, Answer, Notice, Request
+from .transport.listener import SideListeners
 
-__all__ = ["OUTCOMES", "Call", "Dispatcher", "HostViews", "Outcome", "SupervisedContainer",
-           "thread_state"]
-
-if TYPE_CHECKING:
-    from .transport.listener import SideListeners
+__all__ = ["OUTCOMES", "Call", "Dispatcher", "HostViews", "Outcome", "SupervisedContainer"]
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +92,6 @@ class Dispatcher:
                        init_pid: int) -> None:
         with self._side_lock:
             if self._side is None:
-                # Imported here: the transports import this module.
-                from .transport.listener import SideListeners  # noqa: PLC0415
                 self._side = SideListeners()
             side = self._side
         side.start(listener_fd, container, init_pid, self)
@@ -268,14 +263,3 @@ def fault_errno(fault: SupervisorFault) -> int:
     get what a call needs (documented for mknod(2) and mount(2))."""
     code = fault.errno or errno.EIO
     return errno.ENOMEM if code in DAEMON_ONLY_ERRNOS else code
-
-
-def thread_state(proc_root: str = "/proc") -> ThreadState | SupervisorFault:
-    """This thread's ThreadState, or the fault that kept it from being made (its
-    fds: EMFILE when the daemon's fd table is full).  A transport answers each
-    notification with ``Dispatcher.refuse`` until one can be made."""
-    try:
-        with own_step("prepare its thread for callers"):
-            return ThreadState(proc_root)
-    except SupervisorFault as fault:
-        return fault

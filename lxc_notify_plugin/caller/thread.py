@@ -46,7 +46,7 @@ from types import TracebackType
 from typing import Protocol, TypeVar
 
 from .. import kernel
-from ..errors import SupervisorFault, ThreadIdentityLost
+from ..errors import SupervisorFault, ThreadIdentityLost, own_step
 from ..request import ContainerUserns, Request
 from .task import INODE_CAPS, CallerCreds, TaskFile
 from .userns import UsernsHelper
@@ -515,3 +515,14 @@ def check_leaf(parent_fd: int, leaf: bytes, trailing_slash: bool) -> None:
 
 
 __all__ = ["AT_FDCWD", "INODE_CAPS", "CallerScope", "ThreadState", "MountNamespaceScope"]
+
+
+def thread_state(proc_root: str = "/proc") -> ThreadState | SupervisorFault:
+    """This thread's ThreadState, or the fault that kept it from being made (its
+    fds: EMFILE when the daemon's fd table is full).  A transport answers each
+    notification with ``Dispatcher.refuse`` until one can be made."""
+    try:
+        with own_step("prepare its thread for callers"):
+            return ThreadState(proc_root)
+    except SupervisorFault as fault:
+        return fault

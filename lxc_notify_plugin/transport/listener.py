@@ -23,13 +23,14 @@ import logging
 import os
 import select
 import threading
+from typing import Protocol
 
 from .. import kernel
-from ..caller.thread import ThreadState
-from ..dispatch import Dispatcher, SupervisedContainer, thread_state
+from ..caller.thread import ThreadState, thread_state
 from ..errors import OWN_STEP_ERRNO, SupervisorFault
+from ..handlers.call import SupervisedContainer
 from ..kernel import features
-from ..request import Notice
+from ..request import Answer, Notice
 from .threads import start_serving
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,19 @@ def set_sync_wake_up(listener_fd: int) -> bool:
     return True
 
 
+class Answerer(Protocol):
+    """What a listener's thread needs of ``dispatch.Dispatcher`` (which itself
+    serves programs' listeners with ``SideListeners``: a protocol, not an import)."""
+
+    def answer(self, container: SupervisedContainer, notice: Notice, thread: ThreadState,
+               init_pid: int, listener_fd: int) -> Answer: ...
+
+    def refuse(self, container: SupervisedContainer, notice: Notice,
+               fault: SupervisorFault) -> Answer: ...
+
+
 def serve_listener(listener_fd: int, container: SupervisedContainer, init_pid: int,
-                   dispatcher: Dispatcher, stop_fd: int, proc_root: str = "/proc") -> str:
+                   dispatcher: Answerer, stop_fd: int, proc_root: str = "/proc") -> str:
     """Answer every notification on ``listener_fd`` until no task is left in its
     filter ("hangup") or ``stop_fd`` becomes readable ("stopped").  The caller
     owns both fds.  Every notification received gets an answer."""
@@ -125,7 +137,7 @@ class SideListeners:
         self._threads: dict[threading.Thread, None] = {}
 
     def start(self, listener_fd: int, container: SupervisedContainer, init_pid: int,
-              dispatcher: Dispatcher) -> None:
+              dispatcher: Answerer) -> None:
         """Serve ``listener_fd`` (owned from now on: closed when its thread ends).
         No thread to be had is the supervisor's fault (ENOMEM for the caller
         whose call started the program, logged), the listener closed at once."""

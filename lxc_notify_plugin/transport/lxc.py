@@ -250,8 +250,7 @@ class LxcProxy:
 
     def _serve_connection(self, conn: socket.socket, peer_pid: int) -> None:
         # Not needed to parse a datagram:
-        from ..caller.thread import ThreadState
-        from ..dispatch import thread_state
+        from ..caller.thread import ThreadState, thread_state
 
         session = _Session(peer_pid)
         # Made with the first datagram, and again with each one while it cannot be

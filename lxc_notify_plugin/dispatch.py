@@ -17,8 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, NamedTuple
 
 from . import kernel
 from .caller.thread import ThreadState
@@ -33,9 +32,11 @@ __all__ = ["OUTCOMES", "Call", "Dispatcher", "HostViews", "Outcome", "Supervised
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    """What happened to one request, for hooks (audit log, metrics)."""
+class Outcome(NamedTuple):
+    """What happened to one request, for hooks (audit log, metrics).
+
+    A tuple: made for every request after its answer, where a frozen
+    dataclass's field-by-field ``__init__`` cost 0.66 us (bench/denied_path.py)."""
 
     container: str
     tid: int
@@ -43,7 +44,7 @@ class Outcome:
     outcome: str  # see OUTCOMES
     error: int  # the errno answered, 0 for none
     duration_ns: int
-    arguments: dict[str, object] = field(default_factory=dict)  # decoded, paths as text
+    arguments: dict[str, object]  # decoded, paths as text; {} for none
 
     @property
     def audited(self) -> bool:

@@ -66,6 +66,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -251,15 +252,23 @@ class Actor:
         _raise_for({"errno": _ERRNO.unpack(data)[0]})
 
     def _follow_cpu(self) -> None:
-        """Run the actor where this thread runs: a wake-up across CPUs costs this
-        VM about 35 us per round trip, one on the same CPU a few (bench/actor_cost.py).
-        Where the caller's cpuset excludes our CPU, the actor runs where it may."""
+        """Run this thread and the actor on one CPU while they talk.  A wake-up
+        across CPUs costs this VM about 25 us each way; on one CPU the round trip
+        is a few us plus the work (bench/actor_cost.py).  Pinning the actor alone
+        was not enough: its answer woke this thread on the other, idle CPU about
+        one call in six, and the next call moved the actor again (p50 40-60 us
+        against 26 us with both pinned).  So this thread stays on the CPU it had
+        while it has actors (``Actors`` gives it back its own set), and the
+        actor follows it; no syscall while neither moves.  Where the caller's
+        cpuset excludes our CPU, the actor runs where it may."""
         if not self.follow_cpu:
             return
         cpu = kernel.sched_getcpu()
         if cpu == self.cpu:
             return
         self.cpu = cpu
+        with contextlib.suppress(OSError):  # a thread confined elsewhere stays so
+            os.sched_setaffinity(0, (cpu,))
         try:
             os.sched_setaffinity(self.process.pid, (cpu,))
         except OSError:
@@ -421,6 +430,10 @@ class Actors:
 
     def __init__(self) -> None:
         self.by_cgroups: dict[bytes, Actor] = {}
+        # Made on the thread it serves: its CPUs before an actor pinned it (by
+        # TID, so closing from elsewhere gives them back to the right thread).
+        self._tid = threading.get_native_id()
+        self._cpus = os.sched_getaffinity(0)
 
     def get(self, proc_cgroup: bytes, init_pid: int, mountinfo: Callable[[], str]) -> Actor:
         # Idle ones go here, never by themselves: an actor that exited on its own
@@ -428,6 +441,8 @@ class Actors:
         stale = time.monotonic() - _IDLE_S
         for key in [k for k, a in self.by_cgroups.items() if a.used < stale]:
             self.by_cgroups.pop(key).close()
+        if not self.by_cgroups:
+            self._unpin()
         actor = self.by_cgroups.get(proc_cgroup)
         if actor is not None and actor.alive:
             return actor
@@ -448,6 +463,12 @@ class Actors:
         for actor in self.by_cgroups.values():
             actor.close()
         self.by_cgroups = {}
+        self._unpin()
+
+    def _unpin(self) -> None:
+        """The thread's own CPUs again (``Actor._follow_cpu`` pinned it to one)."""
+        with contextlib.suppress(OSError):  # ESRCH: the thread has ended
+            os.sched_setaffinity(self._tid, self._cpus)
 
 
 def actor_for(thread: ThreadState, request: Request) -> Actor:

@@ -166,6 +166,15 @@ class ProgramOrder:
     rlimits: list[tuple[int, int, int]]  # (resource, soft, hard), the caller's
     oom_score_adj: int
     lsm_label: str  # the caller's AppArmor profile to exec under; "" for none
+    # What else a child of the caller would inherit from it:
+    cpus: list[int]  # its CPU affinity
+    nice: int
+    sched_policy: int  # SCHED_RESET_ON_FORK included, where the caller has it
+    sched_priority: int
+    ioprio: int  # class << 13 | data (0: none set, the nice-derived default)
+    personality: int
+    timerslack_ns: int
+    cap_ambient: int
 
 
 class Actor:
@@ -763,13 +772,11 @@ def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int
             _send(channel, {"step": name, "errno": err.errno or errno.EIO})
             os._exit(1)
 
-    # The actor follows the daemon's CPU; the program must not stay pinned there.
-    with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
     # Its resource limits and OOM score, as host root (raising one above ours
     # needs CAP_SYS_RESOURCE, which this host withholds from everyone: then it
-    # is lowered to ours and named in the report).
-    unmatched = _take_limits(order)
+    # is lowered to ours and named in the report); then its CPUs and scheduling
+    # (the actor follows the daemon's CPU: the program must not stay pinned there).
+    unmatched = _take_limits(order) + _take_scheduling(order)
     for (name, kind), fd in zip(NAMESPACES, ns_fds, strict=True):
         if fd >= 0:  # -1: this kernel has no such namespace (time before 5.6)
             step(f"enter the {name} namespace", kernel.setns, fd, kind)
@@ -791,6 +798,15 @@ def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int
     step("take the caller's gids", os.setresgid, *order["gid"])
     step("take the caller's uids", os.setresuid, *order["uid"])
     os.umask(order["umask"])
+    # Not the daemon's session keyring, which a fork would share: its possessor
+    # could read what is in it and link keys in for every later program, of
+    # any container.  A new one owned by the caller's ids, as LXC gives a
+    # container's init (lxc.keyring.session); the caller's own cannot be joined.
+    try:
+        kernel.join_new_session_keyring()
+    except OSError as err:
+        if err.errno != errno.ENOSYS:  # a kernel without keys has no keyring to leak
+            step("join a session keyring of its own", _raise, err)
     listener = -1
     if order["seccomp"]:
         try:
@@ -806,6 +822,11 @@ def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int
     step("set the caller's securebits", kernel.set_securebits, order["securebits"])
     step("take the caller's capabilities", kernel.capset, kernel.ThreadCaps(
         order["cap_effective"], order["cap_permitted"], order["cap_inheritable"]))
+    # Its ambient capabilities, now that its permitted and inheritable sets are
+    # its own (the kernel raises only what both hold, as it did for the caller).
+    for cap in range(kernel.CAP_LAST_CAP + 1):
+        if order["cap_ambient"] >> cap & 1:
+            step("raise an ambient capability", kernel.raise_ambient, cap)
     if order["no_new_privs"]:
         step("set no_new_privs", kernel.prctl, kernel.PR_SET_NO_NEW_PRIVS, 1)
     read_end, write_end = os.pipe()
@@ -876,6 +897,39 @@ def _take_limits(order: dict[str, Any]) -> list[str]:
             f.write(str(order["oom_score_adj"]))
     except OSError:
         unmatched.append("oom_score_adj")
+    return unmatched
+
+
+def _raise(err: OSError) -> None:
+    raise err
+
+
+def _take_scheduling(order: dict[str, Any]) -> list[str]:
+    """Set what a child of the caller inherits for CPU and I/O: its CPUs, nice
+    value, scheduling policy, I/O priority, timer slack and personality.  As
+    host root, in the caller's cgroups: the kernel still refuses what the
+    cgroups refuse (a CPU outside the cpuset, a real-time policy without an
+    RT budget); those keep ours and are named in the report."""
+    unmatched = []
+    try:
+        os.sched_setaffinity(0, order["cpus"])
+    except OSError:
+        unmatched.append("cpu affinity")
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("nice", lambda: os.setpriority(os.PRIO_PROCESS, 0, order["nice"])),
+        ("scheduling policy", lambda: os.sched_setscheduler(
+            0, order["sched_policy"], os.sched_param(order["sched_priority"]))),
+        ("ioprio", lambda: kernel.ioprio_set(0, order["ioprio"])),
+        ("timer slack", lambda: kernel.prctl(kernel.PR_SET_TIMERSLACK, order["timerslack_ns"])),
+        ("personality", lambda: kernel.personality(order["personality"])),
+    ]
+    for name, set_it in steps:
+        try:
+            set_it()
+        except OSError:
+            unmatched.append(name)
     return unmatched
 
 

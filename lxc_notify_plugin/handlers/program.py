@@ -31,7 +31,9 @@ import errno
 import logging
 import os
 import resource
+from typing import Any
 
+from .. import kernel
 from ..caller.actor import NAMESPACES, ProgramOrder, actor_for, seccomp_rules_wire
 from ..caller.task import CallerCreds, status_field
 from ..kernel.fd import OwnedFd
@@ -60,6 +62,23 @@ def _limits(tid: int) -> list[tuple[int, int, int]]:
 def _oom_score_adj(proc_fd: int) -> int:
     with OwnedFd(os.open("oom_score_adj", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)) as fd:
         return int(os.read(fd.fd, 32).strip() or b"0")
+
+
+def _proc_int(proc_fd: int, name: str, base: int) -> int:
+    with OwnedFd(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)) as fd:
+        return int(os.read(fd.fd, 64).strip() or b"0", base)
+
+
+def _scheduling(tid: int, proc_fd: int) -> dict[str, Any]:
+    """What a child of the caller would inherit for CPU and I/O (ProgramOrder's
+    fields); checked valid with the rest of the order."""
+    return {"cpus": sorted(os.sched_getaffinity(tid)),
+            "nice": os.getpriority(os.PRIO_PROCESS, tid),
+            "sched_policy": os.sched_getscheduler(tid),
+            "sched_priority": os.sched_getparam(tid).sched_priority,
+            "ioprio": kernel.ioprio_get(tid),
+            "personality": _proc_int(proc_fd, "personality", 16),
+            "timerslack_ns": _proc_int(proc_fd, "timerslack_ns", 10)}
 
 
 def apparmor_label(proc_fd: int) -> str:
@@ -110,6 +129,8 @@ def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_er
         rlimits=_limits(request.tid),
         oom_score_adj=_oom_score_adj(request.proc_fd),
         lsm_label=apparmor_label(request.proc_fd),
+        cap_ambient=int(status_field(status, b"CapAmb") or b"0", 16),
+        **_scheduling(request.tid, request.proc_fd),
     )
     actor = actor_for(thread, request)
     with contextlib.ExitStack() as held:

@@ -100,6 +100,8 @@ LIBC: Final[Mapping[str, Signature]] = {
     "ioctl": Signature(c_int, (c_int, c_ulong, c_void_p)),
     # int sched_getcpu(void);  the CPU the calling thread runs on now (rseq/vDSO)
     "sched_getcpu": Signature(c_int, ()),
+    # int personality(unsigned long persona);  returns the previous persona
+    "personality": Signature(c_int, (c_ulong,)),
     # int ioctl(int fd, unsigned long request, unsigned long arg);  argument by value
     "ioctl_value": Signature(c_int, (c_int, c_ulong, c_ulong), symbol="ioctl"),
 }
@@ -141,6 +143,13 @@ SYSCALLS: Final[Mapping[str, Signature]] = {
     "setgroups": Signature(c_long, (c_int, c_void_p)),
     # seccomp(unsigned int op, unsigned int flags, void __user *uargs)
     "seccomp": Signature(c_long, (c_uint, c_uint, c_void_p)),
+    # keyctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4,
+    #        unsigned long arg5)
+    "keyctl": Signature(c_long, (c_int, c_ulong, c_ulong, c_ulong, c_ulong)),
+    # ioprio_get(int which, int who)
+    "ioprio_get": Signature(c_long, (c_int, c_int)),
+    # ioprio_set(int which, int who, int ioprio)
+    "ioprio_set": Signature(c_long, (c_int, c_int, c_int)),
 }
 
 _libc: Final = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)

@@ -47,7 +47,9 @@ __all__ = [
     "SECBIT_NO_CAP_AMBIENT_RAISE", "SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED", "prctl", "sched_getcpu",
     "set_pdeathsig",
     "get_pdeathsig", "set_dumpable", "get_dumpable", "set_keepcaps", "get_keepcaps",
-    "set_securebits", "get_securebits"
+    "set_securebits", "get_securebits", "PR_SET_TIMERSLACK", "PR_CAP_AMBIENT_RAISE",
+    "IOPRIO_WHO_PROCESS", "ioprio_get", "ioprio_set", "personality", "raise_ambient",
+    "join_new_session_keyring"
 ]
 
 CLONE_NEWTIME: Final = 0x00000080
@@ -139,6 +141,9 @@ PR_SET_SECUREBITS: Final = 28
 PR_SET_NO_NEW_PRIVS: Final = 38
 PR_GET_NO_NEW_PRIVS: Final = 39
 PR_CAP_AMBIENT: Final = 47
+PR_CAP_AMBIENT_RAISE: Final = 2
+PR_SET_TIMERSLACK: Final = 29
+IOPRIO_WHO_PROCESS: Final = 1  # ioprio_get/set's "which": one thread, by tid
 
 SECBIT_NOROOT: Final = 1 << 0
 SECBIT_NOROOT_LOCKED: Final = 1 << 1
@@ -192,6 +197,42 @@ def set_keepcaps(keep: bool) -> None:
 
 def get_keepcaps() -> bool:
     return bool(prctl(PR_GET_KEEPCAPS))
+
+
+def raise_ambient(cap: int) -> None:
+    """Add ``cap`` to the calling thread's ambient set (it must be in its
+    permitted and inheritable sets, and SECBIT_NO_CAP_AMBIENT_RAISE unset)."""
+    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap)
+
+
+_ioprio_get = _ctypeslib.syscall("ioprio_get")
+_ioprio_set = _ctypeslib.syscall("ioprio_set")
+_personality = _ctypeslib.function("personality")
+
+
+def ioprio_get(tid: int) -> int:
+    """The I/O priority of thread ``tid`` (class << 13 | data), as ionice shows it."""
+    return _ioprio_get(IOPRIO_WHO_PROCESS, tid)
+
+
+def ioprio_set(tid: int, ioprio: int) -> None:
+    """Set thread ``tid``'s I/O priority (0: the calling thread)."""
+    _ioprio_set(IOPRIO_WHO_PROCESS, tid, ioprio)
+
+
+_keyctl = _ctypeslib.syscall("keyctl")
+_KEYCTL_JOIN_SESSION_KEYRING: Final = 1
+
+
+def join_new_session_keyring() -> int:
+    """Give the calling thread a new anonymous session keyring (owned by its
+    current ids), instead of the one it inherited; its serial."""
+    return _keyctl(_KEYCTL_JOIN_SESSION_KEYRING, 0, 0, 0, 0)
+
+
+def personality(persona: int) -> int:
+    """Set the calling thread's execution domain; the previous one."""
+    return _personality(persona)
 
 
 def set_securebits(bits: int) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import pytest
 
+from lxc_notify_plugin import kernel
 from lxc_notify_plugin.host.cgroups import procs_files
 from lxc_notify_plugin.tools.sandbox import APPARMOR_PROFILE, lxc_attach_error
 from tests.conftest import require, require_tools
@@ -266,7 +267,14 @@ def test_fuse_program_runs_entirely_as_the_caller(daemon: Daemon, nodeprobe: Pat
         box.sh("mkdir -p /mnt/f; mknod /dev/fuse c 10 229")
         install_with_libraries(box, "fuse2fs")
         init = box.init_pid()
-        with held_shell(box, "/bin/mountprobe mount /blk/disk /mnt/f ext4 1 -") as (caller, said):
+        # What a child of the caller inherits, set away from the defaults: nice 5,
+        # CPU 0 only, best-effort I/O level 6, an ambient capability and the
+        # 32-bit personality (the mount is made by mountprobe, their child).
+        inherits = ("renice -n 5 -p $$ >/dev/null; taskset -p 1 $$ >/dev/null; "
+                    "ionice -c 2 -n 6 -p $$; setpriv --inh-caps +net_bind_service "
+                    "--ambient-caps +net_bind_service linux32 ")
+        with held_shell(box, inherits + "/bin/mountprobe mount /blk/disk /mnt/f ext4 1 -"
+                        ) as (caller, said):
             try:
                 assert said.strip() == "ok", daemon.log()[-3000:]
                 pid_ns = os.readlink(f"/proc/{init}/ns/pid")
@@ -285,6 +293,12 @@ def test_fuse_program_runs_entirely_as_the_caller(daemon: Daemon, nodeprobe: Pat
                 assert theirs["Seccomp"] == "2"  # SECCOMP_MODE_FILTER
                 assert theirs["NoNewPrivs"] == callers["NoNewPrivs"]
                 assert theirs["Uid"].split() == [str(CONTAINER_ROOT)] * 4
+                assert theirs["Cpus_allowed_list"] == "0"
+                assert int(theirs["CapAmb"], 16) == 1 << 10  # CAP_NET_BIND_SERVICE
+                stat_fields = Path(f"/proc/{program}/stat").read_text().rsplit(")", 1)[1].split()
+                assert int(stat_fields[16]) == 5  # nice (field 19 of stat)
+                assert kernel.ioprio_get(program) == 2 << 13 | 6
+                assert Path(f"/proc/{program}/personality").read_text().strip() == "00000008"
                 # It reaches nothing of the host's network: a host listener on
                 # 127.0.0.1 that the host itself reaches.
                 with socket.socket() as listener:

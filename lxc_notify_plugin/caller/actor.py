@@ -180,6 +180,8 @@ class ProgramOrder:
 class Actor:
     """The daemon's end of one actor process (one set of cgroups)."""
 
+    _timeout = -1.0  # the socket's SO_RCVTIMEO now, in seconds (-1: not set yet)
+
     def __init__(self, procs_files: Sequence[str], init_pid: int) -> None:
         self.procs_files = tuple(procs_files)
         ours, theirs = socket.socketpair(socket.AF_UNIX,
@@ -198,8 +200,12 @@ class Actor:
             theirs.close()
             if pidfd >= 0:
                 os.close(pidfd)
-        ours.settimeout(_TIMEOUT_S)
+        # Timeouts kept by the kernel (SO_RCVTIMEO/SO_SNDTIMEO: EAGAIN when they
+        # pass), not by Python: a Python socket with a timeout polls before
+        # every send and receive, two syscalls more per round trip.
         self.sock = ours
+        self._set_timeout(_TIMEOUT_S, socket.SO_SNDTIMEO)
+        self._set_timeout(_TIMEOUT_S)
         self.cpu = -1
         self.follow_cpu = True
         self.used = time.monotonic()
@@ -216,7 +222,19 @@ class Actor:
 
     @property
     def alive(self) -> bool:
-        return self.sock.fileno() >= 0 and self.process.poll() is None
+        """Not closed by us.  No waitpid on the hot path (a syscall per request):
+        an actor that died by itself (OOM-killed in the caller's memory cgroup)
+        fails the next request, which closes it, and the one after gets a new one."""
+        return self.sock.fileno() >= 0 and self.process.returncode is None
+
+    def _set_timeout(self, seconds: float, option: int = socket.SO_RCVTIMEO) -> None:
+        if option == socket.SO_RCVTIMEO:
+            if seconds == self._timeout:
+                return
+            self._timeout = seconds
+        whole = int(seconds)
+        self.sock.setsockopt(socket.SOL_SOCKET, option,
+                             struct.pack("@ll", whole, int((seconds - whole) * 1e6)))
 
     def close(self) -> None:
         self.sock.close()  # the actor sees EOF and exits
@@ -248,6 +266,7 @@ class Actor:
                               len(who.groups)) + groups + leaf
         self._follow_cpu()
         try:
+            self._set_timeout(_TIMEOUT_S)  # a program's run may have set a longer one
             socket.send_fds(self.sock, [message], fds)
             data = self.sock.recv(_ERRNO.size)
         except OSError as err:
@@ -393,7 +412,7 @@ class Actor:
 
     def _receive(self, timeout: float = _TIMEOUT_S) -> tuple[dict[str, Any], list[int]]:
         try:
-            self.sock.settimeout(timeout)
+            self._set_timeout(timeout)
             data, fds, _, _ = socket.recv_fds(self.sock, _MESSAGE_MAX, 16)
         except OSError as err:
             self.close()

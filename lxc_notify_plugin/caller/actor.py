@@ -813,19 +813,21 @@ def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int
     # steps after it can still set the caller's own securebits and sets.
     step("set securebits", kernel.set_securebits,
          order["securebits"] & ~_SECBITS_LOCKED | kernel.SECBIT_NO_SETUID_FIXUP)
-    step("take the caller's groups", os.setgroups, order["groups"])
-    step("take the caller's gids", os.setresgid, *order["gid"])
-    step("take the caller's uids", os.setresuid, *order["uid"])
-    os.umask(order["umask"])
     # Not the daemon's session keyring, which a fork would share: its possessor
     # could read what is in it and link keys in for every later program, of
-    # any container.  A new one owned by the caller's ids, as LXC gives a
-    # container's init (lxc.keyring.session); the caller's own cannot be joined.
+    # any container.  A new, empty one of its own, as LXC gives a container's
+    # init (lxc.keyring.session); the caller's own cannot be joined.  Made
+    # before the ids change, so it counts against root's key quota, not the
+    # caller's uid's (200 keys, shared by containers with one id map).
     try:
         kernel.join_new_session_keyring()
     except OSError as err:
         if err.errno != errno.ENOSYS:  # a kernel without keys has no keyring to leak
             step("join a session keyring of its own", _raise, err)
+    step("take the caller's groups", os.setgroups, order["groups"])
+    step("take the caller's gids", os.setresgid, *order["gid"])
+    step("take the caller's uids", os.setresuid, *order["uid"])
+    os.umask(order["umask"])
     listener = -1
     if order["seccomp"]:
         try:
@@ -848,6 +850,11 @@ def _program_parent(channel: socket.socket, order: dict[str, Any], fds: list[int
             step("raise an ambient capability", kernel.raise_ambient, cap)
     if order["no_new_privs"]:
         step("set no_new_privs", kernel.prctl, kernel.PR_SET_NO_NEW_PRIVS, 1)
+    # Its personality last: the seccomp filter's architectures come from uname,
+    # which PER_LINUX32 changes (the program of an i686 container would get a
+    # filter without its own architecture, and be killed by it), and
+    # READ_IMPLIES_EXEC applies to every mapping made after it.
+    step("take the caller's personality", kernel.personality, order["personality"])
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the program, in the container's pid namespace
@@ -925,7 +932,8 @@ def _raise(err: OSError) -> None:
 
 def _take_scheduling(order: dict[str, Any]) -> list[str]:
     """Set what a child of the caller inherits for CPU and I/O: its CPUs, nice
-    value, scheduling policy, I/O priority, timer slack and personality.  As
+    value, scheduling policy, I/O priority and timer slack (its personality is
+    set last: see ``_program_parent``).  As
     host root, in the caller's cgroups: the kernel still refuses what the
     cgroups refuse (a CPU outside the cpuset, a real-time policy without an
     RT budget); those keep ours and are named in the report."""
@@ -941,9 +949,12 @@ def _take_scheduling(order: dict[str, Any]) -> list[str]:
         ("scheduling policy", lambda: os.sched_setscheduler(
             0, order["sched_policy"], os.sched_param(order["sched_priority"]))),
         ("ioprio", lambda: kernel.ioprio_set(0, order["ioprio"])),
-        ("timer slack", lambda: kernel.prctl(kernel.PR_SET_TIMERSLACK, order["timerslack_ns"])),
-        ("personality", lambda: kernel.personality(order["personality"])),
     ]
+    if order["timerslack_ns"] >= 0:  # -1: unreadable (no CAP_SYS_NICE here)
+        steps.append(("timer slack",
+                      lambda: kernel.prctl(kernel.PR_SET_TIMERSLACK, order["timerslack_ns"])))
+    else:
+        unmatched.append("timer slack")
     for name, set_it in steps:
         try:
             set_it()

@@ -78,7 +78,16 @@ def _scheduling(tid: int, proc_fd: int) -> dict[str, Any]:
             "sched_priority": os.sched_getparam(tid).sched_priority,
             "ioprio": kernel.ioprio_get(tid),
             "personality": _proc_int(proc_fd, "personality", 16),
-            "timerslack_ns": _proc_int(proc_fd, "timerslack_ns", 10)}
+            "timerslack_ns": _timerslack(proc_fd)}
+
+
+def _timerslack(proc_fd: int) -> int:
+    """Another task's timer slack is readable only with CAP_SYS_NICE (the mount
+    family declares it); without, -1: the program keeps ours, and says so."""
+    try:
+        return _proc_int(proc_fd, "timerslack_ns", 10)
+    except PermissionError:
+        return -1
 
 
 def apparmor_label(proc_fd: int) -> str:

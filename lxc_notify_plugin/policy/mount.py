@@ -394,5 +394,7 @@ FAMILY: Family[MountPolicy] = Family(
               KeySpec(_FUSE, "fuse-map", "mount", True,
                       "Comma-separated fs=fuse-program redirects, e.g. ext4=fuse2fs")),
         lay_keys=lay_keys, check_keys=check_together),
-    capabilities={"CAP_SYS_ADMIN": "mounts and idmapped mounts"},
+    capabilities={"CAP_SYS_ADMIN": "mounts and idmapped mounts",
+                  "CAP_SYS_NICE": "a FUSE program's nice value, scheduling policy and "
+                                  "timer slack, as the caller's"},
     host_views=("shifter", "flag_locks"))

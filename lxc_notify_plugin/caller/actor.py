@@ -184,11 +184,17 @@ class Actor:
 
     def __init__(self, procs_files: Sequence[str], init_pid: int) -> None:
         self.procs_files = tuple(procs_files)
+        self.init_pid = init_pid
+        self.cpu = -1
+        self.follow_cpu = True
+        self._spawn()
+
+    def _spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX,
                                          socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         pidfd = -1
         try:
-            pidfd = os.pidfd_open(init_pid)
+            pidfd = os.pidfd_open(self.init_pid)
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lxc_notify_plugin.caller.actor", str(theirs.fileno()),
                  str(pidfd), json.dumps(self.procs_files)],
@@ -204,12 +210,11 @@ class Actor:
         # pass), not by Python: a Python socket with a timeout polls before
         # every send and receive, two syscalls more per round trip.
         self.sock = ours
-        self._set_timeout(_TIMEOUT_S, socket.SO_SNDTIMEO)
-        self._set_timeout(_TIMEOUT_S)
-        self.cpu = -1
-        self.follow_cpu = True
+        self._timeout = -1.0
         self.used = time.monotonic()
         try:
+            self._set_timeout(_TIMEOUT_S, socket.SO_SNDTIMEO)
+            self._set_timeout(_TIMEOUT_S)
             answer, fds = self._receive()  # "ready" once it is in the cgroups
         except BaseException:
             self.close()
@@ -224,8 +229,22 @@ class Actor:
     def alive(self) -> bool:
         """Not closed by us.  No waitpid on the hot path (a syscall per request):
         an actor that died by itself (OOM-killed in the caller's memory cgroup)
-        fails the next request, which closes it, and the one after gets a new one."""
+        is found by ``_send``, which starts a new one for the order."""
         return self.sock.fileno() >= 0 and self.process.returncode is None
+
+    def _send(self, message: bytes, fds: Sequence[int]) -> None:
+        """Hand the actor one order.  A send refused by a dead peer delivered
+        nothing: a new actor takes the order, once."""
+        try:
+            socket.send_fds(self.sock, [message], list(fds))
+            return
+        except (BrokenPipeError, ConnectionResetError, ConnectionRefusedError) as err:
+            log.warning("actor pid %d died (%s): starting another", self.process.pid, err)
+            self.close()
+        self.cpu = -1
+        self._spawn()
+        self._follow_cpu()
+        socket.send_fds(self.sock, [message], list(fds))
 
     def _set_timeout(self, seconds: float, option: int = socket.SO_RCVTIMEO) -> None:
         if option == socket.SO_RCVTIMEO:
@@ -267,7 +286,7 @@ class Actor:
         self._follow_cpu()
         try:
             self._set_timeout(_TIMEOUT_S)  # a program's run may have set a longer one
-            socket.send_fds(self.sock, [message], fds)
+            self._send(message, fds)
             data = self.sock.recv(_ERRNO.size)
         except OSError as err:
             self.close()
@@ -401,7 +420,7 @@ class Actor:
                 raise ActorFailed("pass an order to the actor", err) from err
             data = _OP_LONG
         try:
-            socket.send_fds(self.sock, [data], passed)
+            self._send(data, passed)
         except OSError as err:
             self.close()
             raise ActorFailed("send to the actor", err) from err

@@ -661,6 +661,13 @@ def _dead_actor() -> actor_module.Actor:
     actor.process = cast(subprocess.Popen[bytes], SimpleNamespace(
         wait=lambda timeout=None: 0, kill=lambda: None, poll=lambda: 0, pid=-1))
     actor.follow_cpu, actor.cpu, actor.used = False, -1, 0.0
+    # The container's init is gone too (it took the actor along): the new actor
+    # that a refused send asks for cannot be made.
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)
+    actor.init_pid, actor.procs_files = gone, ()
     return actor
 
 

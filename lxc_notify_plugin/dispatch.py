@@ -186,6 +186,8 @@ class Dispatcher:
             if send is not None:
                 send(answer)
         finally:
+            if request is not None:  # a judged call touched nothing of the thread's
+                thread.rest()
             self._finish(container, notice, syscall, outcome, answer, started,
                          self._details(request, judged, syscall, notice))
         return answer

@@ -78,6 +78,7 @@ from .. import kernel
 from ..errors import OWN_STEP_ERRNO, SupervisorFault
 from ..host.cgroups import procs_files
 from ..policy.filter import EQ, MASKED_EQ, NE
+from . import cpus
 
 if TYPE_CHECKING:
     from ..request import Request
@@ -88,6 +89,7 @@ log = logging.getLogger(__name__)
 _TIMEOUT_S = 25.0  # below LXC's 30 s: a hung device is ours to end
 _PROGRAM_TIMEOUT_S = 20.0  # a FUSE program's foreground part
 _LEAVE_S = 0.002  # idle this long, an actor leaves the caller's cgroups (back in: ~0.25 ms)
+_PIN_IDLE_S = 0.002  # its actors idle this long, a serving thread is unpinned
 _IDLE_S = 10.0  # idle this long, the daemon closes it (the daemon: no send can race an exit)
 _MAX_ACTORS = 8  # per thread; the least recently used goes first
 _MISSING = 127  # the shell's "command not found"
@@ -305,22 +307,19 @@ class Actor:
         was not enough: its answer woke this thread on the other, idle CPU about
         one call in six, and the next call moved the actor again (p50 40-60 us
         against 26 us with both pinned).  So this thread stays on the CPU it had
-        while it has actors (``Actors`` gives it back its own set), and the
-        actor follows it; no syscall while neither moves.  Where the caller's
-        cpuset excludes our CPU, the actor runs where it may."""
+        while it uses actors (``Actors.rest`` gives it the daemon's CPUs back
+        when they have been idle a moment), and the actor follows it; no
+        syscall while neither moves.  Where the caller's cpuset excludes our
+        CPU, the actor runs where it may."""
         if not self.follow_cpu:
             return
         cpu = kernel.sched_getcpu()
         if cpu == self.cpu:
             return
         self.cpu = cpu
-        with contextlib.suppress(OSError):  # a thread confined elsewhere stays so
-            os.sched_setaffinity(0, (cpu,))
-        try:
-            os.sched_setaffinity(self.process.pid, (cpu,))
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(self.process.pid, range(os.cpu_count() or 1))
+        cpus.pin(0, cpu)  # a thread confined elsewhere stays so
+        if not cpus.pin(self.process.pid, cpu):
+            cpus.unpin(self.process.pid)
 
     def new_mount(self, fs_type: str, source_fd: int, steps: Sequence[tuple[str, bytes,
                   bytes | None]], attrs: int, *, name: bytes | None = None,
@@ -477,10 +476,9 @@ class Actors:
 
     def __init__(self) -> None:
         self.by_cgroups: dict[bytes, Actor] = {}
-        # Made on the thread it serves: its CPUs before an actor pinned it (by
-        # TID, so closing from elsewhere gives them back to the right thread).
+        # Made on the thread it serves: by TID, so closing it from elsewhere
+        # gives the right thread its CPUs back.
         self._tid = threading.get_native_id()
-        self._cpus = os.sched_getaffinity(0)
 
     def get(self, proc_cgroup: bytes, init_pid: int, mountinfo: Callable[[], str]) -> Actor:
         # Idle ones go here, never by themselves: an actor that exited on its own
@@ -512,10 +510,23 @@ class Actors:
         self.by_cgroups = {}
         self._unpin()
 
+    def rest(self) -> None:
+        """Between requests (``ThreadState.rest``): once no actor of this thread
+        has worked for ``_PIN_IDLE_S``, the thread gets the daemon's CPUs back
+        (the next actor call pins it again), so a connection that used an actor
+        once does not stay on one CPU for the container's life."""
+        pinned = [actor for actor in self.by_cgroups.values() if actor.cpu >= 0]
+        if not pinned:
+            return
+        idle_since = time.monotonic() - _PIN_IDLE_S
+        if all(actor.used < idle_since for actor in pinned):
+            for actor in pinned:
+                actor.cpu = -1
+            self._unpin()
+
     def _unpin(self) -> None:
-        """The thread's own CPUs again (``Actor._follow_cpu`` pinned it to one)."""
-        with contextlib.suppress(OSError):  # ESRCH: the thread has ended
-            os.sched_setaffinity(self._tid, self._cpus)
+        """The daemon's CPUs again (``Actor._follow_cpu`` pinned the thread to one)."""
+        cpus.unpin(self._tid)
 
 
 def actor_for(thread: ThreadState, request: Request) -> Actor:

@@ -102,6 +102,14 @@ class ThreadState:
             found = self._resources[key] = make()
         return found  # type: ignore[return-value]
 
+    def rest(self) -> None:
+        """Between requests: a resource that holds something only while it is in
+        use (``Actors``: the thread's CPU) lets it go once that use is over."""
+        for resource in self._resources.values():
+            rest = getattr(resource, "rest", None)
+            if rest is not None:
+                rest()
+
     def close(self) -> None:
         self.status.close()
         self.cgroup.close()

@@ -39,6 +39,7 @@ import sys
 
 from .. import kernel
 from ..errors import SupervisorFault
+from . import cpus
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class UsernsHelper:
                 [sys.executable, "-m", "lxc_notify_plugin.caller.userns",
                  str(theirs.fileno()), str(userns_fd)],
                 pass_fds=(theirs.fileno(), userns_fd), stdin=subprocess.DEVNULL)
+            cpus.unpin(self.process.pid)  # spawned from a serving thread, maybe pinned
         except BaseException:
             ours.close()
             raise

@@ -20,6 +20,8 @@ import threading
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Final, TypeVar
 
+from ..caller import cpus
+
 log = logging.getLogger(__name__)
 
 V = TypeVar("V")
@@ -45,6 +47,7 @@ def start_serving(name: str, serve: Callable[[], object], lock: threading.Lock,
     (and may raise): False."""
 
     def run() -> None:
+        cpus.unpin()  # started from a serving thread, it would share that one's CPU
         try:
             serve()
         except Exception:

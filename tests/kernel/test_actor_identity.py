@@ -1,5 +1,6 @@
 """The actor's step is done as the caller: here, every one of its groups, and
-orders longer than one message.
+orders longer than one message; an actor that died is replaced for the next
+order; a serving thread shares the actor's CPU only while it uses it.
 
 A task may hold up to NGROUPS_MAX (65536) supplementary groups; the actor's
 mknod message has room for about 16,000, and the rest travel in a memfd
@@ -13,13 +14,17 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lxc_notify_plugin.caller.actor import Actor, Identity
+from lxc_notify_plugin.caller import cpus
+from lxc_notify_plugin.caller.actor import Actor, Actors, Identity
 from lxc_notify_plugin.host.cgroups import procs_files
+from lxc_notify_plugin.transport.threads import start_serving
 
 OUTSIDER = 23456  # owns nothing here: only a group lets it write
 FIRST_GROUP = 300000
@@ -75,3 +80,64 @@ def test_an_order_longer_than_a_message_reaches_the_actor_whole(actor: Actor) ->
                                                           [])
     assert actor.alive
     assert sorted(os.listdir("/proc/self/fd")) == before
+
+
+def test_an_actor_killed_between_orders_is_replaced_for_the_next(actor: Actor,
+                                                                  tmp_path: Path) -> None:
+    """No waitpid per order (a syscall on the hot path): an actor that died by
+    itself (OOM-killed in the caller's memory cgroup) is found by the send its
+    dead socket refuses, which delivered nothing, and a new actor takes it."""
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        first = actor.process.pid
+        actor.mknodat(fd, b"before", stat.S_IFIFO | 0o644, 0, Identity(0, 0, (), 0o022, 0))
+        os.kill(first, 9)
+        os.waitid(os.P_PID, first, os.WEXITED | os.WNOWAIT)  # dead, socket closed
+        actor.mknodat(fd, b"after", stat.S_IFIFO | 0o644, 0, Identity(0, 0, (), 0o022, 0))
+        assert actor.process.pid != first and actor.alive
+        assert stat.S_ISFIFO(os.stat("after", dir_fd=fd).st_mode)
+    finally:
+        os.close(fd)
+
+
+def test_a_thread_is_pinned_only_while_it_uses_actors(tmp_path: Path) -> None:
+    """The serving thread shares one CPU with its actor while they talk (a
+    wake-up across CPUs costs ~25 us each way here), gets the daemon's CPUs back
+    once its actors rest, and a thread it starts never inherits the pin."""
+    if len(cpus.DAEMON_CPUS) < 2:
+        pytest.fail("needs two CPUs to tell a pinned thread from a free one")
+    seen: dict[str, set[int]] = {}
+
+    def serving() -> None:
+        with open("/proc/self/cgroup", "rb") as cgroup, open("/proc/self/mountinfo") as mounts:
+            proc_cgroup = cgroup.read()
+            text = mounts.read()
+        actors = Actors()
+        fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            actor = actors.get(proc_cgroup, os.getpid(), lambda: text)
+            actor.mknodat(fd, b"node", stat.S_IFIFO | 0o644, 0, Identity(0, 0, (), 0o022, 0))
+            seen["working"] = os.sched_getaffinity(0)
+            seen["actor"] = os.sched_getaffinity(actor.process.pid)
+            started = threading.Thread(target=lambda: seen.update(child=os.sched_getaffinity(0)))
+            start_serving("child", started.run, threading.Lock(), {}, None, failed="child",
+                          refused=lambda err: None)
+            actors.rest()  # just used: stays
+            seen["busy"] = os.sched_getaffinity(0)
+            time.sleep(0.01)
+            actors.rest()
+            seen["rested"] = os.sched_getaffinity(0)
+        finally:
+            os.close(fd)
+            actors.close()
+
+    thread = threading.Thread(target=serving)
+    thread.start()
+    thread.join(30)
+    deadline = time.monotonic() + 10
+    while "child" not in seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(seen["working"]) == 1 and seen["actor"] == seen["working"]
+    assert seen["busy"] == seen["working"]
+    assert seen["rested"] == cpus.DAEMON_CPUS
+    assert seen["child"] == cpus.DAEMON_CPUS

@@ -64,7 +64,8 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--baseline-repo", type=Path, default=None,
                         help="another checkout (e.g. a git worktree of main): its daemon, "
-                             "audit log on and off, adds denied rows to the same run")
+                             "audit log on and off, adds denied rows and (audit on) an "
+                             "emulated row to the same run")
     args = parser.parse_args()
 
     with contextlib.ExitStack() as stack:
@@ -120,6 +121,9 @@ def main() -> int:
                for name in others},
             "lxc-notify, emulated, tmpfs": (boxes["ours"], "/bench/e", 1, 3),
             "lxc-notify, emulated, ext4 /tmp": (boxes["ours"], "/tmp/e", 1, 3),
+            # The other checkout's emulation too (audit on, as a service runs it).
+            **({"baseline-on, emulated, tmpfs": (boxes["baseline-on"], "/bench/be", 1, 3)}
+               if others else {}),
         }
         samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in runs}
         ext4_host: list[float] = []
@@ -158,6 +162,10 @@ def main() -> int:
         row = f"{name}, denied, audit {name[9:]}"
         print(f"{args.baseline_repo} (audit {name[9:]}): denied {medians[row] / responder:.2f}x "
               "responder")
+    if others:
+        before = medians["baseline-on, emulated, tmpfs"]
+        print(f"{args.baseline_repo}: emulated {before / responder:.2f}x responder; this tree "
+              f"{emulated - before:+.1f} us p50 against it")
     unmade = [n for n in runs if "emulated" in n and made[n] != args.rounds * args.calls]
     if unmade:
         print(f"warning: {'; '.join(unmade)}: not every call made its node, so the daemon "

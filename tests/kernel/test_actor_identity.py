@@ -122,9 +122,12 @@ def test_a_thread_is_pinned_only_while_it_uses_actors(tmp_path: Path) -> None:
             started = threading.Thread(target=lambda: seen.update(child=os.sched_getaffinity(0)))
             start_serving("child", started.run, threading.Lock(), {}, None, failed="child",
                           refused=lambda err: None)
-            actors.rest()  # just used: stays
+            # Used just now: it stays (told by the clock it keeps, not by how slow
+            # this machine is: under TCG the thread start above takes milliseconds).
+            actor.used = time.monotonic()
+            actors.rest()
             seen["busy"] = os.sched_getaffinity(0)
-            time.sleep(0.01)
+            actor.used = time.monotonic() - 1.0  # idle for a second
             actors.rest()
             seen["rested"] = os.sched_getaffinity(0)
         finally:

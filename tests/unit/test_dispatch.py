@@ -168,28 +168,37 @@ def test_i386_arguments_are_32_bits_wide() -> None:
 # --- the LXC transport's own refusals -----------------------------------------------------
 
 
-def lxc_reply(tmp_path: Path, cookie: bytes, datagram: bytes | None = None) -> bytes:
+def lxc_exchange(tmp_path: Path, cookie: bytes, datagram: bytes | None = None
+                 ) -> tuple[bytes | None, list[bytes]]:
+    """What ``_reply`` returned for one datagram, and what it sent."""
     container = make_container()
     sizes = kernel.notif_sizes()
     proxy = LxcProxy(tmp_path / "s", Dispatcher(), lambda c: container if c == COOKIE else None,
                      sizes)
     raw = datagram or protocol.build(9, os.getpid(), 133, X86_64, (0, CHR, os.makedev(4, 1)),
                                      init_pid=os.getpid(), cookie=cookie, sizes=sizes)
-    result: list[bytes] = []
+    returned: list[bytes | None] = []
+    sent: list[bytes] = []
 
     def serve() -> None:  # on its own thread: ThreadState unshares its fs state
         caller = ThreadState()
         try:
-            reply = proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller, result.append)
-            if reply is not None:  # refused before the dispatcher: returned, not sent
-                result.append(reply)
+            returned.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller, sent.append))
         finally:
             caller.close()
 
     thread = threading.Thread(target=serve)
     thread.start()
     thread.join()
-    return result[0]
+    return returned[0], sent
+
+
+def lxc_reply(tmp_path: Path, cookie: bytes, datagram: bytes | None = None) -> bytes:
+    """The one reply a datagram gets, sent or returned to be sent."""
+    returned, sent = lxc_exchange(tmp_path, cookie, datagram)
+    replies = sent + ([returned] if returned is not None else [])
+    assert len(replies) == 1, replies
+    return replies[0]
 
 
 def test_lxc_unknown_cookie_gets_enosys(tmp_path: Path) -> None:
@@ -265,27 +274,9 @@ def test_a_failed_send_is_counted_and_raised() -> None:
     assert container.counts() == {"kernel": 1} and [o.outcome for o in seen] == ["kernel"]
 
 
-def test_lxc_sends_the_answer_itself_with_the_same_bytes(tmp_path: Path) -> None:
-    container = make_container()
-    sizes = kernel.notif_sizes()
-    proxy = LxcProxy(tmp_path / "s", Dispatcher(), lambda c: container, sizes)
-    raw = protocol.build(9, os.getpid(), 133, X86_64, (0, CHR, os.makedev(4, 1)),
-                         init_pid=os.getpid(), cookie=COOKIE, sizes=sizes)
-    sent: list[bytes] = []
-    result: list[bytes | None] = []
-
-    def serve() -> None:
-        caller = ThreadState()
-        try:
-            result.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller, sent.append))
-            reply = proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller, result.append)
-            if reply is not None:  # refused before the dispatcher: returned, not sent
-                result.append(reply)
-        finally:
-            caller.close()
-
-    thread = threading.Thread(target=serve)
-    thread.start()
-    thread.join()
-    assert result[0] is None and sent == [result[1]]
+def test_lxc_sends_the_answer_itself(tmp_path: Path) -> None:
+    """A notification the dispatcher answers is sent by it, as soon as it is
+    known, and _reply returns nothing more to send."""
+    returned, sent = lxc_exchange(tmp_path, COOKIE)
+    assert returned is None and len(sent) == 1
     assert protocol.unpack_reply(sent[0]) == (9, 0, 0, kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE)

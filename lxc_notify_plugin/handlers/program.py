@@ -59,12 +59,8 @@ def _limits(tid: int) -> list[tuple[int, int, int]]:
     return [(r, *resource.prlimit(tid, r)) for r in sorted(set(_RLIMITS))]
 
 
-def _oom_score_adj(proc_fd: int) -> int:
-    with OwnedFd(os.open("oom_score_adj", os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)) as fd:
-        return int(os.read(fd.fd, 32).strip() or b"0")
-
-
-def _proc_int(proc_fd: int, name: str, base: int) -> int:
+def _proc_int(proc_fd: int, name: str, base: int = 10) -> int:
+    """A number one /proc/TID file holds (oom_score_adj, personality, timerslack_ns)."""
     with OwnedFd(os.open(name, os.O_RDONLY | os.O_CLOEXEC, dir_fd=proc_fd)) as fd:
         return int(os.read(fd.fd, 64).strip() or b"0", base)
 
@@ -85,7 +81,7 @@ def _timerslack(proc_fd: int) -> int:
     """Another task's timer slack is readable only with CAP_SYS_NICE (the mount
     family declares it); without, -1: the program keeps ours, and says so."""
     try:
-        return _proc_int(proc_fd, "timerslack_ns", 10)
+        return _proc_int(proc_fd, "timerslack_ns")
     except PermissionError:
         return -1
 
@@ -136,7 +132,7 @@ def run_as_caller(call: Call, creds: CallerCreds, argv: list[str], *, missing_er
         no_new_privs=status_field(status, b"NoNewPrivs") == b"1",
         seccomp=seccomp_rules_wire([*lxc_rules(call.policy), _REJECT_FORCE_UMOUNT]),
         rlimits=_limits(request.tid),
-        oom_score_adj=_oom_score_adj(request.proc_fd),
+        oom_score_adj=_proc_int(request.proc_fd, "oom_score_adj"),
         lsm_label=apparmor_label(request.proc_fd),
         cap_ambient=int(status_field(status, b"CapAmb") or b"0", 16),
         **_scheduling(request.tid, request.proc_fd),

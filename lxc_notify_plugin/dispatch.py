@@ -186,8 +186,10 @@ class Dispatcher:
             if send is not None:
                 send(answer)
         finally:
-            if request is not None:  # a judged call touched nothing of the thread's
-                thread.rest()
+            # A judged call too: a thread pinned for its actors must not keep the
+            # pin while it only refuses (each refusal would then wait for a wake-up
+            # on that one CPU, wherever the caller and LXC's monitor run).
+            thread.rest()
             self._finish(container, notice, syscall, outcome, answer, started,
                          self._details(request, judged, syscall, notice))
         return answer

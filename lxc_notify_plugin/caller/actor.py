@@ -517,7 +517,7 @@ class Actors:
         once does not stay on one CPU for the container's life."""
         pinned = [actor for actor in self.by_cgroups.values() if actor.cpu >= 0]
         if not pinned:
-            return
+            return  # the common case, after every refused call: no clock read
         idle_since = time.monotonic() - _PIN_IDLE_S
         if all(actor.used < idle_since for actor in pinned):
             for actor in pinned:

@@ -73,6 +73,7 @@ class ThreadState:
         self.status = TaskFile("status")
         self.cgroup = TaskFile("cgroup")
         self._resources: dict[str, Closable] = {}
+        self._rests: list[Callable[[], None]] = []  # the resources' rest methods
         kernel.unshare(kernel.CLONE_FS)
         try:
             self.host_root_fd = os.open("/", DIR_FLAGS)
@@ -100,22 +101,24 @@ class ThreadState:
         found = self._resources.get(key)
         if found is None:
             found = self._resources[key] = make()
+            rest = getattr(found, "rest", None)
+            if rest is not None:
+                self._rests.append(rest)
         return found  # type: ignore[return-value]
 
     def rest(self) -> None:
-        """Between requests: a resource that holds something only while it is in
-        use (``Actors``: the thread's CPU) lets it go once that use is over."""
-        for resource in self._resources.values():
-            rest = getattr(resource, "rest", None)
-            if rest is not None:
-                rest()
+        """Between requests, refused ones too: a resource that holds something only
+        while it is in use (``Actors``: the thread's CPU) lets it go once that use
+        is over.  A loop over what has a ``rest``: nothing, for most threads."""
+        for rest in self._rests:
+            rest()
 
     def close(self) -> None:
         self.status.close()
         self.cgroup.close()
         for resource in self._resources.values():
             resource.close()
-        self._resources = {}
+        self._resources, self._rests = {}, []
         for helper in self.helpers.values():
             helper.close()
         self.helpers = {}

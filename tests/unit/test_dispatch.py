@@ -222,9 +222,13 @@ class _NoCallerReads:
     """A thread state that fails the test if the dispatcher looks at the caller."""
 
     host_proc_fd = -1
+    rests = 0
 
     def view(self, name: str, init_pid: int) -> object:
         raise AssertionError("a judged call read the caller's container")
+
+    def rest(self) -> None:
+        self.rests += 1
 
 
 def test_a_refused_device_is_answered_from_the_notice_and_policy_first() -> None:
@@ -243,9 +247,12 @@ def test_a_refused_device_is_answered_from_the_notice_and_policy_first() -> None
     path = ctypes.create_string_buffer(b"/dev/tty-refused")
     notice = Notice(5, threading.get_native_id(), X86_64, 259,
                     (0xFFFFFF9C, ctypes.addressof(path), CHR | 0o640, os.makedev(4, 1), 0, 0))
-    answer = dispatcher.answer(container, notice, cast(ThreadState, _NoCallerReads()),
+    thread = _NoCallerReads()
+    answer = dispatcher.answer(container, notice, cast(ThreadState, thread),
                                os.getpid(), listener_fd=-1, send=send)
     assert answer == Answer(let_kernel_decide=True)
+    # The thread rests after a refusal too: a pin its actors left goes (Actors.rest).
+    assert thread.rests == 1
     # Sent before it was counted; then counted and told to the hooks with its
     # arguments from the notice (the caller's memory is not read for its path).
     assert order == ["send, counted 0", "hook"] and container.counts() == {"kernel": 1}

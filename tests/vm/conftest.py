@@ -3,8 +3,9 @@
 Slow (minutes per image under TCG) and heavy, so it runs only when asked:
 ``pytest --vm tests/vm``.  Without ``--vm`` its tests are deselected, not
 skipped; with it, under CI=true, a missing QEMU or debootstrap is a failure.
-Each test module boots each image as few times as it can (module fixtures)
-and every boot holds the machine's heavy-job lock (image.HEAVY_LOCK).
+The modules that need only a fresh stock machine share one boot per image
+(``stock_boot``, tests/vm/boot.py); test_package boots its own disk twice;
+every boot holds the machine's heavy-job lock (image.HEAVY_LOCK).
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from tests.conftest import IN_CI, require_root, require_tools
+from tests.vm import boot as boots
 from tests.vm import image as images
 from tests.vm import package
 from tests.vm.runner import VMResult, run_in_vm, wheels
@@ -60,6 +63,45 @@ def vm_image() -> Iterator[Callable[[str], images.Image]]:
 
 
 VMRun = Callable[..., VMResult]
+StockBoot = Callable[[str, str], boots.PartResult]
+
+
+@pytest.fixture(scope="session")
+def stock_boot(request: pytest.FixtureRequest, vm_image: Callable[[str], images.Image],
+               tmp_path_factory: pytest.TempPathFactory) -> StockBoot:
+    """``stock_boot(suite, part) -> PartResult``: one boot of SUITE for every module
+    of this session that declares ``boot_part(tmp_path_factory) -> boot.Part``."""
+    modules: set[ModuleType] = set()
+    for item in request.session.items:
+        module = getattr(item, "module", None)
+        if isinstance(module, ModuleType) and hasattr(module, "boot_part"):
+            modules.add(module)
+    done: dict[str, dict[str, boots.PartResult]] = {}
+    failed: dict[str, Exception] = {}  # a boot that failed fails every module, once
+
+    def get(suite: str, name: str) -> boots.PartResult:
+        if suite in failed:
+            raise failed[suite]
+        if suite not in done:
+            img = vm_image(suite)
+            parts = [module.boot_part(tmp_path_factory) for module in modules]
+            src = boots.source_tree(tmp_path_factory.mktemp(f"src-{suite}"))
+            try:
+                done[suite] = boots.boot(img, parts, tmp_path_factory.mktemp(f"vm-{suite}"),
+                                         src)
+            except Exception as err:
+                failed[suite] = err
+                raise
+            first = next(iter(done[suite].values())).boot
+            each = ", ".join(f"{name} {part.seconds} s" for name, part in done[suite].items())
+            SUMMARY.append(f"{suite}: one boot for {each}: boot to script "
+                           f"{first.boot_seconds:.1f} s, QEMU {first.total_seconds:.1f} s, "
+                           f"lock wait {first.lock_wait:.1f} s")
+        if name not in done[suite]:
+            raise AssertionError(f"no module of this session declared the part {name!r}")
+        return done[suite][name]
+
+    return get
 
 
 @pytest.fixture(scope="session")

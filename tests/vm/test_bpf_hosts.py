@@ -1,9 +1,10 @@
 """The bpf family on stock Debian 12 and 13 (pure cgroup v2), checked in a VM.
 
 There LXC attaches its own device program to the container's cgroup, and
-the container's cgroup2 is what LXC's stock configuration mounts.  One boot
-per image: the daemon runs from this checkout (shared read-only at
-/mnt/src, its requirements from the wheels), a busybox container under
+the container's cgroup2 is what LXC's stock configuration mounts.  A part of
+each image's shared boot (tests/vm/boot.py), after the host's facts: the daemon
+runs from this checkout (shared read-only at /mnt/src, its requirements from
+the wheels), a busybox container under
 LXC's generated AppArmor profile and LXC's common.conf (its device rules;
 not userns.conf, which empties them) gets intercept.bpf and bpf.devices, and
 tests/helpers/bpfprobe.c (static, shared at /mnt/helpers) makes the calls.
@@ -12,17 +13,13 @@ tests/helpers/bpfprobe.c (static, shared at /mnt/helpers) makes the calls.
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from tests.vm.conftest import SUMMARY
-from tests.vm.image import SUITES, Image
-from tests.vm.runner import VMResult, run_in_vm, wheels
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.vm.boot import Part, PartResult, facts
+from tests.vm.conftest import SUMMARY, StockBoot
+from tests.vm.image import REPO, SUITES
 
 SCRIPT = r"""
 set -u
@@ -37,6 +34,7 @@ N="/root/venv/bin/python -m lxc_notify_plugin --config /root/daemon.toml
    --socket /run/lxcn/seccomp.sock --state-dir /root/state --profile-dir /root/profiles"
 printf '[audit]\npath = ""\n' > /root/daemon.toml
 $N daemon -v > /root/daemon.log 2>&1 &
+daemon_pid=$!
 for _ in $(seq 100); do [ -S /run/lxcn/seccomp.sock ] && break; sleep 0.3; done
 fact daemon "$([ -S /run/lxcn/seccomp.sock ] && echo up || echo down)"
 
@@ -89,14 +87,18 @@ fact non_root "$(lxc-attach -n c1 --clear-env -u 1000 -g 1000 -- /bin/bpfprobe l
 fact other_type "$(c1 "/bin/bpfprobe loadtype 9")"
 fact tracebacks "$(grep -c Traceback /root/daemon.log)"
 grep -E "ERROR|Traceback" -A5 /root/daemon.log >&2
+# Leave the machine as found, for the boot's next part.
 lxc-stop -n c1 -k >&2
+lxc-destroy -n c1 >&2
+kill "$daemon_pid"; wait "$daemon_pid"
+rm -rf /root/state /root/profiles /root/daemon.toml /run/lxcn
 exit 0
 """
 
 
 @dataclass(frozen=True)
 class Run:
-    result: VMResult
+    result: PartResult
     facts: dict[str, str]
 
     def fact(self, name: str) -> str:
@@ -105,30 +107,21 @@ class Run:
         return self.facts[name]
 
 
-@pytest.fixture(scope="module")
-def helpers(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("vm-helpers")
+def boot_part(tmp_path_factory: pytest.TempPathFactory) -> Part:
+    helpers = tmp_path_factory.mktemp("vm-helpers")
     subprocess.run(["gcc", "-O2", "-static", "-Wall", "-Werror", "-o",
-                    str(directory / "bpfprobe"), str(REPO / "tests/helpers/bpfprobe.c")],
+                    str(helpers / "bpfprobe"), str(REPO / "tests/helpers/bpfprobe.c")],
                    check=True)
-    return directory
+    return Part("bpf", SCRIPT, timeout=600, shares={"helpers": helpers})
 
 
 @pytest.fixture(scope="module", params=sorted(SUITES))
-def run(request: pytest.FixtureRequest, vm_image: Callable[[str], Image], helpers: Path,
-        tmp_path_factory: pytest.TempPathFactory) -> Run:
-    img = vm_image(request.param)
-    result = run_in_vm(img, SCRIPT, tmp_path_factory.mktemp(f"vm-bpf-{request.param}"), 900,
-                       shares={"wheels": wheels(img.suite.python), "src": REPO,
-                               "helpers": helpers})
-    facts = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("fact "):
-            _, name, *value = line.split(" ", 2)
-            facts[name] = value[0] if value else ""
-    SUMMARY.append(f"{request.param} bpf: LXC's device program {facts.get('lxc_program')}, "
-                   f"cgroup2 in the container at {facts.get('cgroup2_inside')}")
-    return Run(result, facts)
+def run(request: pytest.FixtureRequest, stock_boot: StockBoot) -> Run:
+    result = stock_boot(request.param, "bpf")
+    found = facts(result.stdout)
+    SUMMARY.append(f"{request.param} bpf: LXC's device program {found.get('lxc_program')}, "
+                   f"cgroup2 in the container at {found.get('cgroup2_inside')}")
+    return Run(result, found)
 
 
 def test_the_container_runs_supervised(run: Run) -> None:

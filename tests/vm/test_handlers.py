@@ -1,15 +1,15 @@
 """The README's two commands and the project's own tests, inside stock Debian 12 and 13.
 
-One boot per image: the tree (tracked files, and new ones not ignored) is
-copied in as a newcomer's checkout, and the README's commands run there as
-root: ``./demo.sh`` (setup.sh, then the demo) and ``./test.sh`` with the
-kernel tier (each feature where the kernel has it, its fallback where not:
-tests.conftest.kernel_has_since), the handler modules of tests/lxc, Docker
-inside a supervised Debian container (test_docker.py, its root filesystem
-shared in from this host's cache, unconfined as nesting needs) and the podman
-test of tests/oci: about 20 minutes a guest under QEMU's TCG (the unit tier,
-which needs no kernel of its own, and the rest of the host tier run on this
-host).
+The last part of each image's shared boot (tests/vm/boot.py): the tree (tracked
+files, and new ones not ignored) is copied in as a newcomer's checkout, and the
+README's commands run there as root: ``./demo.sh`` (setup.sh, then the demo)
+and ``./test.sh`` with the kernel tier (each feature where the kernel has it,
+its fallback where not: tests.conftest.kernel_has_since), the handler modules
+of tests/lxc, Docker inside a supervised Debian container (test_docker.py, its
+root filesystem shared in from this host's cache, unconfined as nesting needs)
+and the podman test of tests/oci: about 20 minutes a guest under QEMU's TCG
+(the unit tier, which needs no kernel of its own, and the rest of the host tier
+run on this host).
 The guests have no network: pip finds the project's pinned wheels in a
 shared directory (PIP_NO_INDEX, PIP_FIND_LINKS), apt needs nothing (the images
 carry setup.sh's packages).
@@ -24,19 +24,15 @@ probes must be right where the code does not look at versions.
 from __future__ import annotations
 
 import configparser
-import shutil
-import subprocess
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
 from tests.lxc.test_docker import rootfs_tar
-from tests.vm.conftest import SUMMARY
+from tests.vm.boot import Part, PartResult, facts
+from tests.vm.conftest import SUMMARY, StockBoot
 from tests.vm.image import REPO, SUITES
-from tests.vm.runner import VMResult, run_in_vm, wheels
 
 # The handler tests of tests/lxc: each handler's real test, as the host tier runs it.
 MODULES = ("tests/kernel", "tests/lxc/test_mknod.py", "tests/lxc/test_setxattr.py",
@@ -54,13 +50,17 @@ cp -a /mnt/src /root/lxc-notify-plugin && cd /root/lxc-notify-plugin
 # guest has no network for debootstrap): read in place from the share.
 mkdir -p /var/cache/lxc-notify-tests
 ln -s /mnt/dockercache/docker-*.tar /var/cache/lxc-notify-tests/
-./demo.sh > /mnt/share/demo.txt 2>&1
+SECONDS=0
+./demo.sh > $SHARE/demo.txt 2>&1
 fact demo $?
-.venv/bin/lxc-notify features > /mnt/share/features.txt 2>&1
+fact demo_seconds $SECONDS
+.venv/bin/lxc-notify features > $SHARE/features.txt 2>&1
 fact features $?
+SECONDS=0
 LXC_NOTIFY_SANDBOX_APPARMOR=generated timeout 2400 ./test.sh -p no:cacheprovider -q -rfEs \
-    --junitxml=/mnt/share/junit.xml @MODULES@ > /mnt/share/pytest.txt 2>&1
+    --junitxml=$SHARE/junit.xml @MODULES@ > $SHARE/pytest.txt 2>&1
 fact pytest $?
+fact tests_seconds $SECONDS
 exit 0
 """
 
@@ -83,51 +83,35 @@ def extras_for_tests() -> list[str]:
             if line.strip()]
 
 
-def source_tree(into: Path) -> Path:
-    """The checkout's tracked files and its new, unignored ones (no venv, no caches)."""
-    listed = subprocess.run(["git", "-C", str(REPO), "ls-files", "-z", "--cached", "--others",
-                             "--exclude-standard"], check=True, capture_output=True).stdout
-    for name in filter(None, listed.decode().split("\0")):
-        source = REPO / name
-        if source.is_file():
-            (into / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, into / name)
-    return into
+def boot_part(tmp_path_factory: pytest.TempPathFactory) -> Part:
+    docker_rootfs = rootfs_tar()  # made here if this host's tier has not made it yet
+    return Part("handlers", SCRIPT.replace("@MODULES@", " ".join(MODULES)), timeout=2700,
+                shares={"dockercache": docker_rootfs.parent}, extras=extras_for_tests())
 
 
 @dataclass(frozen=True)
 class GuestRun:
     suite: str
-    result: VMResult
-    share: Path
+    result: PartResult
 
     def fact(self, name: str) -> str:
-        for line in self.result.stdout.splitlines():
-            if line.startswith(f"fact {name} "):
-                return line.split(" ", 2)[2]
-        raise AssertionError(f"{self.suite}: the script never reported {name}\n"
-                             f"stderr:\n{self.result.stderr[-3000:]}")
+        found = facts(self.result.stdout)
+        if name not in found:
+            raise AssertionError(f"{self.suite}: the script never reported {name}\n"
+                                 f"stderr:\n{self.result.stderr[-3000:]}")
+        return found[name]
 
     def text(self, name: str) -> str:
-        path = self.share / name
-        return path.read_text(errors="replace") if path.exists() else ""
+        return self.result.text(name)
 
 
 @pytest.fixture(scope="module", params=sorted(SUITES))
-def guest(request: pytest.FixtureRequest, vm_image: object,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[GuestRun]:
-    suite = request.param
-    img = vm_image(suite)  # type: ignore[operator]
-    src = source_tree(tmp_path_factory.mktemp(f"src-{suite}"))
-    docker_rootfs = rootfs_tar()  # made here if this host's tier has not made it yet
-    share = tmp_path_factory.mktemp(f"vm-handlers-{suite}")
-    result = run_in_vm(img, SCRIPT.replace("@MODULES@", " ".join(MODULES)), share, 3000,
-                       shares={"wheels": wheels(img.suite.python, extras_for_tests()), "src": src,
-                               "dockercache": docker_rootfs.parent},
-                       env={"CI": "true"})
-    SUMMARY.append(f"{suite}: handler tests: boot to script {result.boot_seconds:.1f} s, "
-                   f"QEMU {result.total_seconds:.1f} s")
-    yield GuestRun(suite, result, share)
+def guest(request: pytest.FixtureRequest, stock_boot: StockBoot) -> GuestRun:
+    result = stock_boot(request.param, "handlers")
+    found = facts(result.stdout)
+    SUMMARY.append(f"{request.param}: handler part {result.seconds} s: setup and demo "
+                   f"{found.get('demo_seconds')} s, test.sh {found.get('tests_seconds')} s")
+    return GuestRun(request.param, result)
 
 
 def test_the_readme_demo_runs(guest: GuestRun) -> None:
@@ -150,7 +134,7 @@ def test_feature_probes_match_the_kernel(guest: GuestRun) -> None:
 
 
 def test_handler_tests_pass_under_apparmor(guest: GuestRun) -> None:
-    junit = guest.share / "junit.xml"
+    junit = guest.result.share / "junit.xml"
     assert junit.exists(), f"pytest wrote no report:\n{guest.text('pytest.txt')[-5000:]}"
     suite = ElementTree.parse(junit).getroot()
     if suite.tag == "testsuites":

@@ -1,6 +1,7 @@
 """What an admin relies on in a stock Debian 12 and Debian 13 host, checked in a VM.
 
-One boot per image: the script below gathers every fact (``fact NAME VALUE``
+The first part of each image's shared boot (tests/vm/boot.py), before any other
+part installs anything: the script below gathers every fact (``fact NAME VALUE``
 lines on stdout, the commands' own chatter on stderr) and goes on past a
 failed step, so one broken step fails its own test and the others still say
 something.  These facts are the baseline the rest of issue 19 builds on: the
@@ -15,9 +16,9 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.vm.conftest import SUMMARY, VMRun
+from tests.vm.boot import Part, PartResult, facts
+from tests.vm.conftest import SUMMARY, StockBoot
 from tests.vm.image import SUITES, Suite
-from tests.vm.runner import VMResult
 
 FACTS = r"""
 set -u
@@ -67,10 +68,14 @@ exit 0
 """
 
 
+def boot_part(tmp_path_factory: pytest.TempPathFactory) -> Part:
+    return Part("hosts", FACTS, timeout=600)
+
+
 @dataclass(frozen=True)
 class Host:
     suite: Suite
-    result: VMResult
+    result: PartResult
     facts: dict[str, str]
 
     def fact(self, name: str) -> str:
@@ -80,17 +85,13 @@ class Host:
 
 
 @pytest.fixture(scope="module", params=sorted(SUITES))
-def host(request: pytest.FixtureRequest, vm_run: VMRun) -> Host:
-    result = vm_run(request.param, FACTS, timeout=900)
-    facts = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("fact "):
-            _, name, *value = line.split(" ", 2)
-            facts[name] = value[0] if value else ""
-    SUMMARY.append(f"{request.param}: kernel {facts.get('kernel')}, lxc {facts.get('lxc')}, "
-                   f"python {facts.get('python')}, cgroup {facts.get('cgroupfs')}, "
-                   f"apparmor {facts.get('apparmor')}")
-    return Host(SUITES[request.param], result, facts)
+def host(request: pytest.FixtureRequest, stock_boot: StockBoot) -> Host:
+    result = stock_boot(request.param, "hosts")
+    found = facts(result.stdout)
+    SUMMARY.append(f"{request.param}: kernel {found.get('kernel')}, lxc {found.get('lxc')}, "
+                   f"python {found.get('python')}, cgroup {found.get('cgroupfs')}, "
+                   f"apparmor {found.get('apparmor')}")
+    return Host(SUITES[request.param], result, found)
 
 
 def test_the_script_ran_to_its_end(host: Host) -> None:

@@ -14,7 +14,6 @@ stopped, its containers destroyed).
 
 from __future__ import annotations
 
-import shlex
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.vm.image import REPO, Image
-from tests.vm.runner import VMResult, run_in_vm, wheels
+from tests.vm.runner import VMResult, read_text, run_in_vm, wheels
 
 # The stock host's own facts first, before any part installs or starts anything;
 # the handler tests (which run setup.sh) last.
@@ -37,7 +36,6 @@ class Part:
     timeout: float  # seconds; the part is killed after them and the next one runs
     shares: Mapping[str, Path] = field(default_factory=dict)  # read-only, /mnt/TAG
     extras: Sequence[str] = ()  # requirements beyond the project's, as wheels
-    env: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -55,8 +53,7 @@ class PartResult:
 
     def text(self, name: str) -> str:
         """A file the part wrote to $SHARE, or "" if it wrote none."""
-        path = self.share / name
-        return path.read_text(errors="replace") if path.exists() else ""
+        return read_text(self.share / name)
 
 
 def source_tree(into: Path) -> Path:
@@ -87,39 +84,21 @@ def boot(img: Image, parts: Sequence[Part], share_dir: Path, src: Path) -> dict[
         (share_dir / part.name).mkdir(parents=True, exist_ok=True)
         (share_dir / part.name / "script").write_text(part.script)
         here = f"/mnt/share/{part.name}"
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in part.env.items())
         lines.append("SECONDS=0")
-        lines.append(f"(cd /root && SHARE={here} {env} timeout -k 10 {part.timeout:.0f} "
+        lines.append(f"(cd /root && SHARE={here} timeout -k 10 {part.timeout:.0f} "
                      f"bash {here}/script > {here}/stdout 2> {here}/stderr)")
         lines.append(f"echo $? > {here}/status; echo $SECONDS > {here}/seconds")
     result = run_in_vm(img, "\n".join(lines) + "\n", share_dir,
                        sum(part.timeout for part in parts) + SLACK, shares=shares,
                        env={"CI": "true"})
-    return {part.name: PartResult(status=_status(share_dir / part.name / "status"),
-                                  stdout=_read(share_dir / part.name / "stdout"),
-                                  stderr=_read(share_dir / part.name / "stderr"),
-                                  seconds=_status(share_dir / part.name / "seconds"),
+    return {part.name: PartResult(status=_number(share_dir / part.name / "status"),
+                                  stdout=read_text(share_dir / part.name / "stdout"),
+                                  stderr=read_text(share_dir / part.name / "stderr"),
+                                  seconds=_number(share_dir / part.name / "seconds"),
                                   share=share_dir / part.name, boot=result)
             for part in parts}
 
 
-def facts(stdout: str) -> dict[str, str]:
-    """The ``fact NAME VALUE`` lines a part printed."""
-    found = {}
-    for line in stdout.splitlines():
-        if line.startswith("fact "):
-            _, name, *value = line.split(" ", 2)
-            found[name] = value[0] if value else ""
-    return found
-
-
-def _status(path: Path) -> int:
-    text = _read(path).strip()
+def _number(path: Path) -> int:
+    text = read_text(path).strip()
     return int(text) if text else -1  # -1: the part never finished
-
-
-def _read(path: Path) -> str:
-    try:
-        return path.read_text(errors="replace")
-    except FileNotFoundError:
-        return ""

@@ -93,7 +93,8 @@ def stock_boot(request: pytest.FixtureRequest, vm_image: Callable[[str], images.
                 failed[suite] = err
                 raise
             first = next(iter(done[suite].values())).boot
-            each = ", ".join(f"{name} {part.seconds} s" for name, part in done[suite].items())
+            each = ", ".join(f"{part_name} {part.seconds} s"
+                             for part_name, part in done[suite].items())
             SUMMARY.append(f"{suite}: one boot for {each}: boot to script "
                            f"{first.boot_seconds:.1f} s, QEMU {first.total_seconds:.1f} s, "
                            f"lock wait {first.lock_wait:.1f} s")

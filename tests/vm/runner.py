@@ -152,13 +152,13 @@ def run_in_vm(img: Image, script: str, share_dir: Path, timeout: float, *,
             started = time.monotonic()
             boot = _supervise(argv, ctl, console, started + timeout, timeout)
             total = time.monotonic() - started
-        text = _read(console)
+        text = read_text(console)
     status_file = ctl / "status"
     if not status_file.exists():
         raise VMError(f"QEMU exited after {total:.0f} s without the script's status "
                       f"(script {'started' if boot is not None else 'never started'})", text)
     return VMResult(status=int(status_file.read_text().strip()),
-                    stdout=_read(share_dir / "stdout"), stderr=_read(share_dir / "stderr"),
+                    stdout=read_text(share_dir / "stdout"), stderr=read_text(share_dir / "stderr"),
                     console=text, lock_wait=lock_wait,
                     boot_seconds=boot if boot is not None else float("nan"),
                     total_seconds=total)
@@ -183,7 +183,7 @@ def _supervise(argv: list[str], ctl: Path, console: Path, deadline: float,
             if time.monotonic() > deadline:
                 raise VMError(f"hard timeout: QEMU killed after {timeout:.0f} s "
                               f"(script {'started' if boot is not None else 'never started'})",
-                              _read(console))
+                              read_text(console))
     finally:
         if qemu.poll() is None:
             qemu.kill()
@@ -193,13 +193,23 @@ def _supervise(argv: list[str], ctl: Path, console: Path, deadline: float,
         qemu.stdout.close()
     if qemu.returncode != 0:
         raise VMError(f"QEMU exited with status {qemu.returncode}: {said.strip()}",
-                      _read(console))
+                      read_text(console))
     if boot is None and (ctl / "started").exists():
         boot = time.monotonic() - started  # started and finished between two polls
     return boot
 
 
-def _read(path: Path) -> str:
+def facts(stdout: str) -> dict[str, str]:
+    """The ``fact NAME VALUE`` lines a script printed (the tier's scripts report so)."""
+    found = {}
+    for line in stdout.splitlines():
+        if line.startswith("fact "):
+            _, name, *value = line.split(" ", 2)
+            found[name] = value[0].strip() if value else ""
+    return found
+
+
+def read_text(path: Path) -> str:
     try:
         return path.read_text(errors="replace")
     except FileNotFoundError:
@@ -254,7 +264,7 @@ def main(argv: list[str]) -> int:
                            shares={"wheels": wheels(img.suite.python)},
                            env={"CI": os.environ.get("CI", "")})
     finally:
-        kept = {n: _read(share / n) for n in ("stdout", "stderr")}
+        kept = {n: read_text(share / n) for n in ("stdout", "stderr")}
         shutil.rmtree(share)
     sys.stdout.write(kept["stdout"])
     sys.stderr.write(kept["stderr"])

@@ -30,9 +30,10 @@ from dataclasses import dataclass
 import pytest
 
 from tests.lxc.test_docker import rootfs_tar
-from tests.vm.boot import Part, PartResult, facts
+from tests.vm.boot import Part, PartResult
 from tests.vm.conftest import SUMMARY, StockBoot
 from tests.vm.image import REPO, SUITES
+from tests.vm.runner import facts
 
 # The handler tests of tests/lxc: each handler's real test, as the host tier runs it.
 MODULES = ("tests/kernel", "tests/lxc/test_mknod.py", "tests/lxc/test_setxattr.py",

@@ -16,9 +16,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from tests.vm.boot import Part, PartResult, facts
+from tests.vm.boot import Part, PartResult
 from tests.vm.conftest import SUMMARY, StockBoot
 from tests.vm.image import SUITES, Suite
+from tests.vm.runner import facts
 
 FACTS = r"""
 set -u

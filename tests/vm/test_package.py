@@ -29,7 +29,7 @@ import pytest
 from tests.vm.conftest import SUMMARY, VMRun
 from tests.vm.image import SUITES, Image, Suite
 from tests.vm.package import Built
-from tests.vm.runner import VMResult, machine_disk
+from tests.vm.runner import VMResult, facts, machine_disk
 
 COMMON = r"""
 set -u
@@ -220,12 +220,7 @@ class Host:
 
 
 def _boot(result: VMResult) -> Boot:
-    facts = {}
-    for line in result.stdout.splitlines():
-        if line.startswith("fact "):
-            _, name, *value = line.split(" ", 2)
-            facts[name] = value[0].strip() if value else ""
-    return Boot(result, facts)
+    return Boot(result, facts(result.stdout))
 
 
 @pytest.fixture(scope="module", params=sorted(SUITES))

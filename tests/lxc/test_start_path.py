@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ import pytest
 from lxc_notify_plugin.admin.daemon import daemon_running
 from lxc_notify_plugin.admin.lxc_config import BEGIN
 from lxc_notify_plugin.paths import Paths
+from lxc_notify_plugin.tools.sandbox import _BASE_CONFIG, Sandbox
 from tests.lxc.conftest import Container, Daemon
 
 
@@ -103,3 +105,39 @@ def test_start_supervises_one_start_and_starts_the_daemon(stopped_container: Con
             time.sleep(0.05)
     assert "Traceback" not in log.read_text()
     assert (tmp_path / "audit.log").exists()
+
+
+def _tree(root: Path) -> dict[str, tuple[int, int, int, str]]:
+    """Every entry under ROOT: its mode, owner, group and symlink target (or size)."""
+    found = {}
+    for path in [root, *sorted(root.rglob("*"))]:
+        st = path.lstat()
+        what = os.readlink(path) if path.is_symlink() else str(st.st_size if path.is_file() else "")
+        found[str(path.relative_to(root))] = (st.st_mode, st.st_uid, st.st_gid, what)
+    return found
+
+
+def test_a_sandbox_is_what_lxc_create_makes(lxc_ready: None, tmp_path: Path) -> None:
+    # Sandbox.create copies one real run of the busybox template: the copy must be
+    # what lxc-create itself makes for the same name and -f file (in LXC paths of one
+    # length, so that the two configs are of one size too).
+    extra = "# the test's own lines\nlxc.cgroup2.devices.allow = c 1:3 rwm\n\nlxc.tty.max = 2\n"
+    copy = Sandbox(lxc_path=str(tmp_path / "copy"))
+    made = Sandbox(lxc_path=str(tmp_path / "made"))
+    made.name = copy.name
+    Path(copy.lxc_path).mkdir()
+    Path(made.lxc_path).mkdir()
+    try:
+        copy.create(extra)
+        conf = tmp_path / "made.conf"
+        conf.write_text(_BASE_CONFIG + extra)
+        subprocess.run(["lxc-create", "-n", made.name, "-P", made.lxc_path, "-t", "busybox",
+                        "-f", str(conf)], check=True, capture_output=True)
+        made._created = True
+        made_dir, copy_dir = Path(made.lxc_path, made.name), Path(copy.lxc_path, copy.name)
+        assert copy.config_file.read_text() == made.config_file.read_text().replace(
+            made.lxc_path, copy.lxc_path)
+        assert _tree(copy_dir) == _tree(made_dir)
+    finally:
+        copy.destroy()
+        made.destroy()

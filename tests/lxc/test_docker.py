@@ -208,8 +208,10 @@ class DockerHost(Container):
 
     def extract(self, tar: Path) -> None:
         self.rootfs.mkdir(exist_ok=True)
+        # A few seconds here; the limit is for a guest under TCG on a slow host, where
+        # 400 MB took over 300 s.
         subprocess.run(["tar", "--numeric-owner", "-xpf", str(tar), "-C", str(self.rootfs)],
-                       check=True, timeout=300)
+                       check=True, timeout=1200)
 
     def put(self, path: str, data: bytes) -> None:
         """A file owned by the container's root, written from the host."""

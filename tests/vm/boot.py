@@ -36,6 +36,7 @@ class Part:
     timeout: float  # seconds; the part is killed after them and the next one runs
     shares: Mapping[str, Path] = field(default_factory=dict)  # read-only, /mnt/TAG
     extras: Sequence[str] = ()  # requirements beyond the project's, as wheels
+    files: Mapping[str, Path] = field(default_factory=dict)  # /dev/disk/by-id/virtio-SERIAL
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,12 @@ def boot(img: Image, parts: Sequence[Part], share_dir: Path, src: Path) -> dict[
             if shares.setdefault(tag, path) != path:
                 raise ValueError(f"parts share /mnt/{tag} from two places: "
                                  f"{shares[tag]} and {path}")
+    files: dict[str, Path] = {}
+    for part in parts:
+        for serial, path in part.files.items():
+            if files.setdefault(serial, path) != path:
+                raise ValueError(f"parts name disk {serial} for two files: "
+                                 f"{files[serial]} and {path}")
     extras = sorted({extra for part in parts for extra in part.extras})
     shares["wheels"] = wheels(img.suite.python, extras)
     lines = ["set -u"]
@@ -90,7 +97,7 @@ def boot(img: Image, parts: Sequence[Part], share_dir: Path, src: Path) -> dict[
         lines.append(f"echo $? > {here}/status; echo $SECONDS > {here}/seconds")
     result = run_in_vm(img, "\n".join(lines) + "\n", share_dir,
                        sum(part.timeout for part in parts) + SLACK, shares=shares,
-                       env={"CI": "true"})
+                       env={"CI": "true"}, files=files)
     return {part.name: PartResult(status=_number(share_dir / part.name / "status"),
                                   stdout=read_text(share_dir / part.name / "stdout"),
                                   stderr=read_text(share_dir / part.name / "stderr"),

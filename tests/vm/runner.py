@@ -77,7 +77,8 @@ def accelerator() -> list[str]:
 
 
 def qemu_command(img: Image, overlay: Path, share_dir: Path, console: Path,
-                 shares: Mapping[str, Path]) -> list[str]:
+                 shares: Mapping[str, Path], files: Mapping[str, Path] | None = None
+                 ) -> list[str]:
     argv = ["qemu-system-x86_64", *accelerator(), "-smp", str(CPUS), "-m", str(MEMORY_MIB),
             "-nodefaults", "-display", "none", "-no-reboot",
             "-serial", f"file:{console}",
@@ -90,6 +91,10 @@ def qemu_command(img: Image, overlay: Path, share_dir: Path, console: Path,
     for tag, path in shares.items():
         argv += ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none,"
                             f"id={tag},readonly=on"]
+    for serial, path in (files or {}).items():
+        # A big file read whole (a tar) as a read-only disk: 9p under TCG read the
+        # 400 MB Docker root filesystem too slowly for its test's time limit.
+        argv += ["-drive", f"file={path},if=virtio,format=raw,readonly=on,serial={serial}"]
     return argv
 
 
@@ -116,19 +121,24 @@ def _overlay(img: Image, overlay: Path) -> None:
 def run_in_vm(img: Image, script: str, share_dir: Path, timeout: float, *,
               shares: Mapping[str, Path] | None = None,
               env: Mapping[str, str] | None = None,
-              disk: Path | None = None) -> VMResult:
+              disk: Path | None = None,
+              files: Mapping[str, Path] | None = None) -> VMResult:
     """Boot IMG, run SCRIPT (bash) inside as root, power off; kill QEMU after TIMEOUT s.
 
     SHARE_DIR (empty or missing) becomes /mnt/share in the guest and keeps the
     script, its stdout and stderr afterwards.  SHARES maps extra 9p tags to host
     directories, mounted read-only at /mnt/TAG.  ENV is exported to the script.
     DISK is an overlay from :func:`machine_disk` to boot from (and keep); without
-    it the boot writes to a throwaway one.
+    it the boot writes to a throwaway one.  FILES maps serials (up to 20
+    characters) to host files, each a read-only disk in the guest at
+    /dev/disk/by-id/virtio-SERIAL.
     TIMEOUT counts from QEMU's start, not from the wait for the heavy-job lock.
     """
     shares = dict(shares or {})
     if "share" in shares:
         raise ValueError("the tag 'share' is the runner's own")
+    if any(len(serial) > 20 or not serial.isalnum() for serial in files or {}):
+        raise ValueError(f"disk serials are up to 20 letters and digits: {list(files or {})}")
     if shutil.which("qemu-system-x86_64") is None or shutil.which("qemu-img") is None:
         raise VMError("qemu-system-x86_64 and qemu-img are needed (apt install "
                       "qemu-system-x86 qemu-utils)", "")
@@ -147,7 +157,7 @@ def run_in_vm(img: Image, script: str, share_dir: Path, timeout: float, *,
         console = Path(scratch) / "console.log"
         if disk is None:
             _overlay(img, overlay)
-        argv = qemu_command(img, overlay, share_dir, console, shares)
+        argv = qemu_command(img, overlay, share_dir, console, shares, files)
         with heavy_lock() as lock_wait:  # raises lock.LockTimeout after its wait limit
             started = time.monotonic()
             boot = _supervise(argv, ctl, console, started + timeout, timeout)

@@ -27,9 +27,10 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PYTHONPATH=/mnt/src PYTHONDONTWRITEBYTECODE=1
 fact() { printf 'fact %s %s\n' "$1" "$(echo "$2" | tr '\n' ' ' | sed 's/ *$//')"; }
-python3 -m venv --system-site-packages /root/venv >&2 \
+# The hosts part's venv where it ran first in this boot (pip is slow under TCG).
+[ -x /root/venv/bin/python ] || { python3 -m venv --system-site-packages /root/venv >&2 \
   && /root/venv/bin/pip install -q --no-index --find-links /mnt/wheels \
-       -r /mnt/wheels/requirements.txt >&2
+       -r /mnt/wheels/requirements.txt >&2; }
 fact kernel "$(uname -r)"
 N="/root/venv/bin/python -m lxc_notify_plugin --config /root/daemon.toml
    --socket /run/lxcn/seccomp.sock --state-dir /root/state --profile-dir /root/profiles"

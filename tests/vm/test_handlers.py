@@ -6,7 +6,7 @@ README's commands run there as root: ``./demo.sh`` (setup.sh, then the demo)
 and ``./test.sh`` with the kernel tier (each feature where the kernel has it,
 its fallback where not: tests.conftest.kernel_has_since), the handler modules
 of tests/lxc, Docker inside a supervised Debian container (test_docker.py, its
-root filesystem shared in from this host's cache, unconfined as nesting needs)
+root filesystem this host's cached tar, as a read-only disk, unconfined as nesting needs)
 and the podman test of tests/oci: about 20 minutes a guest under QEMU's TCG
 (the unit tier, which needs no kernel of its own, and the rest of the host tier
 run on this host).
@@ -48,9 +48,10 @@ fact() { printf 'fact %s %s\n' "$1" "$2"; }
 export PIP_NO_INDEX=1 PIP_FIND_LINKS=/mnt/wheels
 cp -a /mnt/src /root/lxc-notify-plugin && cd /root/lxc-notify-plugin
 # Docker's Debian root filesystem, as this host's run of test_docker.py cached it (the
-# guest has no network for debootstrap): read in place from the share.
+# guest has no network for debootstrap): read in place from a read-only disk.
 mkdir -p /var/cache/lxc-notify-tests
-ln -s /mnt/dockercache/docker-*.tar /var/cache/lxc-notify-tests/
+udevadm settle
+ln -s /dev/disk/by-id/virtio-dockerrootfs /var/cache/lxc-notify-tests/@DOCKER_TAR@
 SECONDS=0
 ./demo.sh > $SHARE/demo.txt 2>&1
 fact demo $?
@@ -86,8 +87,9 @@ def extras_for_tests() -> list[str]:
 
 def boot_part(tmp_path_factory: pytest.TempPathFactory) -> Part:
     docker_rootfs = rootfs_tar()  # made here if this host's tier has not made it yet
-    return Part("handlers", SCRIPT.replace("@MODULES@", " ".join(MODULES)), timeout=2700,
-                shares={"dockercache": docker_rootfs.parent}, extras=extras_for_tests())
+    script = SCRIPT.replace("@MODULES@", " ".join(MODULES))
+    return Part("handlers", script.replace("@DOCKER_TAR@", docker_rootfs.name), timeout=2700,
+                files={"dockerrootfs": docker_rootfs}, extras=extras_for_tests())
 
 
 @dataclass(frozen=True)

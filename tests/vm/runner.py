@@ -94,7 +94,8 @@ def qemu_command(img: Image, overlay: Path, share_dir: Path, console: Path,
     for serial, path in (files or {}).items():
         # A big file read whole (a tar) as a read-only disk: 9p under TCG read the
         # 400 MB Docker root filesystem too slowly for its test's time limit.
-        argv += ["-drive", f"file={path},if=virtio,format=raw,readonly=on,serial={serial}"]
+        argv += ["-drive", f"file={path},if=none,id=file-{serial},format=raw,readonly=on",
+                 "-device", f"virtio-blk-pci,drive=file-{serial},serial={serial}"]
     return argv
 
 

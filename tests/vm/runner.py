@@ -85,7 +85,10 @@ def qemu_command(img: Image, overlay: Path, share_dir: Path, console: Path,
             "-kernel", str(img.kernel), "-initrd", str(img.initrd),
             # panic=-1 with -no-reboot: a panicking guest ends QEMU instead of hanging.
             "-append", "root=/dev/vda ro console=ttyS0 panic=-1",
-            "-drive", f"file={overlay},if=virtio,format=qcow2,cache=unsafe",
+            # As -device, before any other disk: PCI slots go in command-line order,
+            # and the root disk must be the first, /dev/vda (root= below).
+            "-drive", f"file={overlay},if=none,id=root,format=qcow2,cache=unsafe",
+            "-device", "virtio-blk-pci,drive=root",
             "-device", "virtio-rng-pci",
             "-virtfs", f"local,path={share_dir},mount_tag=share,security_model=none,id=share"]
     for tag, path in shares.items():

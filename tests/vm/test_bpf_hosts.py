@@ -2,9 +2,10 @@
 
 There LXC attaches its own device program to the container's cgroup, and
 the container's cgroup2 is what LXC's stock configuration mounts.  A part of
-each image's shared boot (tests/vm/boot.py), after the host's facts: the daemon
-runs from this checkout (shared read-only at /mnt/src, its requirements from
-the wheels), a busybox container under
+each image's shared boot (tests/vm/boot.py), after the handler tests: the daemon
+runs from this checkout (shared read-only at /mnt/src) in the venv the handler
+part's setup.sh made (its own, from the wheels, when this part runs alone), a
+busybox container under
 LXC's generated AppArmor profile and LXC's common.conf (its device rules;
 not userns.conf, which empties them) gets intercept.bpf and bpf.devices, and
 tests/helpers/bpfprobe.c (static, shared at /mnt/helpers) makes the calls.
@@ -27,12 +28,14 @@ set -u
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PYTHONPATH=/mnt/src PYTHONDONTWRITEBYTECODE=1
 fact() { printf 'fact %s %s\n' "$1" "$(echo "$2" | tr '\n' ' ' | sed 's/ *$//')"; }
-# The hosts part's venv where it ran first in this boot (pip is slow under TCG).
-[ -x /root/venv/bin/python ] || { python3 -m venv --system-site-packages /root/venv >&2 \
-  && /root/venv/bin/pip install -q --no-index --find-links /mnt/wheels \
+# The venv setup.sh made in the handler part before this one, where it ran (a venv and
+# pip cost minutes under TCG); a venv of its own when this part runs alone.
+venv=/root/lxc-notify-plugin/.venv
+[ -x $venv/bin/python ] || { venv=/root/venv; python3 -m venv --system-site-packages $venv >&2 \
+  && $venv/bin/pip install -q --no-compile --no-index --find-links /mnt/wheels \
        -r /mnt/wheels/requirements.txt >&2; }
 fact kernel "$(uname -r)"
-N="/root/venv/bin/python -m lxc_notify_plugin --config /root/daemon.toml
+N="$venv/bin/python -m lxc_notify_plugin --config /root/daemon.toml
    --socket /run/lxcn/seccomp.sock --state-dir /root/state --profile-dir /root/profiles"
 printf '[audit]\npath = ""\n' > /root/daemon.toml
 $N daemon -v > /root/daemon.log 2>&1 &
@@ -72,7 +75,7 @@ c1() { lxc-attach -n c1 --clear-env -- /bin/sh -c "PATH=/bin:/sbin; $1"; }
 pid=$(lxc-info -n c1 -pH)
 v2=$(sed -n 's/^0:://p' /proc/$pid/cgroup)
 fact cgroup "$v2"
-fact lxc_program "$(/root/venv/bin/python -c '
+fact lxc_program "$($venv/bin/python -c '
 import os, sys
 from lxc_notify_plugin.kernel import bpf
 fd = os.open(sys.argv[1], os.O_RDONLY | os.O_DIRECTORY)

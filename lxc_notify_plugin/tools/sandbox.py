@@ -126,6 +126,7 @@ def _run(argv: Sequence[str], timeout: float = 60) -> subprocess.CompletedProces
 
 
 _TEMPLATE_NAME = "template"
+_COPIED_AS_IS = ("lxc.idmap", "lxc.rootfs.path")  # what the copied files depend on
 _template_lock = threading.Lock()
 _template_dir: Path | None = None  # this process's one real busybox container
 
@@ -160,6 +161,12 @@ def copied_config(template_config: str, template_dir: Path, container_dir: Path,
     """TEMPLATE_CONFIG as lxc-create would have written it for CONTAINER_DIR with
     EXTRA_CONFIG after the base config: lxc-create copies the -f file's non-blank
     lines just before the ``lxc.rootfs.path`` it adds, then the template's own."""
+    extra = [line for line in extra_config.splitlines() if line.strip()]
+    for line in extra:
+        key = line.partition("=")[0].strip()
+        if key in _COPIED_AS_IS:
+            # The copy's files are owned as the base idmap maps them, in its own rootfs.
+            raise SandboxError(f"a sandbox's extra config cannot set {key}: {line!r}")
     lines = template_config.splitlines()
     rootfs = f"lxc.rootfs.path = dir:{template_dir}/rootfs"
     uts = f'lxc.uts.name = "{template_dir.name}"'
@@ -167,7 +174,6 @@ def copied_config(template_config: str, template_dir: Path, container_dir: Path,
         raise SandboxError(f"{template_dir}/config is not the busybox template's: "
                            f"expected one {rootfs!r} and one {uts!r}")
     at = lines.index(rootfs)
-    extra = [line for line in extra_config.splitlines() if line.strip()]
     lines[at:at + 1] = [*extra, f"lxc.rootfs.path = dir:{container_dir}/rootfs"]
     lines[lines.index(uts)] = f'lxc.uts.name = "{container_dir.name}"'
     return "\n".join(lines) + "\n"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +15,7 @@ from lxc_notify_plugin.tools.sandbox import (
     Sandbox,
     SandboxError,
     classify_attach,
+    copied_config,
     lxc_attach_error,
     split_status,
 )
@@ -160,3 +162,36 @@ def test_an_idempotent_probe_run_unsupervised_is_retried(
     attach_calls([enosys_exit_1, on_host])
     with pytest.raises(SandboxError, match="ran and failed"):
         Sandbox().attach("/bin/echo", "ok")
+
+
+# As lxc-create 5.0.2 wrote it for `-P /tmp/p -n template -t busybox -f base.conf`.
+TEMPLATE_CONFIG = """\
+# Template used to create this container: /usr/share/lxc/templates/lxc-busybox
+lxc.net.0.type = empty
+lxc.idmap = u 0 100000 65536
+lxc.rootfs.path = dir:/tmp/p/template/rootfs
+lxc.signal.halt = SIGUSR1
+lxc.uts.name = "template"
+lxc.autodev = 1
+"""
+
+
+def test_a_copys_config_is_what_lxc_create_writes() -> None:
+    config = copied_config(TEMPLATE_CONFIG, Path("/tmp/p/template"),
+                           Path("/var/lib/lxc/box-1"), "# mine\n\nlxc.tty.max = 2\n")
+    assert config == TEMPLATE_CONFIG.replace(
+        "lxc.rootfs.path = dir:/tmp/p/template/rootfs\n",
+        "# mine\nlxc.tty.max = 2\nlxc.rootfs.path = dir:/var/lib/lxc/box-1/rootfs\n",
+    ).replace('"template"', '"box-1"')
+
+
+@pytest.mark.parametrize("line", ["lxc.idmap = u 0 200000 65536", "lxc.rootfs.path=dir:/x"])
+def test_a_copy_refuses_what_its_files_depend_on(line: str) -> None:
+    with pytest.raises(SandboxError, match="cannot set"):
+        copied_config(TEMPLATE_CONFIG, Path("/tmp/p/template"), Path("/var/lib/lxc/b"), line)
+
+
+def test_a_template_config_of_another_shape_is_refused() -> None:
+    with pytest.raises(SandboxError, match="not the busybox template's"):
+        copied_config(TEMPLATE_CONFIG.replace('"template"', "template"),
+                      Path("/tmp/p/template"), Path("/var/lib/lxc/b"), "")

@@ -122,9 +122,11 @@ def test_a_thread_is_pinned_only_while_it_uses_actors(tmp_path: Path) -> None:
             started = threading.Thread(target=lambda: seen.update(child=os.sched_getaffinity(0)))
             start_serving("child", started.run, threading.Lock(), {}, None, failed="child",
                           refused=lambda err: None)
-            # Used just now: it stays (told by the clock it keeps, not by how slow
-            # this machine is: under TCG the thread start above takes milliseconds).
-            actor.used = time.monotonic()
+            # Used just now: it stays.  Stamped a minute ahead, so that no delay between
+            # the stamp and rest() can age it past the 2 ms rest() waits for (seen in
+            # the Debian 13 guest under TCG: the child thread started above took the
+            # GIL from this one for longer than that).
+            actor.used = time.monotonic() + 60.0
             actors.rest()
             seen["busy"] = os.sched_getaffinity(0)
             actor.used = time.monotonic() - 1.0  # idle for a second

@@ -208,8 +208,12 @@ class Sandbox:
             shutil.rmtree(container_dir, ignore_errors=True)
             raise SandboxError(f"copying the busybox container to {container_dir} failed: "
                                f"{result.stderr.strip()}")
-        # Written in place: the file keeps the owner and mode lxc-create gave it.
-        (container_dir / "config").write_text(config)
+        try:
+            # Written in place: the file keeps the owner and mode lxc-create gave it.
+            (container_dir / "config").write_text(config)
+        except BaseException:
+            shutil.rmtree(container_dir, ignore_errors=True)  # no config: lxc-destroy can't
+            raise
         self._created = True
         return self
 

@@ -73,18 +73,8 @@ def source_tree(into: Path) -> Path:
 def boot(img: Image, parts: Sequence[Part], share_dir: Path, src: Path) -> dict[str, PartResult]:
     """Boot IMG once and run PARTS in ORDER; the source tree SRC is shared at /mnt/src."""
     parts = sorted(parts, key=lambda part: ORDER.index(part.name))
-    shares: dict[str, Path] = {"src": src}
-    for part in parts:
-        for tag, path in part.shares.items():
-            if shares.setdefault(tag, path) != path:
-                raise ValueError(f"parts share /mnt/{tag} from two places: "
-                                 f"{shares[tag]} and {path}")
-    files: dict[str, Path] = {}
-    for part in parts:
-        for serial, path in part.files.items():
-            if files.setdefault(serial, path) != path:
-                raise ValueError(f"parts name disk {serial} for two files: "
-                                 f"{files[serial]} and {path}")
+    shares = _merged({"src": src}, [part.shares for part in parts], "share /mnt/")
+    files = _merged({}, [part.files for part in parts], "disk virtio-")
     extras = sorted({extra for part in parts for extra in part.extras})
     shares["wheels"] = wheels(img.suite.python, extras)
     lines = ["set -u"]
@@ -105,6 +95,17 @@ def boot(img: Image, parts: Sequence[Part], share_dir: Path, src: Path) -> dict[
                                   seconds=_number(share_dir / part.name / "seconds"),
                                   share=share_dir / part.name, boot=result)
             for part in parts}
+
+
+def _merged(into: dict[str, Path], wanted: Sequence[Mapping[str, Path]],
+            what: str) -> dict[str, Path]:
+    """INTO with every part's names added; one name for two host paths is an error."""
+    for names in wanted:
+        for name, path in names.items():
+            if into.setdefault(name, path) != path:
+                raise ValueError(f"parts want {what}{name} from two places: "
+                                 f"{into[name]} and {path}")
+    return into
 
 
 def _number(path: Path) -> int:

@@ -6,7 +6,7 @@ README's commands run there as root: ``./demo.sh`` (setup.sh, then the demo)
 and ``./test.sh`` with the kernel tier (each feature where the kernel has it,
 its fallback where not: tests.conftest.kernel_has_since), the handler modules
 of tests/lxc, Docker inside a supervised Debian container (test_docker.py, its
-root filesystem this host's cached tar, as a read-only disk, unconfined as nesting needs)
+root filesystem from this host's cached tar as a read-only disk; unconfined, as nesting needs)
 and the podman test of tests/oci: about 20 minutes a guest under QEMU's TCG
 (the unit tier, which needs no kernel of its own, and the rest of the host tier
 run on this host).

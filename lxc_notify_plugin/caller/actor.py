@@ -70,7 +70,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pyseccomp
 
@@ -121,10 +121,12 @@ NAMESPACES = (("mnt", kernel.CLONE_NEWNS), ("pid", kernel.CLONE_NEWPID),
 # then the groups (u32 each; in a memfd passed second where they would not fit)
 # and the leaf name.  The answer: one errno (0: done).
 _MKNOD = struct.Struct("=cIQIIIQI")
+_MKNOD_WHO = 13  # where the identity starts in it (fsuid, after op, mode and dev)
 _OP_MKNOD = b"M"
 _OP_LONG = b"L"  # a JSON order longer than a message: in the memfd passed first
 _ORDER_MAX = 16 << 20  # far above any order (65536 groups are about 450 KB of JSON)
 _ERRNO = struct.Struct("=i")
+_FD = struct.Struct("=i")
 
 _SECBITS_LOCKED = (kernel.SECBIT_NOROOT_LOCKED | kernel.SECBIT_NO_SETUID_FIXUP_LOCKED
                    | kernel.SECBIT_KEEP_CAPS_LOCKED | kernel.SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED)
@@ -138,9 +140,11 @@ class ActorFailed(SupervisorFault):
         super().__init__(step, cause, OWN_STEP_ERRNO)
 
 
-@dataclass(frozen=True)
-class Identity:
-    """Who a step is done as, in host ids: fs ids, groups, umask, capabilities."""
+class Identity(NamedTuple):
+    """Who a step is done as, in host ids: fs ids, groups, umask, capabilities.
+
+    A tuple: one is made for every emulated mknod, where a frozen dataclass's
+    field-by-field ``__init__`` costs several times more."""
 
     fsuid: int
     fsgid: int
@@ -294,11 +298,14 @@ class Actor:
             self.close()
             raise ActorFailed("read the actor's answer", err) from err
         finally:
-            _close_all(fds[1:])
+            if len(fds) > 1:
+                os.close(fds[1])
         if len(data) != _ERRNO.size:
             self.close()
             raise ActorFailed("read the actor's answer", OSError(errno.EIO, "actor exited"))
-        _raise_for({"errno": _ERRNO.unpack(data)[0]})
+        code = _ERRNO.unpack(data)[0]
+        if code:
+            _raise_for({"errno": code})
 
     def _follow_cpu(self) -> None:
         """Run this thread and the actor on one CPU while they talk.  A wake-up
@@ -311,13 +318,12 @@ class Actor:
         when they have been idle a moment), and the actor follows it; no
         syscall while neither moves.  Where the caller's cpuset excludes our
         CPU, the actor runs where it may."""
-        if not self.follow_cpu:
-            return
+        if self.cpu >= 0 or not self.follow_cpu:
+            return  # this thread is pinned to self.cpu: it cannot have moved
         cpu = kernel.sched_getcpu()
-        if cpu == self.cpu:
-            return
+        if not cpus.pin(0, cpu):
+            return  # a thread confined elsewhere stays so, and asks again next time
         self.cpu = cpu
-        cpus.pin(0, cpu)  # a thread confined elsewhere stays so
         if not cpus.pin(self.process.pid, cpu):
             cpus.unpin(self.process.pid)
 
@@ -465,6 +471,16 @@ def _raise_for(answer: dict[str, Any]) -> None:
     raise OSError(code, os.strerror(code))
 
 
+def _fds_in(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
+    """The fds of a message's SCM_RIGHTS (socket.recv_fds' parsing, without its
+    per-call array; the common case is one message of one fd)."""
+    fds: list[int] = []
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.extend(x for (x,) in _FD.iter_unpack(data[:len(data) - len(data) % _FD.size]))
+    return fds
+
+
 def _close_all(fds: Sequence[int]) -> None:
     for fd in fds:
         os.close(fd)
@@ -570,11 +586,13 @@ class _Identity:
     def __init__(self, full: kernel.ThreadCaps) -> None:
         self.full = full
         self.now = Identity(0, 0, (), 0o022, full.effective)
+        self.wire = b""  # ``now`` as the last mknodat message said it (b"": not from one)
 
     def become(self, who: Identity) -> None:
         now = self.now
         if who == now:
             return
+        self.wire = b""
         full = self.full
         if (who.fsuid, who.fsgid, who.groups) != (now.fsuid, now.fsgid, now.groups):
             # Changing ids needs CAP_SETUID/CAP_SETGID, which the last step's set
@@ -617,12 +635,18 @@ def _do_mknodat(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity
     try:
         _, mode, dev, fsuid, fsgid, umask, caps, count = _MKNOD.unpack_from(data)
         if len(fds) == 2:  # more groups than a message holds: in a memfd (Actor.mknodat)
-            groups = struct.unpack(f"={count}I", os.pread(fds[1], 4 * count, 0))
+            packed = os.pread(fds[1], 4 * count, 0)
             leaf = data[_MKNOD.size:]
         else:
-            groups = struct.unpack_from(f"={count}I", data, _MKNOD.size)
+            packed = data[_MKNOD.size:_MKNOD.size + 4 * count]
             leaf = data[_MKNOD.size + 4 * count:]
-        ids.become(Identity(fsuid, fsgid, groups, umask, caps))
+        # Who, as the bytes that say it: the same as the last step's (a loop of
+        # one caller's calls) is known without building an Identity.
+        who = data[_MKNOD_WHO:_MKNOD.size] + packed
+        if who != ids.wire:
+            groups = struct.unpack(f"={count}I", packed)
+            ids.become(Identity(fsuid, fsgid, groups, umask, caps))
+            ids.wire = who
         os.mknod(leaf, mode, dev, dir_fd=fds[0])
         answer = 0
     except OSError as err:
@@ -1068,9 +1092,10 @@ def main(argv: list[str]) -> int:
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN)
         poller.register(init_pidfd, select.POLLIN)
+        fd_room = socket.CMSG_SPACE(16 * _FD.size)
         while True:
-            events = dict(poller.poll(_LEAVE_S * 1000 if inside else None))
-            if init_pidfd in events:
+            events = poller.poll(_LEAVE_S * 1000 if inside else None)
+            if events and init_pidfd in (events[0][0], events[-1][0]):  # two fds at most
                 # The container's init exited: LXC removes its cgroups now.  Out
                 # of them first (a move is faster than tearing this process down).
                 if inside:
@@ -1087,10 +1112,12 @@ def main(argv: list[str]) -> int:
                 inside = False
                 continue
             try:
-                data, fds, _, _ = socket.recv_fds(sock, _MESSAGE_MAX, 16)
+                data, ancillary, _, _ = sock.recvmsg(_MESSAGE_MAX, fd_room)
             except OSError:
                 return 0
+            fds = _fds_in(ancillary)
             if not data:
+                _close_all(fds)
                 return 0
             try:
                 if not inside:

@@ -238,7 +238,7 @@ def rebase_self_path(path: bytes, dir_fd: int, creds: CallerCreds) -> tuple[int,
     the container's user namespace with the caller's rights
     (``CallerScope.open_exactly``), never with ours.
     """
-    if not path.startswith(b"/"):
+    if not path.startswith((b"/proc/", b"/dev/fd/")):  # what the patterns below start with
         return dir_fd, path
     match = _FD_DIR.match(path)
     if match:

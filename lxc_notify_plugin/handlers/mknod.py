@@ -11,7 +11,6 @@ privileges then give exactly the answer the container would get without us.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import logging
 import os
@@ -155,7 +154,7 @@ def handle(call: Call) -> Answer:
                 if not dac or err.errno != errno.EACCES:
                     raise
                 actor.mknodat(parent_fd, leaf, mode, dev,
-                              dataclasses.replace(who, caps=who.caps | dac))
+                              who._replace(caps=who.caps | dac))
             try:
                 # A caller interrupted meanwhile (a signal with SA_RESTART makes the
                 # kernel restart its call as a new notification) must not find the

@@ -257,9 +257,7 @@ class Actor:
             if seconds == self._timeout:
                 return
             self._timeout = seconds
-        whole = int(seconds)
-        self.sock.setsockopt(socket.SOL_SOCKET, option,
-                             struct.pack("@ll", whole, int((seconds - whole) * 1e6)))
+        self.sock.setsockopt(socket.SOL_SOCKET, option, timeval(seconds))
 
     def close(self) -> None:
         self.sock.close()  # the actor sees EOF and exits
@@ -450,6 +448,28 @@ class Actor:
             self.close()
             raise ActorFailed("read the actor's answer", OSError(errno.EIO, "actor exited"))
         return answer, fds
+
+
+def _time_t_size() -> int:
+    """The C library's time_t, in bytes: 8 on 64-bit hosts and on 32-bit ones
+    built for 64-bit time (Debian's armhf since trixie), else 4.  Python's
+    ``time`` converts through time_t and refuses what it cannot hold."""
+    try:
+        time.gmtime(1 << 40)
+    except (OverflowError, OSError, ValueError):
+        return 4
+    return 8
+
+
+# struct timeval as SO_RCVTIMEO and SO_SNDTIMEO take it: the C library maps
+# those names to the option whose timeval has its own time_t (on 32-bit hosts
+# with 64-bit time, SO_RCVTIMEO_NEW and two 64-bit fields), so two time_t.
+_TIMEVAL = struct.Struct("@qq" if _time_t_size() == 8 else "@ii")
+
+
+def timeval(seconds: float) -> bytes:
+    whole = int(seconds)
+    return _TIMEVAL.pack(whole, int((seconds - whole) * 1e6))
 
 
 class MountRefused(OSError):

@@ -501,6 +501,16 @@ def _fds_in(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
+def _let_go(fds: list[int]) -> None:
+    """Close the fds an order came with, before its answer is sent.  Held past the
+    answer, they would outlive the caller's call: a directory's fd keeps its
+    mount busy, and the caller's own ``umount`` right after its ``mknod``
+    returned would fail with EBUSY, which the kernel would not answer.  (The
+    daemon, woken on this CPU by the answer, runs before the actor does again.)"""
+    _close_all(fds)
+    fds.clear()
+
+
 def _close_all(fds: Sequence[int]) -> None:
     for fd in fds:
         os.close(fd)
@@ -673,6 +683,7 @@ def _do_mknodat(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity
         answer = _errno_of(err)
     except (struct.error, IndexError, ValueError):
         answer = errno.EIO
+    _let_go(fds)
     sock.send(_ERRNO.pack(answer))
 
 
@@ -689,6 +700,7 @@ def _do_mount(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> N
         # the fd, whatever the mount table then shows.
         os.close(mount_fd)
         answer, mount_fd = _make_mount(message, fds[0], None, [])
+    _let_go(fds)
     try:
         _send(sock, answer, [mount_fd] if mount_fd >= 0 else [])
     finally:
@@ -774,6 +786,7 @@ def _do_step(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> No
             steps = {}
     action = steps.get(step) if isinstance(steps, Mapping) else None
     if action is None:
+        _let_go(fds)
         _send(sock, {"errno": errno.EIO, "step": f"no step {name}.{step}"})
         return
     out: list[int] = []
@@ -782,6 +795,7 @@ def _do_step(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> No
         answer["errno"] = _errno_of(OSError(answer["errno"], "")) if answer.get("errno") else 0
     except OSError as err:
         answer = {"errno": _errno_of(err)}
+    _let_go(fds)
     try:
         _send(sock, answer, out)
     finally:
@@ -807,6 +821,7 @@ def _do_run(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> Non
         finally:
             os._exit(code)
     theirs.close()
+    _let_go(fds)  # the program's parent has its own
     deadline = time.monotonic() + _PROGRAM_TIMEOUT_S + 2
     report: dict[str, Any] = {}
     with channel:
@@ -1146,6 +1161,7 @@ def main(argv: list[str]) -> int:
                         _join_cgroups(files)
                     except OSError as err:
                         # The caller's cgroup is gone (its container is going).
+                        _let_go(fds)
                         _refuse(sock, data, errno.ESRCH, f"join the caller's cgroups "
                                 f"({err.filename}: {err.strerror})")
                         continue
@@ -1169,9 +1185,10 @@ def main(argv: list[str]) -> int:
                 elif op == "step":
                     _do_step(sock, message, fds)
                 else:
+                    _let_go(fds)
                     _send(sock, {"errno": errno.EIO})
             finally:
-                _close_all(fds)
+                _close_all(fds)  # what an order that failed midway still holds
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@
 #include <signal.h>
 #include <sched.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/sysinfo.h>
 #include <sys/xattr.h>
@@ -50,6 +51,31 @@ static long num(const char *s, int base) { return strtol(s, NULL, base); }
 static int cmp_long(const void *a, const void *b) {
     long x = *(const long *)a, y = *(const long *)b;
     return (x > y) - (x < y);
+}
+
+/* umountafter N SRC DIR TYPE MAJ MIN: N times, bind SRC on DIR, make the node
+ * DIR/n, remove it and unmount DIR at once, as a privileged container's
+ * root may; prints "ok", or "EBUSY K" when K unmounts found the mount still
+ * busy after the mknod had returned (retried until it goes), or the errno of
+ * the first other failure.  The kernel itself never answers EBUSY here. */
+static int umountafter(int n, const char *src, const char *dir, mode_t type, unsigned maj,
+                       unsigned min) {
+    char node[4096];
+    int busy = 0;
+    snprintf(node, sizeof node, "%s/n", dir);
+    for (int i = 0; i < n; i++) {
+        if (mount(src, dir, NULL, MS_BIND, NULL) < 0 ||
+            mknod(node, type | 0600, makedev(maj, min)) < 0 || unlink(node) < 0)
+            return result(-1);
+        while (umount2(dir, 0) < 0) {
+            if (errno != EBUSY) return result(-1);
+            busy++;
+            usleep(100);
+        }
+    }
+    if (busy) printf("EBUSY %d\n", busy);
+    else printf("ok\n");
+    return 0;
 }
 
 /* bench N PATH TYPE MAJ MIN: N mknod calls, unlinking after each success;
@@ -565,6 +591,9 @@ int main(int argc, char **argv) {
         return flip(argv[2], num(argv[3], 10));
     if (!strcmp(cmd, "mknodloop") && argc >= 4)
         return mknodloop(argv[2], num(argv[3], 10));
+    if (!strcmp(cmd, "umountafter") && argc >= 8)
+        return umountafter(num(argv[2], 10), argv[3], argv[4], node_type(argv[5]),
+                           num(argv[6], 10), num(argv[7], 10));
     if (!strcmp(cmd, "mix") && argc >= 4)
         /* mix PATH SECONDS [ANSWER] */
         return mix(argv[2], num(argv[3], 10), argc > 4 ? argv[4] : "ok");
@@ -572,6 +601,6 @@ usage:
     fprintf(stderr, "usage: nodeprobe mknod|mknodat|mknodat-fd|mknod32|badptr|longpath|stat|"
                     "open|write|bench|once|forever|mknod32hi|protnone|restart|groups|xattr|xattr-size|"
                     "getxattr|xattrbench|sysinfo|sysinfo32|sysinfo-null|sched|schedparam|pause|flip|"
-                    "mknodloop|mix ...\n");
+                    "mknodloop|mix|umountafter ...\n");
     return 2;
 }

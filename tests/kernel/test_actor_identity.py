@@ -146,3 +146,37 @@ def test_a_thread_is_pinned_only_while_it_uses_actors(tmp_path: Path) -> None:
     assert seen["busy"] == seen["working"]
     assert seen["rested"] == cpus.DAEMON_CPUS
     assert seen["child"] == cpus.DAEMON_CPUS
+
+
+def _holds(pid: int, path: Path) -> bool:
+    """Whether process ``pid`` has an fd of ``path`` open."""
+    fd_dir = f"/proc/{pid}/fd"
+    for name in os.listdir(fd_dir):
+        try:
+            if os.readlink(f"{fd_dir}/{name}") == str(path):
+                return True
+        except FileNotFoundError:
+            continue  # closed while we looked
+    return False
+
+
+def test_an_actor_holds_no_fd_of_the_callers_once_it_answered(actor: Actor,
+                                                             tmp_path: Path) -> None:
+    """The directory's fd the daemon passed is closed before the answer, not after:
+    held a moment longer, it keeps the mount busy after the caller's call has
+    returned, and a privileged caller's ``umount`` right after its ``mknod``
+    would get EBUSY, where the kernel gives success.  (Pinned to this thread's
+    CPU, the actor runs again only once this thread gives the CPU up: an fd
+    closed after the answer is still open when it returns.)  Made and refused
+    steps alike, in a loop."""
+    fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for attempt in range(200):
+            name = b"node-%d" % attempt
+            actor.mknodat(fd, name, stat.S_IFIFO | 0o644, 0, Identity(0, 0, (), 0o022, 0))
+            assert not _holds(actor.process.pid, tmp_path), f"made, attempt {attempt}"
+            with pytest.raises(FileExistsError):
+                actor.mknodat(fd, name, stat.S_IFIFO | 0o644, 0, Identity(0, 0, (), 0o022, 0))
+            assert not _holds(actor.process.pid, tmp_path), f"refused, attempt {attempt}"
+    finally:
+        os.close(fd)

@@ -197,3 +197,15 @@ def test_a_stopped_container_leaves_no_cgroup_behind(daemon: Daemon, nodeprobe: 
         assert left == [], left
     finally:
         box.destroy()
+
+
+def test_a_mount_is_free_again_once_mknod_returns(container: Container) -> None:
+    """Container root binds a directory, makes a node in it and unmounts it at
+    once, 300 times.  The kernel (a FIFO, which we never trap) frees the mount
+    when mknod returns; so must we: an fd of that directory still held by our
+    actor after the answer made that umount EBUSY (76 and 109 times in 300,
+    seen, before the actor closed what it was passed before answering)."""
+    src, target = f"/tmp/{unique('src')}", f"/mnt/{unique('target')}"
+    container.sh(f"mkdir -p {src} {target}")
+    assert container.probe("umountafter", "300", src, target, "p", "0", "0") == "ok"
+    assert container.probe("umountafter", "300", src, target, "c", "1", "3") == "ok"

@@ -41,6 +41,16 @@ def wait_for(check: Callable[[], bool], what: str, timeout: float = 10) -> None:
         time.sleep(0.05)
 
 
+def timed_us(step: Callable[[], object], calls: int) -> list[float]:
+    """``calls`` runs of ``step``, each timed alone, in microseconds."""
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter_ns()
+        step()
+        samples.append((time.perf_counter_ns() - start) / 1000)
+    return samples
+
+
 def build_nodeprobe(directory: Path) -> Path:
     """tests/helpers/nodeprobe.c, static (the busybox containers have no libc)."""
     probe = directory / "nodeprobe"

@@ -24,26 +24,16 @@ import os
 import stat
 import statistics
 import tempfile
-import time
 from collections.abc import Callable
 
-from _common import REPO  # noqa: F401  (puts the repository on sys.path)
+from _common import timed_us  # first: it puts the repository on sys.path
 
 from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller.actor import Actor, Identity
-from lxc_notify_plugin.host.cgroups import procs_files
+from lxc_notify_plugin.host.cgroups import procs_files_by_hierarchy
 
 NODE = stat.S_IFCHR | 0o600
 DEV = os.makedev(1, 3)
-
-
-def _timed(step: Callable[[], None], calls: int) -> list[float]:
-    samples = []
-    for _ in range(calls):
-        start = time.perf_counter_ns()
-        step()
-        samples.append((time.perf_counter_ns() - start) / 1000)
-    return samples
 
 
 def main() -> int:
@@ -56,7 +46,7 @@ def main() -> int:
     with open("/proc/self/cgroup", "rb") as f:
         ours = f.read()
     with open("/proc/self/mountinfo") as text:
-        files = procs_files(ours, text.read())
+        files = procs_files_by_hierarchy(ours, text.read())
     actor = Actor(files, os.getpid())
     actor.follow_cpu = not args.no_follow
     who = Identity(0, 0, (), 0o022, 1 << kernel.CAP_MKNOD)
@@ -89,10 +79,10 @@ def main() -> int:
         cases = {"in-thread EEXIST": eexist(False), "actor EEXIST": eexist(True),
                  "in-thread make+unlink": make(False), "actor make+unlink": make(True)}
         for step in cases.values():
-            _timed(step, 200)  # warm up
+            timed_us(step, 200)  # warm up
         for _ in range(args.rounds):
             for name, step in cases.items():
-                results.setdefault(name, []).extend(_timed(step, args.calls))
+                results.setdefault(name, []).extend(timed_us(step, args.calls))
         os.close(dir_fd)
     actor.close()
     base = {"EEXIST": statistics.median(results["in-thread EEXIST"]),

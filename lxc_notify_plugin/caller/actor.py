@@ -37,12 +37,19 @@ leaks whatever it forgets.  So every such step happens here, in an *actor*:
 
 An actor must not keep a cgroup alive that its owner wants to remove
 (``rmdir`` of a cgroup with a task in it is EBUSY, and LXC does not retry:
-seen, a container's cgroups were left behind): it stays in the caller's
-cgroups only while it works and for 2 ms after, then waits in the
-daemon's own (moving back in costs ~0.25 ms, paid once per burst); it exits
-at once when the container's init exits (a pidfd, polled with its socket),
-when its connection's thread ends (PR_SET_PDEATHSIG), and when the daemon
-closes it after 10 s idle.
+seen, a container's cgroups were left behind).  The caller may exit as soon
+as its call returns, and its cgroup's owner (systemd in the container for a
+unit, Docker for its container) remove the cgroup right after; so before it
+answers, the actor leaves the caller's cgroup in every hierarchy where that
+cgroup does not hold the container's init (``Actor.leave_for``).  Where it
+does (it is init's, or an ancestor of init's), nothing can remove it while
+the container runs, and the actor stays for the next call, in the daemon's
+own again after 2 ms idle (bench/cgroup_move.py: out and back costs 9-12 us
+in cgroup v2); it exits at once when the container's init exits (a
+pidfd, polled with its socket), when its connection's thread ends
+(PR_SET_PDEATHSIG), and when the daemon closes it after 10 s idle.  For the
+same reason it closes the fds an order came with before it answers (a
+directory's fd keeps its mount busy: ``_let_go``).
 
 Undumpable from the start, and never in the container's pid namespace: no
 task of the container can name it, ptrace it or read its memory.  It
@@ -76,9 +83,10 @@ import pyseccomp
 
 from .. import kernel
 from ..errors import OWN_STEP_ERRNO, SupervisorFault
-from ..host.cgroups import procs_files
+from ..host.cgroups import cgroup_paths, holds, procs_files_by_hierarchy
 from ..policy.filter import EQ, MASKED_EQ, NE
 from . import cpus
+from .task import read_whole
 
 if TYPE_CHECKING:
     from ..request import Request
@@ -117,11 +125,13 @@ NAMESPACES = (("mnt", kernel.CLONE_NEWNS), ("pid", kernel.CLONE_NEWPID),
               ("time", kernel.CLONE_NEWTIME), ("user", kernel.CLONE_NEWUSER))
 
 
-# The mknodat message: op, mode, dev, fsuid, fsgid, umask, caps, group count;
-# then the groups (u32 each; in a memfd passed second where they would not fit)
-# and the leaf name.  The answer: one errno (0: done).
-_MKNOD = struct.Struct("=cIQIIIQI")
-_MKNOD_WHO = 13  # where the identity starts in it (fsuid, after op, mode and dev)
+# The mknodat message: op, mode, dev, the hierarchies to leave before the answer
+# (a bit per one, in the order the actor was given them: see Actor.leave),
+# fsuid, fsgid, umask, caps, group count; then the groups (u32 each; in a memfd
+# passed second where they would not fit) and the leaf name.  The answer: one
+# errno (0: done).
+_MKNOD = struct.Struct("=cIQQIIIQI")
+_MKNOD_WHO = 21  # where the identity starts in it (fsuid, after op, mode, dev and leave)
 _OP_MKNOD = b"M"
 _OP_LONG = b"L"  # a JSON order longer than a message: in the memfd passed first
 _ORDER_MAX = 16 << 20  # far above any order (65536 groups are about 450 KB of JSON)
@@ -188,11 +198,18 @@ class Actor:
 
     _timeout = -1.0  # the socket's SO_RCVTIMEO now, in seconds (-1: not set yet)
 
-    def __init__(self, procs_files: Sequence[str], init_pid: int) -> None:
-        self.procs_files = tuple(procs_files)
+    def __init__(self, procs_files: Sequence[tuple[str, str]], init_pid: int) -> None:
+        """``procs_files``: (hierarchy, cgroup.procs file) of the caller's cgroups, as
+        ``host.cgroups.procs_files_by_hierarchy`` gives them."""
+        self.hierarchies = tuple(hierarchy for hierarchy, _ in procs_files)
+        self.procs_files = tuple(path for _, path in procs_files)
         self.init_pid = init_pid
         self.cpu = -1
         self.follow_cpu = True
+        # The hierarchies the actor leaves before it answers an order (bit i: the
+        # i-th of procs_files), for the order about to be sent (see ``leave_for``).
+        self.leave = 0
+        self._leave_by_init: dict[bytes, int] = {}
         self._spawn()
 
     def _spawn(self) -> None:
@@ -203,7 +220,8 @@ class Actor:
             pidfd = os.pidfd_open(self.init_pid)
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "lxc_notify_plugin.caller.actor", str(theirs.fileno()),
-                 str(pidfd), json.dumps(self.procs_files)],
+                 str(pidfd), json.dumps(list(zip(self.hierarchies, self.procs_files,
+                                                 strict=True)))],
                 pass_fds=(theirs.fileno(), pidfd), stdin=subprocess.DEVNULL, cwd="/")
         except OSError as err:
             ours.close()
@@ -237,6 +255,35 @@ class Actor:
         an actor that died by itself (OOM-killed in the caller's memory cgroup)
         is found by ``_send``, which starts a new one for the order."""
         return self.sock.fileno() >= 0 and self.process.returncode is None
+
+    def leave_for(self, proc_cgroup: bytes, init_cgroup: bytes | None) -> int:
+        """The hierarchies in which the actor must not stay in the caller's cgroup
+        once it has answered: all but those where that cgroup holds the container's
+        init (``init_cgroup``, its /proc/PID/cgroup; None: gone).
+
+        A cgroup with a task in it cannot be removed (EBUSY).  The caller's call
+        returns with our answer, the caller may exit at once, and whoever owns its
+        cgroup (systemd in the container for a unit, Docker for its container, a
+        container root with its own subtree) may remove the cgroup right after:
+        an actor still in it would make that fail, which the kernel would not.
+        A cgroup that is init's or one of its ancestors cannot be removed while
+        init lives, so there the actor stays for the next call (out and back
+        costs 9-12 us in cgroup v2 here, ~110 us through a hybrid host's ten
+        hierarchies: bench/cgroup_move.py); it leaves those when idle, and at
+        once when init exits."""
+        key = init_cgroup or b""
+        found = self._leave_by_init.get(key)
+        if found is None:
+            caller, init = cgroup_paths(proc_cgroup), cgroup_paths(key)
+            found = 0
+            for bit, hierarchy in enumerate(self.hierarchies):
+                theirs, inits = caller.get(hierarchy), init.get(hierarchy)
+                if theirs is None or inits is None or not holds(theirs, inits):
+                    found |= 1 << bit
+            if len(self._leave_by_init) >= 8:  # init moved often: keep the last few
+                self._leave_by_init.clear()
+            self._leave_by_init[key] = found
+        return found
 
     def _send(self, message: bytes, fds: Sequence[int]) -> None:
         """Hand the actor one order.  A send refused by a dead peer delivered
@@ -285,8 +332,8 @@ class Actor:
             except OSError as err:
                 raise ActorFailed("pass the caller's groups", err) from err
             groups = b""
-        message = _MKNOD.pack(_OP_MKNOD, mode, dev, who.fsuid, who.fsgid, who.umask, who.caps,
-                              len(who.groups)) + groups + leaf
+        message = _MKNOD.pack(_OP_MKNOD, mode, dev, self.leave, who.fsuid, who.fsgid, who.umask,
+                              who.caps, len(who.groups)) + groups + leaf
         self._follow_cpu()
         try:
             self._set_timeout(_TIMEOUT_S)  # a program's run may have set a longer one
@@ -413,7 +460,7 @@ class Actor:
               timeout: float = _TIMEOUT_S) -> tuple[dict[str, Any], list[int]]:
         self.used = time.monotonic()
         self._follow_cpu()
-        data, passed = json.dumps(message).encode(), list(fds)
+        data, passed = json.dumps({**message, "leave": self.leave}).encode(), list(fds)
         if len(data) > _MESSAGE_MAX:
             # An order too long for one message (a program's caller with thousands
             # of groups): in a memfd, passed first.
@@ -501,14 +548,19 @@ def _fds_in(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
     return fds
 
 
-def _let_go(fds: list[int]) -> None:
-    """Close the fds an order came with, before its answer is sent.  Held past the
-    answer, they would outlive the caller's call: a directory's fd keeps its
-    mount busy, and the caller's own ``umount`` right after its ``mknod``
-    returned would fail with EBUSY, which the kernel would not answer.  (The
-    daemon, woken on this CPU by the answer, runs before the actor does again.)"""
+def _let_go(fds: list[int], where: _Membership | None = None, leave: int = 0) -> None:
+    """Close the fds an order came with, and leave the caller's cgroup in the
+    hierarchies ``leave`` names (``Actor.leave_for``), before its answer is sent.
+    Held past the answer, they would outlive the caller's call: a directory's fd
+    keeps its mount busy, a task in a cgroup keeps it from being removed, and the
+    caller's own ``umount`` (or its cgroup's owner's ``rmdir``) right after the
+    call returned would fail with EBUSY, which the kernel would not answer.
+    (The daemon, woken on this CPU by the answer, runs before the actor does
+    again.)"""
     _close_all(fds)
     fds.clear()
+    if where is not None and leave:
+        where.leave(leave)
 
 
 def _close_all(fds: Sequence[int]) -> None:
@@ -525,6 +577,29 @@ class Actors:
         # Made on the thread it serves: by TID, so closing it from elsewhere
         # gives the right thread its CPUs back.
         self._tid = threading.get_native_id()
+        self._init_pid = -1  # the container init whose /proc/PID/cgroup _init_fd is
+        self._init_fd = -1
+
+    def init_cgroup(self, init_pid: int, host_proc_fd: int) -> bytes | None:
+        """The container init's /proc/PID/cgroup now (None: it is gone), through an fd
+        kept open: one pread per request."""
+        if init_pid != self._init_pid:
+            self._close_init()
+            try:
+                self._init_fd = os.open(f"{init_pid}/cgroup", os.O_RDONLY | os.O_CLOEXEC,
+                                        dir_fd=host_proc_fd)
+            except FileNotFoundError:
+                return None
+            self._init_pid = init_pid
+        try:
+            return read_whole(self._init_fd)
+        except ProcessLookupError:
+            return None
+
+    def _close_init(self) -> None:
+        if self._init_fd >= 0:
+            os.close(self._init_fd)
+        self._init_fd = self._init_pid = -1
 
     def get(self, proc_cgroup: bytes, init_pid: int, mountinfo: Callable[[], str]) -> Actor:
         # Idle ones go here, never by themselves: an actor that exited on its own
@@ -543,7 +618,7 @@ class Actors:
         if len(self.by_cgroups) >= _MAX_ACTORS:
             oldest = min(self.by_cgroups, key=lambda k: self.by_cgroups[k].used)
             self.by_cgroups.pop(oldest).close()
-        files = procs_files(proc_cgroup, mountinfo())
+        files = procs_files_by_hierarchy(proc_cgroup, mountinfo())
         if not files:
             raise ActorFailed("find the caller's cgroups",
                               OSError(errno.ESRCH, "no cgroup hierarchy found"))
@@ -554,6 +629,7 @@ class Actors:
         for actor in self.by_cgroups.values():
             actor.close()
         self.by_cgroups = {}
+        self._close_init()
         self._unpin()
 
     def rest(self) -> None:
@@ -580,18 +656,21 @@ def actor_for(thread: ThreadState, request: Request) -> Actor:
     daemon's identity: never under a caller's root or ids)."""
     proc_cgroup = thread.cgroup.read(request)
     actors = thread.resource("actors", Actors)
-    found = actors.by_cgroups.get(proc_cgroup)
-    if found is not None and found.alive:
-        return found
-    assert not thread.in_scope, "an actor is never spawned under a caller's root"
-    thread.set_ids(0, 0, (), 0o022)
+    init_pid = request.container.init_pid
+    actor = actors.by_cgroups.get(proc_cgroup)
+    if actor is None or not actor.alive:
+        assert not thread.in_scope, "an actor is never spawned under a caller's root"
+        thread.set_ids(0, 0, (), 0o022)
 
-    def mountinfo() -> str:
-        fd = os.open("self/mountinfo", os.O_RDONLY | os.O_CLOEXEC, dir_fd=thread.host_proc_fd)
-        with open(fd, closefd=True) as f:
-            return f.read()
+        def mountinfo() -> str:
+            fd = os.open("self/mountinfo", os.O_RDONLY | os.O_CLOEXEC,
+                         dir_fd=thread.host_proc_fd)
+            with open(fd, closefd=True) as f:
+                return f.read()
 
-    return actors.get(proc_cgroup, request.container.init_pid, mountinfo)
+        actor = actors.get(proc_cgroup, init_pid, mountinfo)
+    actor.leave = actor.leave_for(proc_cgroup, actors.init_cgroup(init_pid, thread.host_proc_fd))
+    return actor
 
 
 # --- the actor's end -------------------------------------------------------------------
@@ -601,11 +680,66 @@ def _send(sock: socket.socket, message: dict[str, Any], fds: Sequence[int] = ())
     socket.send_fds(sock, [json.dumps(message).encode()], list(fds))
 
 
-def _join_cgroups(files: Sequence[str]) -> None:
-    pid = str(os.getpid())
-    for path in files:
-        with open(path, "w") as f:
-            f.write(pid)
+class _Membership:
+    """Where the actor is, hierarchy by hierarchy: in the caller's cgroup or in its
+    own (the daemon's).
+
+    Each move writes this pid to a ``cgroup.procs`` opened once, as root, when the
+    actor started: the kernel judges such a write by the credentials the file
+    was opened with (Linux 5.16), so the actor moves with a caller's identity in
+    place, and without an open per move."""
+
+    def __init__(self, theirs: Sequence[str], ours: Sequence[str]) -> None:
+        self.paths = list(theirs)
+        self.theirs: list[int] = []
+        self.ours: list[int] = []
+        try:
+            for path in theirs:
+                self.theirs.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+            for path in ours:
+                self.ours.append(os.open(path, os.O_WRONLY | os.O_CLOEXEC))
+        except OSError:
+            self.close()
+            raise
+        self.every = (1 << len(self.theirs)) - 1
+        self.outside = self.every  # a bit per hierarchy where the actor is in its own
+        self._pid = str(os.getpid()).encode()
+
+    def enter(self) -> None:
+        """Into the caller's cgroup in every hierarchy (OSError: one is gone; the
+        actor is then in each it could join, as ``outside`` says)."""
+        outside = self.outside
+        bit = 0
+        while outside:
+            if outside & 1:
+                try:
+                    os.write(self.theirs[bit], self._pid)
+                except OSError as err:
+                    raise OSError(err.errno, err.strerror, self.paths[bit]) from err
+                self.outside &= ~(1 << bit)
+            outside >>= 1
+            bit += 1
+
+    def leave(self, which: int) -> None:
+        """Back into our own cgroup in the hierarchies ``which`` names (a failure,
+        our own cgroup gone, leaves the actor where it is)."""
+        which &= self.every & ~self.outside
+        bit = 0
+        while which:
+            if which & 1:
+                with contextlib.suppress(OSError):
+                    os.write(self.ours[bit], self._pid)
+                    self.outside |= 1 << bit
+            which >>= 1
+            bit += 1
+
+    @property
+    def inside(self) -> bool:
+        return self.outside != self.every
+
+    def close(self) -> None:
+        _close_all(self.theirs + self.ours)
+        self.theirs, self.ours = [], []
 
 
 class _Identity:
@@ -661,9 +795,11 @@ def _memfd_holding(data: bytes) -> int:
     return fd
 
 
-def _do_mknodat(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity) -> None:
+def _do_mknodat(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity,
+                where: _Membership) -> None:
+    leave = where.every  # unreadable, it leaves everything
     try:
-        _, mode, dev, fsuid, fsgid, umask, caps, count = _MKNOD.unpack_from(data)
+        _, mode, dev, leave, fsuid, fsgid, umask, caps, count = _MKNOD.unpack_from(data)
         if len(fds) == 2:  # more groups than a message holds: in a memfd (Actor.mknodat)
             packed = os.pread(fds[1], 4 * count, 0)
             leaf = data[_MKNOD.size:]
@@ -683,11 +819,12 @@ def _do_mknodat(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity
         answer = _errno_of(err)
     except (struct.error, IndexError, ValueError):
         answer = errno.EIO
-    _let_go(fds)
+    _let_go(fds, where, leave)
     sock.send(_ERRNO.pack(answer))
 
 
-def _do_mount(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+def _do_mount(sock: socket.socket, message: dict[str, Any], fds: list[int],
+              where: _Membership) -> None:
     node = os.fstat(fds[0])
     name = bytes.fromhex(message["name"]) if "name" in message and len(fds) == 3 else None
     if name is not None and not _names_node(name, fds[1], fds[2], node):
@@ -700,7 +837,7 @@ def _do_mount(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> N
         # the fd, whatever the mount table then shows.
         os.close(mount_fd)
         answer, mount_fd = _make_mount(message, fds[0], None, [])
-    _let_go(fds)
+    _let_go(fds, where, _leave_of(message, where))
     try:
         _send(sock, answer, [mount_fd] if mount_fd >= 0 else [])
     finally:
@@ -773,7 +910,8 @@ def _make_mount(message: dict[str, Any], node_fd: int, name: bytes | None,
             os.close(fs_fd)
 
 
-def _do_step(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+def _do_step(sock: socket.socket, message: dict[str, Any], fds: list[int],
+             where: _Membership) -> None:
     """A step a module of kernel/ declares in ``ACTOR_STEPS``; its errno filtered as
     every answer's is.  The fds it returns are sent, then closed here."""
     name, step = str(message.get("module", "")), str(message.get("step", ""))
@@ -786,7 +924,7 @@ def _do_step(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> No
             steps = {}
     action = steps.get(step) if isinstance(steps, Mapping) else None
     if action is None:
-        _let_go(fds)
+        _let_go(fds, where, _leave_of(message, where))
         _send(sock, {"errno": errno.EIO, "step": f"no step {name}.{step}"})
         return
     out: list[int] = []
@@ -795,14 +933,15 @@ def _do_step(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> No
         answer["errno"] = _errno_of(OSError(answer["errno"], "")) if answer.get("errno") else 0
     except OSError as err:
         answer = {"errno": _errno_of(err)}
-    _let_go(fds)
+    _let_go(fds, where, _leave_of(message, where))
     try:
         _send(sock, answer, out)
     finally:
         _close_all(out)
 
 
-def _do_run(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> None:
+def _do_run(sock: socket.socket, message: dict[str, Any], fds: list[int],
+            where: _Membership) -> None:
     """Fork the program's parent: it takes the caller's whole context, then forks
     the program (only a child enters a pid namespace) and waits for it."""
     order = message["order"]
@@ -848,6 +987,7 @@ def _do_run(sock: socket.socket, message: dict[str, Any], fds: list[int]) -> Non
             report = part
             break
     os.waitpid(pid, 0)
+    _let_go(fds, where, _leave_of(message, where))  # the program stays where it was made
     _send(sock, report or {"step": "run the program", "errno": errno.EIO})
 
 
@@ -1084,6 +1224,12 @@ def load_seccomp(rules: list[dict[str, Any]]) -> int:
     return int(pyseccomp._libseccomp.seccomp_notify_fd(filt._filter))
 
 
+def _leave_of(message: dict[str, Any], where: _Membership) -> int:
+    """The hierarchies a JSON order says to leave (everything, if it says nothing usable)."""
+    leave = message.get("leave")
+    return leave if isinstance(leave, int) else where.every
+
+
 def _refuse(sock: socket.socket, data: bytes, code: int, why: str) -> None:
     """Answer a request in its own wire format without acting."""
     if data[:1] == _OP_MKNOD:
@@ -1092,36 +1238,42 @@ def _refuse(sock: socket.socket, data: bytes, code: int, why: str) -> None:
         _send(sock, {"errno": code, "step": why, "stage": "join"})
 
 
-def _home_cgroups() -> list[str]:
-    """The cgroups this process was spawned in (the daemon's): where it waits idle."""
+def _home_cgroups(hierarchies: Sequence[str]) -> list[str]:
+    """The cgroups this process was spawned in (the daemon's), where it waits idle,
+    in ``hierarchies`` (keys of /proc/PID/cgroup, as the caller's were given)."""
     with open("/proc/self/cgroup", "rb") as f:
         proc_cgroup = f.read()
     with open("/proc/self/mountinfo") as f:
-        return procs_files(proc_cgroup, f.read())
+        ours = dict(procs_files_by_hierarchy(proc_cgroup, f.read()))
+    missing = [hierarchy for hierarchy in hierarchies if hierarchy not in ours]
+    if missing:
+        raise OSError(errno.ENOENT, f"not in hierarchies {', '.join(missing)}", "/proc/self/cgroup")
+    return [ours[hierarchy] for hierarchy in hierarchies]
 
 
 def main(argv: list[str]) -> int:
     """Serve until the socket closes, the container's init exits, or long idle.
 
-    An actor is in the caller's cgroups only while it works and for a moment
-    after (a burst of calls pays the move once): a task left in a cgroup makes
-    its removal fail (EBUSY), and LXC removes a container's cgroups as soon as
-    its init is gone; so the actor also exits at once when that init exits."""
+    An actor is in the caller's cgroups only while it works, and for a moment
+    after (a burst of calls pays the move once) only in those that hold the
+    container's init: a task left in a cgroup makes its removal fail (EBUSY),
+    and LXC removes a container's cgroups as soon as its init is gone; so the
+    actor also exits at once when that init exits."""
     sock_fd, init_pidfd = int(argv[1]), int(argv[2])
-    files = json.loads(argv[3])
+    targets = json.loads(argv[3])  # [hierarchy, cgroup.procs] of the caller's cgroups
     kernel.set_dumpable(False)
     kernel.set_pdeathsig(signal.SIGKILL)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.umask(0o022)
     with socket.socket(fileno=sock_fd) as sock:
         try:
-            home = _home_cgroups()
-            _join_cgroups(files)
+            where = _Membership([path for _, path in targets],
+                                _home_cgroups([hierarchy for hierarchy, _ in targets]))
+            where.enter()
         except OSError as err:
             _send(sock, {"step": f"join the caller's cgroups ({err.filename})",
                          "errno": err.errno or errno.EIO})
             return 1
-        inside = True
         _send(sock, {"ready": True})
         ids = _Identity(kernel.capget())
         poller = select.poll()
@@ -1129,22 +1281,16 @@ def main(argv: list[str]) -> int:
         poller.register(init_pidfd, select.POLLIN)
         fd_room = socket.CMSG_SPACE(16 * _FD.size)
         while True:
-            events = poller.poll(_LEAVE_S * 1000 if inside else None)
+            events = poller.poll(_LEAVE_S * 1000 if where.inside else None)
             if events and init_pidfd in (events[0][0], events[-1][0]):  # two fds at most
                 # The container's init exited: LXC removes its cgroups now.  Out
                 # of them first (a move is faster than tearing this process down).
-                if inside:
-                    ids.ourselves()
-                    with contextlib.suppress(OSError):
-                        _join_cgroups(home)
+                where.leave(where.every)
                 os._exit(0)
             if not events:
-                ids.ourselves()  # cgroup.procs is root's: our ids and capabilities
-                try:
-                    _join_cgroups(home)
-                except OSError:
+                where.leave(where.every)
+                if where.inside:
                     return 0  # cannot leave: exit, which leaves too
-                inside = False
                 continue
             try:
                 data, ancillary, _, _ = sock.recvmsg(_MESSAGE_MAX, fd_room)
@@ -1155,19 +1301,16 @@ def main(argv: list[str]) -> int:
                 _close_all(fds)
                 return 0
             try:
-                if not inside:
-                    ids.ourselves()
-                    try:
-                        _join_cgroups(files)
-                    except OSError as err:
-                        # The caller's cgroup is gone (its container is going).
-                        _let_go(fds)
-                        _refuse(sock, data, errno.ESRCH, f"join the caller's cgroups "
-                                f"({err.filename}: {err.strerror})")
-                        continue
-                    inside = True
+                try:
+                    where.enter()
+                except OSError as err:
+                    # The caller's cgroup is gone (its container is going).
+                    _let_go(fds, where, where.every)
+                    _refuse(sock, data, errno.ESRCH, f"join the caller's cgroups "
+                            f"({err.filename}: {err.strerror})")
+                    continue
                 if data[:1] == _OP_MKNOD:
-                    _do_mknodat(sock, data, fds, ids)
+                    _do_mknodat(sock, data, fds, ids, where)
                     continue
                 ids.ourselves()
                 if data == _OP_LONG and fds:
@@ -1179,13 +1322,13 @@ def main(argv: list[str]) -> int:
                 message = json.loads(data)
                 op = message.get("op")
                 if op == "mount":
-                    _do_mount(sock, message, fds)
+                    _do_mount(sock, message, fds, where)
                 elif op == "run":
-                    _do_run(sock, message, fds)
+                    _do_run(sock, message, fds, where)
                 elif op == "step":
-                    _do_step(sock, message, fds)
+                    _do_step(sock, message, fds, where)
                 else:
-                    _let_go(fds)
+                    _let_go(fds, where, _leave_of(message, where))
                     _send(sock, {"errno": errno.EIO})
             finally:
                 _close_all(fds)  # what an order that failed midway still holds

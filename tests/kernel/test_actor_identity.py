@@ -23,7 +23,7 @@ import pytest
 
 from lxc_notify_plugin.caller import cpus
 from lxc_notify_plugin.caller.actor import Actor, Actors, Identity
-from lxc_notify_plugin.host.cgroups import procs_files
+from lxc_notify_plugin.host.cgroups import procs_files_by_hierarchy
 from lxc_notify_plugin.transport.threads import start_serving
 
 OUTSIDER = 23456  # owns nothing here: only a group lets it write
@@ -34,7 +34,7 @@ MANY = 20000  # more than one message of the actor's holds (64 KiB / 4 bytes)
 @pytest.fixture
 def actor() -> Iterator[Actor]:
     with open("/proc/self/cgroup", "rb") as cgroup, open("/proc/self/mountinfo") as mounts:
-        files = procs_files(cgroup.read(), mounts.read())
+        files = procs_files_by_hierarchy(cgroup.read(), mounts.read())
     made = Actor(files, os.getpid())
     try:
         yield made

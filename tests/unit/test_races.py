@@ -667,7 +667,7 @@ def _dead_actor() -> actor_module.Actor:
     if gone == 0:
         os._exit(0)
     os.waitpid(gone, 0)
-    actor.init_pid, actor.procs_files = gone, ()
+    actor.init_pid, actor.procs_files, actor.hierarchies, actor.leave = gone, (), (), 0
     return actor
 
 

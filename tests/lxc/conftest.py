@@ -454,12 +454,18 @@ class Container(Sandbox):
         return self.attach("/bin/sh", "-c", script, uid=uid, gid=gid)
 
 
-def supervised_container(daemon: Daemon, nodeprobe: Path, profile: str = "default"
-                         ) -> Container:
+def supervised_container(daemon: Daemon, nodeprobe: Path, profile: str = "default",
+                         extra_config: str = "") -> Container:
+    """A started container with nodeprobe, supervised with ``profile``;
+    ``extra_config`` goes after the template's own (a later ``lxc.mount.auto``
+    replaces its cgroup part)."""
     container = Container()
     container.daemon = daemon
     try:
         container.create()
+        if extra_config:
+            with container.config_file.open("a") as config:
+                config.write(extra_config)
         container.install(nodeprobe, "/bin/nodeprobe")
         daemon.cli("enable", container.name, "--profile", profile)
         container.start()
@@ -467,6 +473,18 @@ def supervised_container(daemon: Daemon, nodeprobe: Path, profile: str = "defaul
         container.destroy()
         raise
     return container
+
+
+def own_cgroup2_mount(box: Container) -> str:
+    """Where the container sees its own v2 cgroup: the cgroup2 mount that shows the
+    root of its cgroup namespace ("/"; LXC makes it for ``lxc.mount.auto =
+    cgroup:mixed:force``: /sys/fs/cgroup/unified on a hybrid host)."""
+    mounts = box.sh("cat /proc/self/mountinfo")
+    inside = next((line.split()[4] for line in mounts.splitlines()
+                   if " - cgroup2 " in line and line.split()[3] == "/"), None)
+    require(inside is not None, "LXC mounting cgroup2 in the container (cgroup:mixed:force)")
+    assert inside is not None
+    return inside
 
 
 @pytest.fixture(scope="session")

@@ -29,7 +29,7 @@ import pytest
 from lxc_notify_plugin.kernel import bpf as kbpf
 from tests.conftest import require
 from tests.lxc import bpfdev
-from tests.lxc.conftest import Container, Daemon
+from tests.lxc.conftest import Container, Daemon, own_cgroup2_mount
 
 KEYS = {"security.syscalls.intercept.bpf": "true",
         "security.syscalls.intercept.bpf.devices": "true"}
@@ -112,13 +112,8 @@ def bpf_box(daemon: Daemon, nodeprobe: Path, bpfprobe: Path, outside: Path
         for key, value in KEYS.items():
             daemon.cli("config", "set", box.name, key, value)
         box.start()
-        mounts = box.sh("cat /proc/self/mountinfo")
-        # Its own cgroup2 mount shows the root of its cgroup namespace, "/" (the
-        # outside cgroup's shows a path above it).
-        inside = next((line.split()[4] for line in mounts.splitlines()
-                       if " - cgroup2 " in line and line.split()[3] == "/"), None)
-        require(inside is not None, "LXC mounting cgroup2 in the container (cgroup:mixed:force)")
-        assert inside is not None
+        # Its own cgroup2 mount, not the outside cgroup's (which shows a path above it).
+        inside = own_cgroup2_mount(box)
         v2 = next(line[3:] for line in Path(f"/proc/{box.init_pid()}/cgroup").read_text()
                   .splitlines() if line.startswith("0::"))
         yield BpfBox(box, inside, _v2_root() / v2.lstrip("/"))

@@ -308,7 +308,10 @@ class Daemon:
                 [*wrapper, *activated, sys.executable, "-m", "lxc_notify_plugin",
                  *self.global_args(), "daemon", "-v"], stdout=log, stderr=log,
                 stdin=subprocess.DEVNULL, env=environment, pass_fds=fds)
-        deadline = time.monotonic() + 10
+        # A hang guard, not a timing: a daemon that exits fails at once (below).  In
+        # the Debian 12 guest under TCG one took longer than 10 s to reach its first
+        # log line (seen once, the OCI tier's first start).
+        deadline = time.monotonic() + 60
         # Held sockets answer before the daemon runs: its pid file says it does.
         while not (self._pid_file_is_ours() if held else daemon_running(self.paths)):
             assert self.process.poll() is None, self.log()

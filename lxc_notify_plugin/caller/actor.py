@@ -949,6 +949,11 @@ def _do_run(sock: socket.socket, message: dict[str, Any], fds: list[int],
     pid = os.fork()
     if pid == 0:
         channel.close()
+        # It becomes the caller: nothing of the actor's own goes with it (the
+        # daemon's socket would take orders as host root; the cgroup.procs files,
+        # opened as host root, move tasks with that authority).
+        sock.close()
+        where.close()
         code = 1
         try:
             code = _program_parent(theirs, order, fds,

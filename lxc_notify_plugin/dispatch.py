@@ -24,7 +24,7 @@ from .caller.thread import ThreadState
 from .errors import RequestGone, SupervisorFault, ThreadIdentityLost
 from .handlers import Registered, registry
 from .handlers.call import Call, HostViews, SupervisedContainer
-from .request import KERNEL_DECIDES, Answer, Notice, Request
+from .request import KERNEL_DECIDES, Answer, EarlyReply, Notice, Request
 from .transport.listener import SideListeners
 
 __all__ = ["OUTCOMES", "Call", "Dispatcher", "HostViews", "Outcome", "SupervisedContainer"]
@@ -107,7 +107,8 @@ class Dispatcher:
 
     def answer(self, container: SupervisedContainer, notice: Notice, thread: ThreadState,
                init_pid: int, listener_fd: int, proc_fd: int = -1,
-               send: Callable[[Answer], object] | None = None) -> Answer:
+               send: Callable[[Answer], object] | None = None,
+               early: EarlyReply | None = None) -> Answer:
         """The answer to one notification.  Never raises, but for what ``send`` raises.
 
         ``proc_fd`` is the caller's /proc/TID if the transport has it (LXC
@@ -117,6 +118,9 @@ class Dispatcher:
         and only then is the request counted, its audit details gathered and
         the hooks told: none of that is the caller's wait.  What ``send``
         raises (the transport's peer is gone) is raised after that.
+
+        ``early``, if given, lets the handler's actor answer the caller itself
+        (``EarlyReply``); once it has (``early.answered``), ``send`` is not called.
 
         A call the family's ``judge`` decides from the notification and the
         policy alone (a device the profile does not name) is answered before
@@ -133,14 +137,14 @@ class Dispatcher:
                 answer, outcome = KERNEL_DECIDES, "unknown"
             else:
                 entry = self.handlers[family]
-                early = None if entry.judge is None else entry.judge(
+                at_once = None if entry.judge is None else entry.judge(
                     syscall, notice.narrowed().args, policy, self.host)
-                if early is not None:
-                    answer, judged = early, entry
+                if at_once is not None:
+                    answer, judged = at_once, entry
                 else:
                     view = thread.view(container.name, init_pid)
                     request = Request(view, notice, syscall, listener_fd, proc_fd,
-                                      thread.host_proc_fd, self.keeps_details)
+                                      thread.host_proc_fd, self.keeps_details, early)
                     answer = entry.handle(Call(request, policy, thread, self.host,
                                                container, self))
                 if not answer.ours:
@@ -183,7 +187,7 @@ class Dispatcher:
             if request is not None:
                 request.close()
         try:
-            if send is not None:
+            if send is not None and not (early is not None and early.answered):
                 send(answer)
         finally:
             # A judged call too: a thread pinned for its actors must not keep the

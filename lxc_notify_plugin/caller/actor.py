@@ -89,7 +89,8 @@ from . import cpus
 from .task import read_whole
 
 if TYPE_CHECKING:
-    from ..request import Request
+    from ..kernel.fd import OwnedFd
+    from ..request import EarlyReply, Request
     from .thread import ThreadState
 
 log = logging.getLogger(__name__)
@@ -128,11 +129,24 @@ NAMESPACES = (("mnt", kernel.CLONE_NEWNS), ("pid", kernel.CLONE_NEWPID),
 # The mknodat message: op, mode, dev, the hierarchies to leave before the answer
 # (a bit per one, in the order the actor was given them: see Actor.leave),
 # fsuid, fsgid, umask, caps, group count; then the groups (u32 each; in a memfd
-# passed second where they would not fit) and the leaf name.  The answer: one
+# passed last where they would not fit) and the leaf name.  The answer: one
 # errno (0: done).
 _MKNOD = struct.Struct("=cIQQIIIQI")
 _MKNOD_WHO = 21  # where the identity starts in it (fsuid, after op, mode, dev and leave)
 _OP_MKNOD = b"M"
+# The same, answering the caller (Actor.mknodat_answering): after _MKNOD come the
+# notification id, the capabilities to add for a second try on EACCES, and the
+# reply datagram's length, then the datagram, the groups and the leaf.  The fds:
+# the directory, the transport's connection, the seccomp listener (the groups'
+# memfd last).  Sent after it, once the daemon's own fd of the directory is
+# closed: _GO.  The answer: an errno, or one of the codes below.
+_OP_MKNOD_ANSWER = b"A"
+_EARLY = struct.Struct("=QQI")
+_GO = b"G"
+_ANSWERED = -1  # made, and the caller answered
+_ABANDONED = -2  # made for a caller that had left meanwhile, and undone
+_ON_FUSE = -3  # refused on a FUSE directory, which refuses every task but its mounter's
+_UNSENT = -4  # made, but the answer could not be sent (the monitor is gone)
 _OP_LONG = b"L"  # a JSON order longer than a message: in the memfd passed first
 _ORDER_MAX = 16 << 20  # far above any order (65536 groups are about 450 KB of JSON)
 _ERRNO = struct.Struct("=i")
@@ -322,18 +336,8 @@ class Actor:
         The hot path: a fixed binary message (``_MKNOD``) instead of JSON, one
         errno back."""
         self.used = time.monotonic()
-        groups = struct.pack(f"={len(who.groups)}I", *who.groups)
-        fds = [dir_fd]
-        if _MKNOD.size + len(groups) + len(leaf) > _MESSAGE_MAX:
-            # A task may have up to NGROUPS_MAX (65536) groups, more than one message
-            # holds: those travel in a memfd, and the hot path keeps its small buffer.
-            try:
-                fds.append(_memfd_holding(groups))
-            except OSError as err:
-                raise ActorFailed("pass the caller's groups", err) from err
-            groups = b""
-        message = _MKNOD.pack(_OP_MKNOD, mode, dev, self.leave, who.fsuid, who.fsgid, who.umask,
-                              who.caps, len(who.groups)) + groups + leaf
+        message, groups_fd = _mknod_order(_OP_MKNOD, mode, dev, self.leave, who, b"", leaf)
+        fds = [dir_fd] if groups_fd < 0 else [dir_fd, groups_fd]
         self._follow_cpu()
         try:
             self._set_timeout(_TIMEOUT_S)  # a program's run may have set a longer one
@@ -343,14 +347,77 @@ class Actor:
             self.close()
             raise ActorFailed("read the actor's answer", err) from err
         finally:
-            if len(fds) > 1:
-                os.close(fds[1])
+            if groups_fd >= 0:
+                os.close(groups_fd)
         if len(data) != _ERRNO.size:
             self.close()
             raise ActorFailed("read the actor's answer", OSError(errno.EIO, "actor exited"))
         code = _ERRNO.unpack(data)[0]
         if code:
             _raise_for({"errno": code})
+
+    def mknodat_answering(self, directory: OwnedFd, leaf: bytes, mode: int, dev: int,
+                          who: Identity, retry_caps: int, early: EarlyReply,
+                          listener_fd: int, notif_id: int) -> bool:
+        """``mknodat`` as ``mknodat`` does it, and once the node is made, the caller
+        answered by the actor itself (``early``), unless it left meanwhile.
+
+        True: made and answered (``early.answered``).  False: the directory is on
+        FUSE, which refuses every task but its mounter's: the kernel's answer is the
+        caller's own.  RequestGone is not ours to raise here, so a caller that left
+        after its node was made (the node is undone) is ``AbandonedNode``; an
+        errno of the step is raised as OSError.
+
+        ``retry_caps`` are added for a second try if the first is refused with
+        EACCES (the caller's DAC capabilities, where they reach the directory).
+        The actor answers only once this thread holds nothing of the caller's:
+        ``directory`` is closed here after the order is sent, and the actor waits
+        for that (``_GO``): held past the caller's return, it would keep the
+        directory's mount busy (``_let_go``).  So the caller's scope must be left
+        before this call as well."""
+        self.used = time.monotonic()
+        done = early.done()
+        message, groups_fd = _mknod_order(
+            _OP_MKNOD_ANSWER, mode, dev, self.leave, who,
+            _EARLY.pack(notif_id, retry_caps, len(done)) + done, leaf)
+        fds = [directory.fd, early.sink_fd, listener_fd]
+        if groups_fd >= 0:
+            fds.append(groups_fd)
+        self._follow_cpu()
+        go = False
+        try:
+            self._set_timeout(_TIMEOUT_S)
+            self._send(message, fds)
+            directory.close()
+            self.sock.send(_GO)
+            go = True
+            data = self.sock.recv(_ERRNO.size)
+        except OSError as err:
+            data, failure = b"", err
+        else:
+            failure = OSError(errno.EIO, "actor exited")
+        finally:
+            if groups_fd >= 0:
+                os.close(groups_fd)
+        if len(data) != _ERRNO.size:
+            self.close()
+            # Past _GO, the actor may have answered before it died: a second datagram
+            # would be read by LXC's monitor as the answer to the next call.
+            if go and not _still_waiting(listener_fd, notif_id):
+                early.answered = True
+            raise ActorFailed("read the actor's answer", failure)
+        code = _ERRNO.unpack(data)[0]
+        if code == _ANSWERED:
+            early.answered = True
+            return True
+        if code == _ON_FUSE:
+            return False
+        if code == _ABANDONED:
+            raise AbandonedNode(notif_id)
+        if code == _UNSENT:
+            raise ActorFailed("answer the caller", OSError(errno.EPIPE, "monitor gone"))
+        _raise_for({"errno": code or errno.EIO})
+        raise AssertionError("unreachable")
 
     def _follow_cpu(self) -> None:
         """Run this thread and the actor on one CPU while they talk.  A wake-up
@@ -536,6 +603,47 @@ def _raise_for(answer: dict[str, Any]) -> None:
         raise ActorFailed("make sense of the actor's answer",
                           OSError(errno.EIO, f"actor answered {code}"))
     raise OSError(code, os.strerror(code))
+
+
+class AbandonedNode(Exception):
+    """The node was made for a caller that left before its answer, and undone."""
+
+    def __init__(self, notif_id: int) -> None:
+        super().__init__(f"notification {notif_id:#x} left before its node was answered")
+
+
+def _mknod_order(op: bytes, mode: int, dev: int, leave: int, who: Identity, extra: bytes,
+                 leaf: bytes) -> tuple[bytes, int]:
+    """A mknodat order's message, and the memfd holding the caller's groups where the
+    message cannot (-1: none)."""
+    groups = struct.pack(f"={len(who.groups)}I", *who.groups)
+    groups_fd = -1
+    if _MKNOD.size + len(extra) + len(groups) + len(leaf) > _MESSAGE_MAX:
+        # A task may have up to NGROUPS_MAX (65536) groups, more than one message
+        # holds: those travel in a memfd, and the hot path keeps its small buffer.
+        try:
+            groups_fd = _memfd_holding(groups)
+        except OSError as err:
+            raise ActorFailed("pass the caller's groups", err) from err
+        groups = b""
+    return (_MKNOD.pack(op, mode, dev, leave, who.fsuid, who.fsgid, who.umask, who.caps,
+                        len(who.groups)) + extra + groups + leaf, groups_fd)
+
+
+def _still_waiting(listener_fd: int, notif_id: int, seconds: float = 0.1) -> bool:
+    """Whether the caller of ``notif_id`` still waits, a moment after an actor died
+    past _GO: its answer, if it sent one, reaches the kernel through LXC's monitor
+    within that moment (an error of the check itself: assumed waiting)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            if not kernel.notif_id_valid(listener_fd, notif_id):
+                return False
+        except OSError:
+            return True
+        if time.monotonic() >= deadline:
+            return True
+        time.sleep(0.002)
 
 
 def _fds_in(ancillary: list[tuple[int, int, bytes]]) -> list[int]:
@@ -821,6 +929,91 @@ def _do_mknodat(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity
         answer = errno.EIO
     _let_go(fds, where, leave)
     sock.send(_ERRNO.pack(answer))
+
+
+def _do_mknodat_answering(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity,
+                          where: _Membership) -> None:
+    """Make the node (``Actor.mknodat_answering``) and answer its caller, then the daemon."""
+    leave = where.every
+    code = errno.EIO
+    try:
+        _, mode, dev, leave, fsuid, fsgid, umask, caps, count = _MKNOD.unpack_from(data)
+        notif_id, retry_caps, done_size = _EARLY.unpack_from(data, _MKNOD.size)
+        at = _MKNOD.size + _EARLY.size
+        done, at = data[at:at + done_size], at + done_size
+        directory, sink, listener = fds[0], fds[1], fds[2]
+        if len(fds) == 4:
+            packed, leaf = os.pread(fds[3], 4 * count, 0), data[at:]
+        else:
+            packed, leaf = data[at:at + 4 * count], data[at + 4 * count:]
+        who = data[_MKNOD_WHO:_MKNOD.size] + packed
+        if who != ids.wire:
+            groups = struct.unpack(f"={count}I", packed)
+            ids.become(Identity(fsuid, fsgid, groups, umask, caps))
+            ids.wire = who
+        code = _make_node(leaf, mode, dev, directory, ids, retry_caps)
+        if code == 0:
+            code = _answer_made(leaf, directory, sink, listener, notif_id, done, fds, ids,
+                                where, leave)
+    except OSError as err:
+        code = _errno_of(err)
+    except (struct.error, IndexError, ValueError):
+        code = errno.EIO
+    _let_go(fds, where, leave)
+    sock.send(_ERRNO.pack(code))
+
+
+def _make_node(leaf: bytes, mode: int, dev: int, directory: int, ids: _Identity,
+               retry_caps: int) -> int:
+    """mknodat as the order's identity, then, refused with EACCES, with ``retry_caps``
+    added: 0, an errno, or _ON_FUSE (the handler's order of checks, kept)."""
+    try:
+        os.mknod(leaf, mode, dev, dir_fd=directory)
+        return 0
+    except PermissionError as err:
+        if kernel.fs_type(directory) == kernel.FUSE_SUPER_MAGIC:
+            return _ON_FUSE
+        if not retry_caps or err.errno != errno.EACCES:
+            return _errno_of(err)
+    ids.become(ids.now._replace(caps=ids.now.caps | retry_caps))
+    try:
+        os.mknod(leaf, mode, dev, dir_fd=directory)
+    except OSError as err:
+        return _errno_of(err)
+    return 0
+
+
+def _answer_made(leaf: bytes, directory: int, sink: int, listener: int, notif_id: int,
+                 done: bytes, fds: list[int], ids: _Identity, where: _Membership,
+                 leave: int) -> int:
+    """Answer the caller of a node just made, as the daemon would after ``mknodat``:
+    a caller that left meanwhile (a signal with SA_RESTART makes the kernel restart
+    its call as a new notification) must not meet the node of the call it
+    abandoned, so the node is undone; else everything of the caller's is let go
+    (``_let_go``: only the connection and the listener are kept) and the answer
+    sent.  The code for the daemon."""
+    try:
+        waiting = kernel.notif_id_valid(listener, notif_id)
+    except OSError as err:
+        waiting, code = False, _errno_of(err)
+    else:
+        code = _ABANDONED
+    if not waiting:
+        ids.ourselves()
+        with contextlib.suppress(OSError):
+            os.unlink(leaf, dir_fd=directory)
+        return code
+    held = [directory, *fds[3:]]
+    del fds[3:]
+    del fds[0]
+    _let_go(held, where, leave)
+    try:
+        os.write(sink, done)  # a datagram: whole or not at all
+    except OSError:
+        # LXC's monitor is gone, and with it the caller's answer (the kernel gives
+        # ENOSYS once the listener closes); the directory is let go, the node stays.
+        return _UNSENT
+    return _ANSWERED
 
 
 def _do_mount(sock: socket.socket, message: dict[str, Any], fds: list[int],
@@ -1237,7 +1430,7 @@ def _leave_of(message: dict[str, Any], where: _Membership) -> int:
 
 def _refuse(sock: socket.socket, data: bytes, code: int, why: str) -> None:
     """Answer a request in its own wire format without acting."""
-    if data[:1] == _OP_MKNOD:
+    if data[:1] in (_OP_MKNOD, _OP_MKNOD_ANSWER):
         sock.send(_ERRNO.pack(code))
     else:
         _send(sock, {"errno": code, "step": why, "stage": "join"})
@@ -1268,6 +1461,12 @@ def main(argv: list[str]) -> int:
     targets = json.loads(argv[3])  # [hierarchy, cgroup.procs] of the caller's cgroups
     kernel.set_dumpable(False)
     kernel.set_pdeathsig(signal.SIGKILL)
+    # SCHED_BATCH: woken by an order, the actor does not preempt the daemon's thread
+    # on their shared CPU (Actor._follow_cpu), which then finishes what it does
+    # before it waits (letting go of the caller's directory: _GO) and the actor
+    # runs once.  A program it starts takes the caller's policy (_take_scheduling).
+    with contextlib.suppress(OSError):
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.umask(0o022)
     with socket.socket(fileno=sock_fd) as sock:
@@ -1305,6 +1504,9 @@ def main(argv: list[str]) -> int:
             if not data:
                 _close_all(fds)
                 return 0
+            if data[:1] == _OP_MKNOD_ANSWER and sock.recv(len(_GO)) != _GO:
+                _close_all(fds)  # the daemon's end closed before it let go of the directory
+                return 0
             try:
                 try:
                     where.enter()
@@ -1316,6 +1518,9 @@ def main(argv: list[str]) -> int:
                     continue
                 if data[:1] == _OP_MKNOD:
                     _do_mknodat(sock, data, fds, ids, where)
+                    continue
+                if data[:1] == _OP_MKNOD_ANSWER:
+                    _do_mknodat_answering(sock, data, fds, ids, where)
                     continue
                 ids.ourselves()
                 if data == _OP_LONG and fds:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Final, NamedTuple
 from ..errors import ProtocolError, SupervisorFault
 from ..kernel.seccomp import SECCOMP_USER_NOTIF_FLAG_CONTINUE, NotifSizes
 from ..paths import claim_socket_path
-from ..request import Answer, Notice
+from ..request import Answer, EarlyReply, Notice
 from .threads import admit, start_serving
 
 if TYPE_CHECKING:
@@ -268,7 +268,8 @@ class LxcProxy:
                         caller = thread_state(self.proc_root)
                     # Sent as soon as it is known (the dispatcher counts and audits
                     # after), or returned to be sent here; the fds closed after.
-                    reply = self._reply(datagram, fds, flags, session, caller, conn.send)
+                    reply = self._reply(datagram, fds, flags, session, caller, conn.send,
+                                        conn.fileno())
                     if reply is not None:
                         conn.send(reply)
                 finally:
@@ -303,14 +304,18 @@ class LxcProxy:
 
     def _reply(self, datagram: bytes, fds: list[int], flags: int, session: _Session,
                caller: ThreadState | SupervisorFault,
-               send: Callable[[bytes], object]) -> bytes | None:
+               send: Callable[[bytes], object], sink_fd: int = -1) -> bytes | None:
         """The reply for one datagram: every datagram gets one.  ``caller`` is the
         thread's ThreadState, or why it has none.
 
         A notification the dispatcher answers is sent through ``send`` as soon as
         its answer is known, before the request is counted and audited, and None is
         returned; what ``send`` raises is all this raises.  Anything else (a
-        datagram refused before the dispatcher) is returned to be sent."""
+        datagram refused before the dispatcher) is returned to be sent.
+
+        ``sink_fd`` (the connection's) is offered to the request's actor, which
+        then sends a "done" itself, as soon as its step is made (EarlyReply);
+        the datagrams on the connection stay one answer per request."""
         try:
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 raise ProtocolError("datagram or its fds were truncated")
@@ -339,9 +344,12 @@ class LxcProxy:
             sent = True  # tried: if the send fails, the monitor is gone
             send(_encode(notification, answer))
 
+        early = None if sink_fd < 0 else EarlyReply(sink_fd, notification.reply)
         answer = self.dispatcher.answer(container, notice, caller, notification.init_pid,
-                                        listener_fd=fds[2], proc_fd=fds[0], send=reply)
-        return None if sent else _encode(notification, answer)
+                                        listener_fd=fds[2], proc_fd=fds[0], send=reply,
+                                        early=early)
+        return None if sent or early is not None and early.answered else _encode(
+            notification, answer)
 
 
 def _encode(notification: Notification, answer: Answer) -> bytes:

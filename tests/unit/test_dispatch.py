@@ -27,7 +27,7 @@ from lxc_notify_plugin.handlers import Registered, registry
 from lxc_notify_plugin.paths import PACKAGE_PROFILES
 from lxc_notify_plugin.policy.effective import ContainerPolicy
 from lxc_notify_plugin.policy.profile import load_profile
-from lxc_notify_plugin.request import Answer, Notice
+from lxc_notify_plugin.request import DONE, Answer, Notice
 from lxc_notify_plugin.state import ContainerRecord
 from lxc_notify_plugin.transport import lxc as protocol
 from lxc_notify_plugin.transport.lxc import LxcProxy, _Session
@@ -168,14 +168,15 @@ def test_i386_arguments_are_32_bits_wide() -> None:
 # --- the LXC transport's own refusals -----------------------------------------------------
 
 
-def lxc_exchange(tmp_path: Path, cookie: bytes, datagram: bytes | None = None
-                 ) -> tuple[bytes | None, list[bytes]]:
+def lxc_exchange(tmp_path: Path, cookie: bytes, datagram: bytes | None = None,
+                 dispatcher: Dispatcher | None = None, dev: int = os.makedev(4, 1),
+                 sink_fd: int = -1) -> tuple[bytes | None, list[bytes]]:
     """What ``_reply`` returned for one datagram, and what it sent."""
     container = make_container()
     sizes = kernel.notif_sizes()
-    proxy = LxcProxy(tmp_path / "s", Dispatcher(), lambda c: container if c == COOKIE else None,
-                     sizes)
-    raw = datagram or protocol.build(9, os.getpid(), 133, X86_64, (0, CHR, os.makedev(4, 1)),
+    proxy = LxcProxy(tmp_path / "s", dispatcher or Dispatcher(),
+                     lambda c: container if c == COOKIE else None, sizes)
+    raw = datagram or protocol.build(9, os.getpid(), 133, X86_64, (0, CHR, dev),
                                      init_pid=os.getpid(), cookie=cookie, sizes=sizes)
     returned: list[bytes | None] = []
     sent: list[bytes] = []
@@ -183,7 +184,8 @@ def lxc_exchange(tmp_path: Path, cookie: bytes, datagram: bytes | None = None
     def serve() -> None:  # on its own thread: ThreadState unshares its fs state
         caller = ThreadState()
         try:
-            returned.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller, sent.append))
+            returned.append(proxy._reply(raw, [0, 1, 2], 0, _Session(1), caller, sent.append,
+                                         sink_fd))
         finally:
             caller.close()
 
@@ -287,3 +289,27 @@ def test_lxc_sends_the_answer_itself(tmp_path: Path) -> None:
     returned, sent = lxc_exchange(tmp_path, COOKIE)
     assert returned is None and len(sent) == 1
     assert protocol.unpack_reply(sent[0]) == (9, 0, 0, kernel.SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+
+
+def test_lxc_sends_nothing_more_for_a_request_its_actor_answered(tmp_path: Path) -> None:
+    """The connection is offered to the handler (EarlyReply: its actor sends the
+    "done" datagram itself); once it has, the transport sends no second one, and
+    the request is counted and audited as any other."""
+    offered: list[tuple[int, bytes]] = []
+
+    def answered_by_its_actor(call: Call) -> Answer:
+        early = call.request.early
+        assert early is not None
+        offered.append((early.sink_fd, early.done()))
+        early.answered = True
+        return DONE
+
+    seen: list[Outcome] = []
+    dispatcher = with_handler(answered_by_its_actor)
+    dispatcher.hooks.append(seen.append)
+    returned, sent = lxc_exchange(tmp_path, COOKIE, dispatcher=dispatcher,
+                                  dev=os.makedev(1, 3), sink_fd=7)
+    assert returned is None and sent == []
+    assert len(offered) == 1 and offered[0][0] == 7
+    assert protocol.unpack_reply(offered[0][1]) == (9, 0, 0, 0)
+    assert [o.outcome for o in seen] == ["done"]

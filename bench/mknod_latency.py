@@ -166,6 +166,14 @@ def main() -> int:
         before = medians["baseline-on, emulated, tmpfs"]
         print(f"{args.baseline_repo}: emulated {before / responder:.2f}x responder; this tree "
               f"{emulated - before:+.1f} us p50 against it")
+        # Paired: each round's two emulated rows ran back to back, so machine noise
+        # that moves a whole round (this VM's neighbours) cancels out of the difference.
+        paired = sorted(ours[0] - theirs[0] for ours, theirs in zip(
+            samples["lxc-notify, emulated, tmpfs"], samples["baseline-on, emulated, tmpfs"],
+            strict=True))
+        print(f"this tree - {args.baseline_repo}, emulated p50 per round: median "
+              f"{statistics.median(paired):+.1f} us (" + " ".join(f"{x:+.0f}" for x in paired)
+              + ")")
     unmade = [n for n in runs if "emulated" in n and made[n] != args.rounds * args.calls]
     if unmade:
         print(f"warning: {'; '.join(unmade)}: not every call made its node, so the daemon "

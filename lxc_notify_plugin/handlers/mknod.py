@@ -149,7 +149,10 @@ def handle(call: Call) -> Answer:
         # second, since most nodes are made where they are not needed.
         dac = over & INODE_CAPS
         if usable and request.early is not None:
-            return _made_and_answered(request, actor, parent_dir, leaf, mode, dev, who, dac)
+            if not _made_and_answered(request, actor, parent_dir, leaf, mode, dev, who, dac):
+                return KERNEL_DECIDES
+            _log_made(kind, major, minor, path, creds.fsuid, " (the actor answered)")
+            return DONE
         try:
             actor.mknodat(parent_fd, leaf, mode, dev, who)
         except PermissionError as err:
@@ -181,30 +184,29 @@ def handle(call: Call) -> Answer:
                 raise
             finally:
                 placeholder.close()
-    if log.isEnabledFor(logging.DEBUG):
-        log.debug("made %s %d:%d at %s for host uid %d", kind, major, minor, os.fsdecode(path),
-                  creds.fsuid)
+    _log_made(kind, major, minor, path, creds.fsuid)
     return DONE
 
 
 def _made_and_answered(request: Request, actor: Actor, parent_dir: OwnedFd, leaf: bytes,
-                       mode: int, dev: int, who: Identity, dac: int) -> Answer:
+                       mode: int, dev: int, who: Identity, dac: int) -> bool:
     """The node made by the actor, which answers the caller itself as soon as it is
     (the transport's EarlyReply: one hop less in the caller's wait), with the checks
     ``handle`` makes after ``mknodat`` made there: a caller that left meanwhile
-    has its node undone, a FUSE directory gives the kernel's answer.  Only for a
-    node usable where it is made (no twin to bind over it after)."""
+    has its node undone; False: a FUSE directory, where the kernel answers.  Only
+    for a node usable where it is made (no twin to bind over it after)."""
     assert request.early is not None
     try:
-        made = actor.mknodat_answering(parent_dir, leaf, mode, dev, who, dac, request.early,
+        return actor.mknodat_answering(parent_dir, leaf, mode, dev, who, dac, request.early,
                                        request.listener_fd, request.notif_id)
     except AbandonedNode:
         raise request.gone() from None
-    if log.isEnabledFor(logging.DEBUG) and made:
-        log.debug("made %s %d:%d at %s for host uid %d (the actor answered)",
-                  _KINDS[stat.S_IFMT(mode)], os.major(dev), os.minor(dev), os.fsdecode(leaf),
-                  who.fsuid)
-    return DONE if made else KERNEL_DECIDES
+
+
+def _log_made(kind: str, major: int, minor: int, path: bytes, fsuid: int, how: str = "") -> None:
+    if log.isEnabledFor(logging.DEBUG):
+        log.debug("made %s %d:%d at %s for host uid %d%s", kind, major, minor,
+                  os.fsdecode(path), fsuid, how)
 
 
 def _note_path(request: Request, address: int) -> None:

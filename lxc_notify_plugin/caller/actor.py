@@ -883,6 +883,17 @@ class _Identity:
                                         full.inheritable))
         self.now = who
 
+    def take_order(self, data: bytes, packed: bytes) -> None:
+        """Become who an mknodat order (``_MKNOD``, its groups ``packed``) names.  Who,
+        as the bytes that say it: the same as the last order's (a loop of one
+        caller's calls) is known without building an Identity."""
+        who = data[_MKNOD_WHO:_MKNOD.size] + packed
+        if who != self.wire:
+            _, _, _, _, fsuid, fsgid, umask, caps, count = _MKNOD.unpack_from(data)
+            self.become(Identity(fsuid, fsgid, struct.unpack(f"={count}I", packed), umask,
+                                 caps))
+            self.wire = who
+
     def ourselves(self) -> None:
         self.become(Identity(0, 0, (), 0o022, self.full.effective))
 
@@ -907,20 +918,10 @@ def _do_mknodat(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity
                 where: _Membership) -> None:
     leave = where.every  # unreadable, it leaves everything
     try:
-        _, mode, dev, leave, fsuid, fsgid, umask, caps, count = _MKNOD.unpack_from(data)
-        if len(fds) == 2:  # more groups than a message holds: in a memfd (Actor.mknodat)
-            packed = os.pread(fds[1], 4 * count, 0)
-            leaf = data[_MKNOD.size:]
-        else:
-            packed = data[_MKNOD.size:_MKNOD.size + 4 * count]
-            leaf = data[_MKNOD.size + 4 * count:]
-        # Who, as the bytes that say it: the same as the last step's (a loop of
-        # one caller's calls) is known without building an Identity.
-        who = data[_MKNOD_WHO:_MKNOD.size] + packed
-        if who != ids.wire:
-            groups = struct.unpack(f"={count}I", packed)
-            ids.become(Identity(fsuid, fsgid, groups, umask, caps))
-            ids.wire = who
+        _, mode, dev, leave, _, _, _, _, count = _MKNOD.unpack_from(data)
+        # More groups than a message holds come in a memfd, passed last (Actor.mknodat).
+        packed, leaf = _groups_and_leaf(data, _MKNOD.size, count, fds[1] if len(fds) == 2 else -1)
+        ids.take_order(data, packed)
         os.mknod(leaf, mode, dev, dir_fd=fds[0])
         answer = 0
     except OSError as err:
@@ -931,26 +932,27 @@ def _do_mknodat(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity
     sock.send(_ERRNO.pack(answer))
 
 
+def _groups_and_leaf(data: bytes, at: int, count: int, groups_fd: int) -> tuple[bytes, bytes]:
+    """An mknodat order's packed groups and leaf, which follow at ``at`` (the groups
+    in ``groups_fd`` instead, where the order passed one)."""
+    if groups_fd >= 0:
+        return os.pread(groups_fd, 4 * count, 0), data[at:]
+    return data[at:at + 4 * count], data[at + 4 * count:]
+
+
 def _do_mknodat_answering(sock: socket.socket, data: bytes, fds: list[int], ids: _Identity,
                           where: _Membership) -> None:
     """Make the node (``Actor.mknodat_answering``) and answer its caller, then the daemon."""
     leave = where.every
     code = errno.EIO
     try:
-        _, mode, dev, leave, fsuid, fsgid, umask, caps, count = _MKNOD.unpack_from(data)
+        _, mode, dev, leave, _, _, _, _, count = _MKNOD.unpack_from(data)
         notif_id, retry_caps, done_size = _EARLY.unpack_from(data, _MKNOD.size)
         at = _MKNOD.size + _EARLY.size
         done, at = data[at:at + done_size], at + done_size
         directory, sink, listener = fds[0], fds[1], fds[2]
-        if len(fds) == 4:
-            packed, leaf = os.pread(fds[3], 4 * count, 0), data[at:]
-        else:
-            packed, leaf = data[at:at + 4 * count], data[at + 4 * count:]
-        who = data[_MKNOD_WHO:_MKNOD.size] + packed
-        if who != ids.wire:
-            groups = struct.unpack(f"={count}I", packed)
-            ids.become(Identity(fsuid, fsgid, groups, umask, caps))
-            ids.wire = who
+        packed, leaf = _groups_and_leaf(data, at, count, fds[3] if len(fds) == 4 else -1)
+        ids.take_order(data, packed)
         code = _make_node(leaf, mode, dev, directory, ids, retry_caps)
         if code == 0:
             code = _answer_made(leaf, directory, sink, listener, notif_id, done, fds, ids,

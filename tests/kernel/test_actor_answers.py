@@ -21,42 +21,20 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lxc_notify_plugin import kernel
 from lxc_notify_plugin.caller.actor import AbandonedNode, Actor, Identity
-from lxc_notify_plugin.host.cgroups import procs_files_by_hierarchy
 from lxc_notify_plugin.kernel.fd import OwnedFd
 from lxc_notify_plugin.request import EarlyReply
+from tests.kernel.conftest import holds
 from tests.kernel.test_seccomp_notify import child_result, mknodat_call, notifying_child
 
 DONE = b"the datagram that says done"
 ROOT = Identity(0, 0, (), 0o022, 1 << kernel.CAP_MKNOD)
 OUTSIDER = 23456  # owns nothing here
-
-
-@pytest.fixture
-def actor() -> Iterator[Actor]:
-    with open("/proc/self/cgroup", "rb") as cgroup, open("/proc/self/mountinfo") as mounts:
-        files = procs_files_by_hierarchy(cgroup.read(), mounts.read())
-    made = Actor(files, os.getpid())
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-def _holds(pid: int, path: Path) -> bool:
-    for name in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            if os.readlink(f"/proc/{pid}/fd/{name}") == str(path):
-                return True
-        except FileNotFoundError:
-            continue
-    return False
 
 
 def _wait_until_receiving(thread: threading.Thread) -> None:
@@ -82,7 +60,7 @@ def _receiver(sink: socket.socket, directory: Path, actor: Actor) -> tuple[threa
 
     def receive() -> None:
         data = sink.recv(4096)
-        seen.extend([data, _holds(actor.process.pid, directory), _holds(os.getpid(), directory),
+        seen.extend([data, holds(actor.process.pid, directory), holds(os.getpid(), directory),
                      (directory / "node").exists()])
 
     thread = threading.Thread(target=receive)
@@ -170,41 +148,35 @@ def test_a_refused_node_is_an_errno_and_a_retry_with_the_callers_dac_caps(
 
 @pytest.mark.parametrize("answered_meanwhile", [False, True])
 def test_an_actor_that_dies_past_go_is_taken_as_answering_only_if_the_caller_left(
-        tmp_path: Path, answered_meanwhile: bool) -> None:
+        actor: Actor, tmp_path: Path, answered_meanwhile: bool) -> None:
     """Once the actor has its go, it may have answered before it died: the daemon
     then sends nothing (a second datagram would be read by LXC's monitor as the
     answer to the next call), unless the caller visibly still waits."""
-    with open("/proc/self/cgroup", "rb") as cgroup, open("/proc/self/mountinfo") as mounts:
-        files = procs_files_by_hierarchy(cgroup.read(), mounts.read())
-    actor = Actor(files, os.getpid())
     sink, lxc = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        with sink, lxc, notifying_child(mknodat_call(b"/unused")) as (_, listener, channel):
-            notif = kernel.notif_recv(listener)
-            early = EarlyReply(lxc.fileno(), lambda: DONE)
-            os.kill(actor.process.pid, signal.SIGSTOP)  # it gets the order, never acts on it
-            failed: list[BaseException] = []
+    with sink, lxc, notifying_child(mknodat_call(b"/unused")) as (_, listener, channel):
+        notif = kernel.notif_recv(listener)
+        early = EarlyReply(lxc.fileno(), lambda: DONE)
+        os.kill(actor.process.pid, signal.SIGSTOP)  # it gets the order, never acts on it
+        failed: list[BaseException] = []
 
-            def order() -> None:
-                with _directory(tmp_path) as held:
-                    try:
-                        actor.mknodat_answering(held, b"node", stat.S_IFCHR | 0o600,
-                                                os.makedev(1, 3), ROOT, 0, early, listener,
-                                                notif.id)
-                    except BaseException as err:
-                        failed.append(err)
+        def order() -> None:
+            with _directory(tmp_path) as held:
+                try:
+                    actor.mknodat_answering(held, b"node", stat.S_IFCHR | 0o600,
+                                            os.makedev(1, 3), ROOT, 0, early, listener,
+                                            notif.id)
+                except BaseException as err:
+                    failed.append(err)
 
-            thread = threading.Thread(target=order)
-            thread.start()
-            _wait_until_receiving(thread)  # the order and its go are sent
-            if answered_meanwhile:  # as LXC's monitor would, with the actor's datagram
-                kernel.notif_send(listener, kernel.seccomp_notif_resp(notif.id, 0, 0, 0))
-                assert child_result(channel) == (0, 0)
-            os.kill(actor.process.pid, signal.SIGKILL)
-            thread.join(10)
-            assert len(failed) == 1 and "actor" in str(failed[0])
-            assert early.answered is answered_meanwhile
-            if not answered_meanwhile:
-                kernel.notif_send(listener, kernel.seccomp_notif_resp(notif.id, 0, 0, 0))
-    finally:
-        actor.close()
+        thread = threading.Thread(target=order)
+        thread.start()
+        _wait_until_receiving(thread)  # the order and its go are sent
+        if answered_meanwhile:  # as LXC's monitor would, with the actor's datagram
+            kernel.notif_send(listener, kernel.seccomp_notif_resp(notif.id, 0, 0, 0))
+            assert child_result(channel) == (0, 0)
+        os.kill(actor.process.pid, signal.SIGKILL)
+        thread.join(10)
+        assert len(failed) == 1 and "actor" in str(failed[0])
+        assert early.answered is answered_meanwhile
+        if not answered_meanwhile:
+            kernel.notif_send(listener, kernel.seccomp_notif_resp(notif.id, 0, 0, 0))

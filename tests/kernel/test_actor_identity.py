@@ -23,23 +23,12 @@ import pytest
 
 from lxc_notify_plugin.caller import cpus
 from lxc_notify_plugin.caller.actor import Actor, Actors, Identity
-from lxc_notify_plugin.host.cgroups import procs_files_by_hierarchy
 from lxc_notify_plugin.transport.threads import start_serving
+from tests.kernel.conftest import holds
 
 OUTSIDER = 23456  # owns nothing here: only a group lets it write
 FIRST_GROUP = 300000
 MANY = 20000  # more than one message of the actor's holds (64 KiB / 4 bytes)
-
-
-@pytest.fixture
-def actor() -> Iterator[Actor]:
-    with open("/proc/self/cgroup", "rb") as cgroup, open("/proc/self/mountinfo") as mounts:
-        files = procs_files_by_hierarchy(cgroup.read(), mounts.read())
-    made = Actor(files, os.getpid())
-    try:
-        yield made
-    finally:
-        made.close()
 
 
 @pytest.fixture
@@ -56,7 +45,7 @@ def group_dir(tmp_path: Path) -> Iterator[int]:
         os.close(fd)
 
 
-def test_a_caller_with_more_groups_than_a_message_holds(actor: Actor, group_dir: int) -> None:
+def test_a_caller_with_more_groups_than_a_messageholds(actor: Actor, group_dir: int) -> None:
     groups = tuple(range(FIRST_GROUP, FIRST_GROUP + MANY))
     fifo = stat.S_IFIFO | 0o644
     # No capability: the directory's group permission alone decides.
@@ -148,18 +137,6 @@ def test_a_thread_is_pinned_only_while_it_uses_actors(tmp_path: Path) -> None:
     assert seen["child"] == cpus.DAEMON_CPUS
 
 
-def _holds(pid: int, path: Path) -> bool:
-    """Whether process ``pid`` has an fd of ``path`` open."""
-    fd_dir = f"/proc/{pid}/fd"
-    for name in os.listdir(fd_dir):
-        try:
-            if os.readlink(f"{fd_dir}/{name}") == str(path):
-                return True
-        except FileNotFoundError:
-            continue  # closed while we looked
-    return False
-
-
 def test_an_actor_holds_no_fd_of_the_callers_once_it_answered(actor: Actor,
                                                              tmp_path: Path) -> None:
     """The directory's fd the daemon passed is closed before the answer, not after:
@@ -174,9 +151,9 @@ def test_an_actor_holds_no_fd_of_the_callers_once_it_answered(actor: Actor,
         for attempt in range(200):
             name = b"node-%d" % attempt
             actor.mknodat(fd, name, stat.S_IFIFO | 0o644, 0, Identity(0, 0, (), 0o022, 0))
-            assert not _holds(actor.process.pid, tmp_path), f"made, attempt {attempt}"
+            assert not holds(actor.process.pid, tmp_path), f"made, attempt {attempt}"
             with pytest.raises(FileExistsError):
                 actor.mknodat(fd, name, stat.S_IFIFO | 0o644, 0, Identity(0, 0, (), 0o022, 0))
-            assert not _holds(actor.process.pid, tmp_path), f"refused, attempt {attempt}"
+            assert not holds(actor.process.pid, tmp_path), f"refused, attempt {attempt}"
     finally:
         os.close(fd)

@@ -13,6 +13,9 @@ import shutil
 import pytest
 
 IN_CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
+# Set by the VM tier's guest script (tests/vm/test_handlers.py): the handler tests run
+# there under QEMU's TCG, where one fork and exec costs ~40 ms against ~1 ms here.
+UNDER_TCG = os.environ.get("LXC_NOTIFY_UNDER_TCG") == "1"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -45,3 +48,10 @@ def kernel_has_since(major: int, minor: int) -> bool:
     (lxc_notify_plugin/kernel/features.py) and never reads the version."""
     release = os.uname().release.split("-")[0].split(".")
     return (int(release[0]), int(release[1])) >= (major, minor)
+
+
+def rounds(native: int, under_tcg: int) -> int:
+    """How often a loop that hunts a race runs: NATIVE times, or UNDER_TCG in the VM
+    tier's guests.  Each caller chooses UNDER_TCG from how often the race it hunts was
+    seen, so that the guest's count still meets it many times over."""
+    return under_tcg if UNDER_TCG else native

@@ -24,6 +24,7 @@ import pytest
 from lxc_notify_plugin.caller import cpus
 from lxc_notify_plugin.caller.actor import Actor, Actors, Identity
 from lxc_notify_plugin.transport.threads import start_serving
+from tests.conftest import rounds
 from tests.kernel.conftest import holds
 
 OUTSIDER = 23456  # owns nothing here: only a group lets it write
@@ -148,7 +149,7 @@ def test_an_actor_holds_no_fd_of_the_callers_once_it_answered(actor: Actor,
     steps alike, in a loop."""
     fd = os.open(tmp_path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for attempt in range(200):
+        for attempt in range(rounds(200, 50)):
             name = b"node-%d" % attempt
             actor.mknodat(fd, name, stat.S_IFIFO | 0o644, 0, Identity(0, 0, (), 0o022, 0))
             assert not holds(actor.process.pid, tmp_path), f"made, attempt {attempt}"

@@ -59,6 +59,8 @@ fact demo_seconds $SECONDS
 .venv/bin/lxc-notify features > $SHARE/features.txt 2>&1
 fact features $?
 SECONDS=0
+# UNDER_TCG: loops that hunt a race run fewer rounds (tests.conftest.rounds).
+export LXC_NOTIFY_UNDER_TCG=1
 LXC_NOTIFY_SANDBOX_APPARMOR=generated timeout 2400 ./test.sh -p no:cacheprovider -q -rfEs \
     --junitxml=$SHARE/junit.xml @MODULES@ > $SHARE/pytest.txt 2>&1
 fact pytest $?
